@@ -1,0 +1,205 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config is the whole server configuration. Field comments name the environment variable.
+type Config struct {
+	Addr               string        // SWITCHBOARD_ADDR
+	DatabaseURL        string        // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
+	RedisURL           string        // SWITCHBOARD_REDIS_URL; empty = in-process, single node
+	OIDCIssuer         string        // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
+	OIDCClientID       string        // SWITCHBOARD_OIDC_CLIENT_ID
+	OIDCClientSecret   string        // SWITCHBOARD_OIDC_CLIENT_SECRET
+	JWTLeeway          time.Duration // SWITCHBOARD_JWT_LEEWAY (at most 30s)
+	AllowedOrigins     []string      // SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; empty = any
+	RateLimitPerMinute int           // SWITCHBOARD_RATE_LIMIT_PER_MINUTE (HTTP, per user)
+	WSMessageRateLimit int           // SWITCHBOARD_WS_MESSAGE_RATE_LIMIT (frames per user per minute)
+	WSMaxConnsPerUser  int           // SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER
+	WSMaxMessageBytes  int           // SWITCHBOARD_WS_MAX_MESSAGE_BYTES (inbound, after reassembly)
+	WSSendQueueBytes   int           // SWITCHBOARD_WS_SEND_QUEUE_BYTES (outbound budget per connection)
+	WSMaxInFlight      int           // SWITCHBOARD_WS_MAX_IN_FLIGHT (unanswered requests per connection)
+	WSPingInterval     time.Duration // SWITCHBOARD_WS_PING_INTERVAL; a peer silent for 2x this is dropped
+	WSWriteTimeout     time.Duration // SWITCHBOARD_WS_WRITE_TIMEOUT (one flush to one socket)
+	MaxRequestBytes    int64         // SWITCHBOARD_MAX_REQUEST_BYTES (HTTP bodies)
+	HandlerPoolSize    int           // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
+	HandlerTimeout     time.Duration // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
+	RBACFile           string        // SWITCHBOARD_RBAC_FILE; empty = built-in policy
+	TrustedProxies     []netip.Prefix
+	MetricsAddr        string        // SWITCHBOARD_METRICS_ADDR
+	DataDir            string        // SWITCHBOARD_DATA_DIR
+	LogLevel           string        // SWITCHBOARD_LOG_LEVEL: debug|info|warn|error
+	LogFormat          string        // SWITCHBOARD_LOG_FORMAT: text|json
+	DBConnectTimeout   time.Duration // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
+	ShutdownTimeout    time.Duration // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+}
+
+// Default returns the configuration used when no variable is set: the embedded default
+// (SQLite, in-process limits, development issuer) on 127.0.0.1:8000.
+func Default() Config {
+	return Config{
+		Addr:               "127.0.0.1:8000",
+		OIDCClientID:       "switchboard",
+		JWTLeeway:          10 * time.Second,
+		RateLimitPerMinute: 60,
+		WSMessageRateLimit: 100,
+		WSMaxConnsPerUser:  5,
+		WSMaxMessageBytes:  64 << 10,
+		WSSendQueueBytes:   1 << 20,
+		WSMaxInFlight:      32,
+		WSPingInterval:     25 * time.Second,
+		WSWriteTimeout:     10 * time.Second,
+		MaxRequestBytes:    1 << 20,
+		HandlerPoolSize:    64,
+		HandlerTimeout:     10 * time.Second,
+		DataDir:            "./data",
+		LogLevel:           "info",
+		LogFormat:          "text",
+		DBConnectTimeout:   30 * time.Second,
+		ShutdownTimeout:    15 * time.Second,
+	}
+}
+
+// Database returns the database URL in effect: DatabaseURL, or the SQLite file under DataDir.
+func (c Config) Database() string {
+	if c.DatabaseURL != "" {
+		return c.DatabaseURL
+	}
+	return "sqlite://" + filepath.ToSlash(filepath.Join(c.DataDir, "switchboard.db"))
+}
+
+// DevIssuer reports whether the built-in development issuer is in use.
+func (c Config) DevIssuer() bool { return c.OIDCIssuer == "" }
+
+// Load starts from Default, applies the SWITCHBOARD_* variables that getenv returns, and
+// validates the result. getenv is os.Getenv in main and a map lookup in tests.
+func Load(getenv func(string) string) (Config, error) {
+	c := Default()
+	p := parser{getenv: getenv}
+	p.str("SWITCHBOARD_ADDR", &c.Addr)
+	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
+	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
+	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
+	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
+	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
+	p.duration("SWITCHBOARD_JWT_LEEWAY", &c.JWTLeeway)
+	p.list("SWITCHBOARD_ALLOWED_ORIGINS", &c.AllowedOrigins)
+	p.integer("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", &c.RateLimitPerMinute)
+	p.integer("SWITCHBOARD_WS_MESSAGE_RATE_LIMIT", &c.WSMessageRateLimit)
+	p.integer("SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER", &c.WSMaxConnsPerUser)
+	p.integer("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", &c.WSMaxMessageBytes)
+	p.integer("SWITCHBOARD_WS_SEND_QUEUE_BYTES", &c.WSSendQueueBytes)
+	p.integer("SWITCHBOARD_WS_MAX_IN_FLIGHT", &c.WSMaxInFlight)
+	p.duration("SWITCHBOARD_WS_PING_INTERVAL", &c.WSPingInterval)
+	p.duration("SWITCHBOARD_WS_WRITE_TIMEOUT", &c.WSWriteTimeout)
+	p.int64("SWITCHBOARD_MAX_REQUEST_BYTES", &c.MaxRequestBytes)
+	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
+	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
+	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
+	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
+	p.str("SWITCHBOARD_METRICS_ADDR", &c.MetricsAddr)
+	p.str("SWITCHBOARD_DATA_DIR", &c.DataDir)
+	p.str("SWITCHBOARD_LOG_LEVEL", &c.LogLevel)
+	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
+	p.duration("SWITCHBOARD_DB_CONNECT_TIMEOUT", &c.DBConnectTimeout)
+	p.duration("SWITCHBOARD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	// Report parse and validation problems together; a field that failed to parse keeps its
+	// default, so Validate does not repeat it.
+	return c, errors.Join(append(p.errs, c.Validate())...)
+}
+
+// Validate checks every field and reports all problems at once.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(name, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", name, fmt.Sprintf(format, args...)))
+	}
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		bad("SWITCHBOARD_ADDR", "want host:port such as 127.0.0.1:8000, got %q", c.Addr)
+	}
+	if c.MetricsAddr != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
+			bad("SWITCHBOARD_METRICS_ADDR", "want host:port such as 127.0.0.1:9100, got %q", c.MetricsAddr)
+		}
+	}
+	db := c.Database()
+	if !strings.HasPrefix(db, "sqlite://") && !strings.HasPrefix(db, "postgres://") && !strings.HasPrefix(db, "postgresql://") {
+		bad("SWITCHBOARD_DATABASE_URL", "want postgres://… or sqlite://path, got a URL with scheme %q", scheme(db))
+	}
+	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
+		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], got a URL with scheme %q", scheme(c.RedisURL))
+	}
+	if c.OIDCIssuer != "" {
+		if u, err := url.Parse(c.OIDCIssuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("SWITCHBOARD_OIDC_ISSUER", "want the issuer URL, e.g. https://keycloak.example/realms/app, got %q", c.OIDCIssuer)
+		}
+	}
+	if c.OIDCClientID == "" {
+		bad("SWITCHBOARD_OIDC_CLIENT_ID", "must not be empty")
+	}
+	if c.JWTLeeway < 0 || c.JWTLeeway > 30*time.Second {
+		bad("SWITCHBOARD_JWT_LEEWAY", "must be between 0s and 30s, got %s", c.JWTLeeway)
+	}
+	positive := map[string]int{
+		"SWITCHBOARD_RATE_LIMIT_PER_MINUTE":       c.RateLimitPerMinute,
+		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT":       c.WSMessageRateLimit,
+		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER": c.WSMaxConnsPerUser,
+		"SWITCHBOARD_WS_MAX_IN_FLIGHT":            c.WSMaxInFlight,
+		"SWITCHBOARD_HANDLER_POOL_SIZE":           c.HandlerPoolSize,
+	}
+	for _, name := range sortedKeys(positive) {
+		if positive[name] < 1 {
+			bad(name, "must be at least 1, got %d", positive[name])
+		}
+	}
+	if c.WSMaxMessageBytes < 128 || c.WSMaxMessageBytes > 64<<20 {
+		bad("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", "must be between 128 and 67108864, got %d", c.WSMaxMessageBytes)
+	}
+	if c.WSSendQueueBytes < 4096 {
+		bad("SWITCHBOARD_WS_SEND_QUEUE_BYTES", "must be at least 4096, got %d", c.WSSendQueueBytes)
+	}
+	if c.MaxRequestBytes < 1024 {
+		bad("SWITCHBOARD_MAX_REQUEST_BYTES", "must be at least 1024, got %d", c.MaxRequestBytes)
+	}
+	durations := map[string]time.Duration{
+		"SWITCHBOARD_WS_PING_INTERVAL":   c.WSPingInterval,
+		"SWITCHBOARD_WS_WRITE_TIMEOUT":   c.WSWriteTimeout,
+		"SWITCHBOARD_HANDLER_TIMEOUT":    c.HandlerTimeout,
+		"SWITCHBOARD_DB_CONNECT_TIMEOUT": c.DBConnectTimeout,
+		"SWITCHBOARD_SHUTDOWN_TIMEOUT":   c.ShutdownTimeout,
+	}
+	for _, name := range sortedKeys(durations) {
+		if durations[name] <= 0 {
+			bad(name, "must be a positive duration such as 10s, got %s", durations[name])
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("SWITCHBOARD_LOG_LEVEL", "want debug, info, warn or error, got %q", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		bad("SWITCHBOARD_LOG_FORMAT", "want text or json, got %q", c.LogFormat)
+	}
+	if c.DataDir == "" {
+		bad("SWITCHBOARD_DATA_DIR", "must not be empty")
+	}
+	return errors.Join(errs...)
+}
+
+func scheme(u string) string {
+	if i := strings.Index(u, "://"); i > 0 {
+		return u[:i]
+	}
+	return ""
+}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestDefaultIsValidAndEmbedded(t *testing.T) {
+	c, err := Load(env(nil))
+	if err != nil {
+		t.Fatalf("Load with no env: %v", err)
+	}
+	if c.Addr != "127.0.0.1:8000" || !c.DevIssuer() || c.RedisURL != "" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+	if got, want := c.Database(), "sqlite://data/switchboard.db"; got != want {
+		t.Fatalf("Database() = %q, want %q", got, want)
+	}
+	if c.WSMaxMessageBytes != 65536 || c.WSSendQueueBytes != 1048576 || c.WSMaxConnsPerUser != 5 {
+		t.Fatalf("protocol defaults drifted: %+v", c)
+	}
+}
+
+func TestOverrides(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"SWITCHBOARD_ADDR":                  "0.0.0.0:9000",
+		"SWITCHBOARD_DATABASE_URL":          "postgres://postgres@127.0.0.1:5432/x",
+		"SWITCHBOARD_ALLOWED_ORIGINS":       " https://a.example , https://b.example,",
+		"SWITCHBOARD_TRUSTED_PROXIES":       "10.0.0.0/8, 127.0.0.1",
+		"SWITCHBOARD_WS_PING_INTERVAL":      "5s",
+		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT": "7",
+		"SWITCHBOARD_DATA_DIR":              "/var/lib/sb",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != "0.0.0.0:9000" || c.WSPingInterval != 5*time.Second || c.WSMessageRateLimit != 7 {
+		t.Fatalf("overrides not applied: %+v", c)
+	}
+	if len(c.AllowedOrigins) != 2 || c.AllowedOrigins[1] != "https://b.example" {
+		t.Fatalf("origins: %q", c.AllowedOrigins)
+	}
+	if len(c.TrustedProxies) != 2 || c.TrustedProxies[1].String() != "127.0.0.1/32" {
+		t.Fatalf("proxies: %v", c.TrustedProxies)
+	}
+	if c.Database() != "postgres://postgres@127.0.0.1:5432/x" {
+		t.Fatalf("database: %s", c.Database())
+	}
+}
+
+func TestErrorsAreCollectedAndActionable(t *testing.T) {
+	_, err := Load(env(map[string]string{
+		"SWITCHBOARD_ADDR":                  "nonsense",
+		"SWITCHBOARD_WS_PING_INTERVAL":      "5",
+		"SWITCHBOARD_RATE_LIMIT_PER_MINUTE": "0",
+		"SWITCHBOARD_DATABASE_URL":          "mysql://x",
+		"SWITCHBOARD_JWT_LEEWAY":            "1m",
+		"SWITCHBOARD_LOG_FORMAT":            "xml",
+	}))
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	for _, want := range []string{
+		"SWITCHBOARD_WS_PING_INTERVAL: want a duration",
+		"SWITCHBOARD_RATE_LIMIT_PER_MINUTE: must be at least 1",
+		"SWITCHBOARD_DATABASE_URL",
+		"SWITCHBOARD_JWT_LEEWAY",
+		"SWITCHBOARD_LOG_FORMAT",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q lacks %q", err, want)
+		}
+	}
+	_, err = Load(env(map[string]string{"SWITCHBOARD_ADDR": "nonsense"}))
+	if err == nil || !strings.Contains(err.Error(), "SWITCHBOARD_ADDR") {
+		t.Fatalf("want addr error, got %v", err)
+	}
+}

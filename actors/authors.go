@@ -1,0 +1,175 @@
+package actors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"switchboard/store"
+)
+
+// AuthorStore is what the author handlers need from the store (store.Authors implements it).
+type AuthorStore interface {
+	List(ctx context.Context, f store.AuthorFilter) ([]store.Author, error)
+	Page(ctx context.Context, f store.AuthorFilter, p store.PageRequest) ([]store.Author, store.PageMeta, error)
+	Create(ctx context.Context, name string) (store.Author, error)
+	Update(ctx context.Context, id int64, name string) (store.Author, error)
+	Delete(ctx context.Context, id int64) error
+}
+
+// pkg_ids of the author handlers (PROTOCOL.md §1.4).
+const (
+	PkgGetAuthors          = 1
+	PkgGetPaginatedAuthors = 2
+	PkgCreateAuthor        = 3
+	PkgUpdateAuthor        = 4
+	PkgDeleteAuthor        = 5
+)
+
+const filtersSchema = `{"type":"object","additionalProperties":false,"properties":{
+	"id":{"type":"integer","minimum":1,"maximum":9223372036854775807},
+	"name":{"type":"string","maxLength":255}}}`
+
+const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"pattern":"\\S"}`
+
+// AuthorRoutes returns the routes of pkg_ids 1–5 over s.
+func AuthorRoutes(s AuthorStore) []Route {
+	h := authorHandlers{s: s}
+	return []Route{
+		{PkgID: PkgGetAuthors, Name: "GET_AUTHORS", Handler: h.list,
+			Schema: `{"type":"object","properties":{"filters":` + filtersSchema + `}}`},
+		{PkgID: PkgGetPaginatedAuthors, Name: "GET_PAGINATED_AUTHORS", Handler: h.page,
+			Schema: `{"type":"object","properties":{
+				"page":{"type":"integer","minimum":1,"maximum":1000000000},
+				"per_page":{"type":"integer","minimum":1,"maximum":1000},
+				"cursor":{"type":"string","maxLength":512},
+				"filters":` + filtersSchema + `}}`},
+		{PkgID: PkgCreateAuthor, Name: "CREATE_AUTHOR", Handler: h.create,
+			Schema: `{"type":"object","required":["name"],"properties":{"name":` + nameSchema + `}}`},
+		{PkgID: PkgUpdateAuthor, Name: "UPDATE_AUTHOR", Handler: h.update,
+			Schema: `{"type":"object","required":["id","name"],"properties":{
+				"id":{"type":"integer","minimum":1,"maximum":9223372036854775807},"name":` + nameSchema + `}}`},
+		{PkgID: PkgDeleteAuthor, Name: "DELETE_AUTHOR", Handler: h.delete,
+			Schema: `{"type":"object","required":["id"],"properties":{
+				"id":{"type":"integer","minimum":1,"maximum":9223372036854775807}}}`},
+	}
+}
+
+type authorHandlers struct{ s AuthorStore }
+
+type authorFilters struct {
+	ID   *int64  `json:"id"`
+	Name *string `json:"name"`
+}
+
+func (f *authorFilters) store() store.AuthorFilter {
+	if f == nil {
+		return store.AuthorFilter{}
+	}
+	return store.AuthorFilter{ID: f.ID, Name: f.Name}
+}
+
+// idPayload carries the id of update and delete answers.
+type idPayload struct {
+	ID int64 `json:"id"`
+}
+
+func (h authorHandlers) list(ctx context.Context, req *Request) (any, any, error) {
+	var in struct {
+		Filters *authorFilters `json:"filters"`
+	}
+	if err := decode(req, &in); err != nil {
+		return nil, nil, err
+	}
+	authors, err := h.s.List(ctx, in.Filters.store())
+	return authors, nil, storeErr(err)
+}
+
+func (h authorHandlers) page(ctx context.Context, req *Request) (any, any, error) {
+	var in struct {
+		Page    int            `json:"page"`
+		PerPage int            `json:"per_page"`
+		Cursor  *string        `json:"cursor"`
+		Filters *authorFilters `json:"filters"`
+	}
+	if err := decode(req, &in); err != nil {
+		return nil, nil, err
+	}
+	authors, meta, err := h.s.Page(ctx, in.Filters.store(), store.PageRequest{Page: in.Page, PerPage: in.PerPage, Cursor: in.Cursor})
+	if errors.Is(err, store.ErrInvalidCursor) {
+		return nil, nil, Invalid(FieldError{Path: "/cursor", Message: "invalid cursor"})
+	}
+	if err != nil {
+		return nil, nil, storeErr(err)
+	}
+	return authors, meta, nil
+}
+
+func (h authorHandlers) create(ctx context.Context, req *Request) (any, any, error) {
+	var in struct {
+		Name string `json:"name"`
+	}
+	if err := decode(req, &in); err != nil {
+		return nil, nil, err
+	}
+	a, err := h.s.Create(ctx, in.Name)
+	if errors.Is(err, store.ErrConflict) {
+		return nil, nil, Conflict(fmt.Sprintf("Author with name '%s' already exists", in.Name))
+	}
+	if err != nil {
+		return nil, nil, storeErr(err)
+	}
+	return a, nil, nil
+}
+
+func (h authorHandlers) update(ctx context.Context, req *Request) (any, any, error) {
+	var in struct {
+		ID   int64  `json:"id"`
+		Name string `json:"name"`
+	}
+	if err := decode(req, &in); err != nil {
+		return nil, nil, err
+	}
+	a, err := h.s.Update(ctx, in.ID, in.Name)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, nil, NotFound(fmt.Sprintf("Author with ID %d not found", in.ID))
+	case errors.Is(err, store.ErrConflict):
+		return nil, nil, Conflict(fmt.Sprintf("Author with name '%s' already exists", in.Name))
+	case err != nil:
+		return nil, nil, storeErr(err)
+	}
+	return a, nil, nil
+}
+
+func (h authorHandlers) delete(ctx context.Context, req *Request) (any, any, error) {
+	var in idPayload
+	if err := decode(req, &in); err != nil {
+		return nil, nil, err
+	}
+	if err := h.s.Delete(ctx, in.ID); errors.Is(err, store.ErrNotFound) {
+		return nil, nil, NotFound(fmt.Sprintf("Author with ID %d not found", in.ID))
+	} else if err != nil {
+		return nil, nil, storeErr(err)
+	}
+	return idPayload{ID: in.ID}, nil, nil
+}
+
+// decode reads data that has passed the route's schema; a failure here means schema and struct
+// disagree, which is a bug, so it answers Invalid rather than crashing.
+func decode(req *Request, v any) error {
+	if err := json.Unmarshal(req.Data, v); err != nil {
+		return Invalid(FieldError{Path: "/", Message: err.Error()})
+	}
+	return nil
+}
+
+// storeErr marks every store failure as a database error so the pipeline answers
+// "Database error occurred" and logs the cause.
+func storeErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrDatabase, err)
+}

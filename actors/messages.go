@@ -1,0 +1,68 @@
+package actors
+
+import (
+	"encoding/json"
+	"slices"
+	"time"
+)
+
+// Status is the status_code of a response (PROTOCOL.md §1.3).
+type Status int
+
+// Status codes of PROTOCOL.md §1.3.
+const (
+	StatusOK               Status = 0
+	StatusError            Status = 1
+	StatusInvalidData      Status = 2
+	StatusPermissionDenied Status = 3
+)
+
+// User is the verified identity behind a connection or an HTTP call.
+type User struct {
+	ID        string // the token's sub
+	Name      string // preferred_username
+	Roles     []string
+	ExpiresAt time.Time
+}
+
+// HasRole reports whether u holds role.
+func (u *User) HasRole(role string) bool {
+	return u != nil && slices.Contains(u.Roles, role)
+}
+
+// Request is one call of a pkg_id, from a WebSocket frame or an HTTP route. It is immutable
+// once sent.
+type Request struct {
+	PkgID     int
+	ReqID     string
+	Data      json.RawMessage // always a JSON object; "{}" when the frame had none
+	User      *User
+	Transport string // "ws" or "http"
+	Remote    string // client address, for limits and audit
+	UserAgent string
+}
+
+// Response answers one Request. Data and Meta are encoded by the edge; Kind is the sentinel
+// error behind a failure (nil on success) so each edge maps it to its own status (HTTP 404, 409…).
+type Response struct {
+	PkgID  int
+	ReqID  string
+	Status Status
+	Data   any
+	Meta   any
+	Msg    string // empty encodes as null
+	Kind   error
+	// RetryAfter is set on rate-limit answers: how long until a slot frees.
+	RetryAfter time.Duration
+}
+
+// FieldError is one problem found in a request's data: a JSON pointer and a message.
+type FieldError struct {
+	Path    string `json:"path"`
+	Message string `json:"message"`
+}
+
+// InvalidData is the data of a status-2 validation answer.
+type InvalidData struct {
+	Errors []FieldError `json:"errors"`
+}

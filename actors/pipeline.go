@@ -1,0 +1,156 @@
+package actors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+)
+
+// Limiter decides whether one more request under key may pass now.
+type Limiter interface {
+	Allow(ctx context.Context, key string) (Decision, error)
+}
+
+// Decision is a Limiter's answer.
+type Decision struct {
+	Allowed    bool
+	Limit      int
+	Remaining  int
+	RetryAfter time.Duration
+}
+
+// PipelineConfig wires a Pipeline.
+type PipelineConfig struct {
+	Registry *Registry
+	Policy   *Policy
+	// WSLimiter limits WebSocket frames per user; nil lets every frame through. The HTTP
+	// façade applies its own limit in middleware, before it builds a Request.
+	WSLimiter Limiter
+	Timeout   time.Duration // per handler call
+	Logger    *slog.Logger
+	Metrics   *metrics.Set
+}
+
+// Pipeline runs one request through unknown pkg_id → rate limit → RBAC → schema → handler and
+// always returns a Response: a panic or an error becomes a status code, never a crash.
+type Pipeline struct {
+	cfg PipelineConfig
+}
+
+// NewPipeline checks cfg and returns a Pipeline.
+func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
+	if cfg.Registry == nil || cfg.Policy == nil || cfg.Logger == nil || cfg.Metrics == nil {
+		return nil, errors.New("pipeline: registry, policy, logger and metrics are required")
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	for _, id := range cfg.Registry.PkgIDs() {
+		if _, ok := cfg.Policy.PkgIDs[id]; !ok {
+			cfg.Logger.Warn("pkg_id has no RBAC entry and is denied to everyone", "pkg_id", id, "name", cfg.Registry.Name(id))
+		}
+	}
+	return &Pipeline{cfg: cfg}, nil
+}
+
+// Registry returns the registry the pipeline serves.
+func (p *Pipeline) Registry() *Registry { return p.cfg.Registry }
+
+// Policy returns the RBAC policy the pipeline enforces.
+func (p *Pipeline) Policy() *Policy { return p.cfg.Policy }
+
+// Handle answers req. ctx bounds the whole call; the handler gets at most the configured timeout.
+func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
+	start := time.Now()
+	defer func() {
+		if req.Transport == "ws" {
+			p.cfg.Metrics.GetOrCreateHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
+				p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
+		}
+	}()
+	rt, ok := p.cfg.Registry.lookup(req.PkgID)
+	if !ok {
+		return p.fail(req, &Failure{Status: StatusError, Msg: "Unknown pkg_id " + strconv.Itoa(req.PkgID), Kind: ErrUnknownPkg})
+	}
+	if req.Transport == "ws" && p.cfg.WSLimiter != nil && req.User != nil {
+		d, err := p.cfg.WSLimiter.Allow(ctx, "ws:"+req.User.ID)
+		if err == nil && !d.Allowed {
+			p.cfg.Metrics.GetOrCreateCounter(`rate_limit_hits_total{limit_type="ws_message"}`).Inc()
+			r := p.fail(req, &Failure{Status: StatusError, Msg: "Rate limit exceeded", Kind: ErrRateLimited})
+			r.RetryAfter = d.RetryAfter
+			return r
+		}
+	}
+	missing, listed := p.cfg.Policy.PkgMissing(req.PkgID, req.User)
+	if !listed || len(missing) > 0 || req.User == nil {
+		return p.fail(req, &Failure{Status: StatusPermissionDenied, Msg: "Permission denied", Kind: ErrDenied, Data: missingData(missing)})
+	}
+	if errs := validate(rt.schema, req.Data); len(errs) > 0 {
+		return p.fail(req, Invalid(errs...))
+	}
+	return p.run(ctx, rt, req)
+}
+
+func (p *Pipeline) run(ctx context.Context, rt *route, req *Request) (resp *Response) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
+	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			p.cfg.Logger.Error("handler panicked", "pkg_id", req.PkgID, "req_id", req.ReqID,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			resp = p.fail(req, &Failure{Status: StatusError, Msg: "Internal error", Kind: ErrInternal})
+		}
+	}()
+	data, meta, err := rt.Handler(ctx, req)
+	if err != nil {
+		return p.fail(req, p.classify(req, err))
+	}
+	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta}
+}
+
+// classify turns a handler error into the answer the client sees, logging what it hides.
+func (p *Pipeline) classify(req *Request, err error) *Failure {
+	var f *Failure
+	if errors.As(err, &f) {
+		return f
+	}
+	if errors.Is(err, ErrDatabase) {
+		p.cfg.Logger.Error("database error", "pkg_id", req.PkgID, "req_id", req.ReqID, "err", err)
+		return &Failure{Status: StatusError, Msg: "Database error occurred", Kind: ErrDatabase, Cause: err}
+	}
+	p.cfg.Logger.Error("handler failed", "pkg_id", req.PkgID, "req_id", req.ReqID, "err", err)
+	return &Failure{Status: StatusError, Msg: "Internal error", Kind: ErrInternal, Cause: err}
+}
+
+func (p *Pipeline) fail(req *Request, f *Failure) *Response {
+	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: f.Status, Msg: f.Msg, Kind: f.Kind, Data: f.Data}
+}
+
+func (p *Pipeline) pkgLabel(pkgID int) string {
+	if _, ok := p.cfg.Registry.lookup(pkgID); ok {
+		return strconv.Itoa(pkgID)
+	}
+	return "unknown"
+}
+
+// MissingRoles is the data of a permission-denied answer.
+type MissingRoles struct {
+	Missing []string `json:"missing_roles"`
+}
+
+func missingData(missing []string) any {
+	if len(missing) == 0 {
+		return nil
+	}
+	return MissingRoles{Missing: missing}
+}
+
+// MissingRolesText renders roles as the HTTP 403 detail wants them.
+func MissingRolesText(roles []string) string { return strings.Join(roles, ", ") }

@@ -1,0 +1,174 @@
+package actors
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+)
+
+// HandlerFunc runs one request whose data has passed the route's schema. It returns the
+// response data and meta, or an error: a *Failure for an answer the client should see as is,
+// anything else becomes 1/"Internal error" (or 1/"Database error occurred" when it wraps
+// ErrDatabase).
+type HandlerFunc func(ctx context.Context, req *Request) (data, meta any, err error)
+
+// Route registers one pkg_id: its name (for logs and metric labels), the JSON schema of its data,
+// and its handler. Roles are not here: they come from the Policy, which is data.
+type Route struct {
+	PkgID   int
+	Name    string
+	Schema  string // a JSON Schema document for `data`; empty = any object
+	Handler HandlerFunc
+}
+
+type route struct {
+	Route
+	schema *jsonschema.Schema
+}
+
+// Registry maps pkg_ids to routes. Fill it before the actors start; it is read-only afterwards.
+type Registry struct {
+	routes map[int]*route
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry { return &Registry{routes: make(map[int]*route)} }
+
+// Register adds a route, compiling its schema. Adding a message type is one call of this.
+func (r *Registry) Register(rt Route) error {
+	if rt.Handler == nil || rt.Name == "" {
+		return fmt.Errorf("register pkg_id %d: name and handler are required", rt.PkgID)
+	}
+	if _, dup := r.routes[rt.PkgID]; dup {
+		return fmt.Errorf("register pkg_id %d: already registered", rt.PkgID)
+	}
+	doc := rt.Schema
+	if doc == "" {
+		doc = `{"type":"object"}`
+	}
+	sch, err := compileSchema(strconv.Itoa(rt.PkgID), doc)
+	if err != nil {
+		return fmt.Errorf("register pkg_id %d (%s): %w", rt.PkgID, rt.Name, err)
+	}
+	r.routes[rt.PkgID] = &route{Route: rt, schema: sch}
+	return nil
+}
+
+// MustRegister is Register for built-in routes, whose schemas are part of the program.
+func (r *Registry) MustRegister(rts ...Route) {
+	for _, rt := range rts {
+		if err := r.Register(rt); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (r *Registry) lookup(pkgID int) (*route, bool) {
+	rt, ok := r.routes[pkgID]
+	return rt, ok
+}
+
+// Name returns the registered name of pkgID, or "unknown".
+func (r *Registry) Name(pkgID int) string {
+	if rt, ok := r.routes[pkgID]; ok {
+		return rt.Name
+	}
+	return "unknown"
+}
+
+// PkgIDs returns the registered pkg_ids in ascending order.
+func (r *Registry) PkgIDs() []int {
+	ids := make([]int, 0, len(r.routes))
+	for id := range r.routes {
+		ids = append(ids, id)
+	}
+	sort.Ints(ids)
+	return ids
+}
+
+// Validate checks data against the schema of pkgID. It is exported so the HTTP façade can
+// validate query parameters that it turns into data.
+func (r *Registry) Validate(pkgID int, data json.RawMessage) []FieldError {
+	rt, ok := r.routes[pkgID]
+	if !ok {
+		return []FieldError{{Path: "/", Message: "unknown pkg_id"}}
+	}
+	return validate(rt.schema, data)
+}
+
+func compileSchema(name, doc string) (*jsonschema.Schema, error) {
+	parsed, err := jsonschema.UnmarshalJSON(strings.NewReader(doc))
+	if err != nil {
+		return nil, fmt.Errorf("schema is not JSON: %w", err)
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft2020)
+	url := "switchboard:///pkg/" + name + ".json"
+	if err := c.AddResource(url, parsed); err != nil {
+		return nil, err
+	}
+	return c.Compile(url)
+}
+
+// validate returns the leaf errors of a validation, as JSON pointers into data.
+func validate(sch *jsonschema.Schema, data json.RawMessage) []FieldError {
+	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	if err != nil {
+		return []FieldError{{Path: "/", Message: "not valid JSON"}}
+	}
+	err = sch.Validate(inst)
+	if err == nil {
+		return nil
+	}
+	var ve *jsonschema.ValidationError
+	if !errors.As(err, &ve) {
+		return []FieldError{{Path: "/", Message: err.Error()}}
+	}
+	var out []FieldError
+	var walk func(e *jsonschema.ValidationError)
+	walk = func(e *jsonschema.ValidationError) {
+		if len(e.Causes) == 0 {
+			out = append(out, FieldError{Path: pointer(e.InstanceLocation), Message: e.ErrorKind.LocalizedString(printer)})
+			return
+		}
+		for _, c := range e.Causes {
+			walk(c)
+		}
+	}
+	walk(ve)
+	return out
+}
+
+func pointer(tokens []string) string {
+	if len(tokens) == 0 {
+		return "/"
+	}
+	var b strings.Builder
+	for _, t := range tokens {
+		b.WriteByte('/')
+		b.WriteString(strings.NewReplacer("~", "~0", "/", "~1").Replace(t))
+	}
+	return b.String()
+}
+
+// Schema is a compiled JSON Schema for data that is not a pkg_id's (HTTP bodies, broadcasts).
+type Schema struct{ s *jsonschema.Schema }
+
+// NewSchema compiles doc; name only labels errors.
+func NewSchema(name, doc string) (*Schema, error) {
+	s, err := compileSchema(name, doc)
+	if err != nil {
+		return nil, err
+	}
+	return &Schema{s: s}, nil
+}
+
+// Validate returns the problems found in data, or nil.
+func (s *Schema) Validate(data json.RawMessage) []FieldError { return validate(s.s, data) }

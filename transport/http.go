@@ -1,0 +1,202 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+
+	"switchboard/actors"
+	"switchboard/hub"
+	"switchboard/transport/auth"
+)
+
+// HealthCheck is one dependency probed by /health.
+type HealthCheck struct {
+	Name  string                          // "database", "redis", "pubsub"
+	Check func(ctx context.Context) error // nil Check reports "disabled"
+}
+
+// APIConfig wires the HTTP façade.
+type APIConfig struct {
+	Verifier        TokenVerifier
+	Policy          *actors.Policy
+	Hub             *hub.Hub
+	WS              http.Handler
+	Health          []HealthCheck
+	MaxRequestBytes int64
+	Logger          *slog.Logger
+	Metrics         *metrics.Set
+	// Extra routes (the development issuer's JWKS and discovery documents).
+	Extra map[string]http.Handler
+}
+
+// NewHandler returns the whole HTTP surface: /web, the façade routes, health and metrics,
+// wrapped in the middleware chain.
+func NewHandler(cfg APIConfig) (http.Handler, error) {
+	bs, err := actors.NewSchema("broadcast", broadcastSchema)
+	if err != nil {
+		return nil, err
+	}
+	a := &api{cfg: cfg, broadcastSchema: bs}
+	mux := http.NewServeMux()
+	mux.Handle("GET /web", cfg.WS)
+	mux.HandleFunc("POST /api/broadcast", a.authed("POST /api/broadcast", a.broadcast))
+	mux.HandleFunc("GET /health", a.health)
+	mux.HandleFunc("GET /readyz", a.health)
+	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
+	})
+	mux.HandleFunc("GET /metrics", a.metrics)
+	for pattern, h := range cfg.Extra {
+		mux.Handle(pattern, h)
+	}
+	return chain(mux, cfg), nil
+}
+
+type api struct {
+	cfg             APIConfig
+	broadcastSchema *actors.Schema
+}
+
+type ctxKey int
+
+const userKey ctxKey = 0
+
+// authed verifies the bearer token and the route's roles before h runs.
+func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *actors.User)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		token := auth.TokenFromRequest(r)
+		if token == "" {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeDetail(w, http.StatusUnauthorized, "Missing token")
+			return
+		}
+		claims, err := a.cfg.Verifier.Verify(r.Context(), token)
+		if err != nil {
+			status := http.StatusUnauthorized
+			if errors.Is(err, auth.ErrKeysUnavailable) {
+				status = http.StatusServiceUnavailable
+			}
+			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+			writeDetail(w, status, err.Error())
+			return
+		}
+		u := &actors.User{ID: claims.Subject, Name: claims.Username, Roles: claims.Roles, ExpiresAt: claims.ExpiresAt}
+		missing, listed := a.cfg.Policy.RouteMissing(route, u)
+		if !listed {
+			writeDetail(w, http.StatusForbidden, "Route not allowed by the RBAC policy")
+			return
+		}
+		if len(missing) > 0 {
+			writeDetail(w, http.StatusForbidden, "Missing required roles: "+actors.MissingRolesText(missing))
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), userKey, u)), u)
+	}
+}
+
+// readBody reads a JSON object body under the size limit, answering 413 or 422 itself.
+func (a *api) readBody(w http.ResponseWriter, r *http.Request, schema *actors.Schema) (json.RawMessage, bool) {
+	body, err := readLimited(w, r, a.cfg.MaxRequestBytes)
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeDetail(w, http.StatusRequestEntityTooLarge, "Request body too large")
+			return nil, false
+		}
+		writeDetail(w, http.StatusBadRequest, "Could not read the request body")
+		return nil, false
+	}
+	if !json.Valid(body) {
+		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "body is not valid JSON"}})
+		return nil, false
+	}
+	if errs := schema.Validate(body); len(errs) > 0 {
+		writeInvalid(w, errs)
+		return nil, false
+	}
+	return body, true
+}
+
+func writeInvalid(w http.ResponseWriter, errs []actors.FieldError) {
+	writeJSON(w, http.StatusUnprocessableEntity, struct {
+		Detail string              `json:"detail"`
+		Errors []actors.FieldError `json:"errors"`
+	}{"Invalid data", errs})
+}
+
+const broadcastSchema = `{"type":"object","required":["pkg_id"],"properties":{
+	"pkg_id":{"type":"integer","minimum":0,"maximum":2147483647},
+	"data":{"type":"object"},
+	"topic":{"type":"string","minLength":1,"maxLength":200}}}`
+
+func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) {
+	body, ok := a.readBody(w, r, a.broadcastSchema)
+	if !ok {
+		return
+	}
+	var msg hub.Message
+	if err := json.Unmarshal(body, &msg); err != nil {
+		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})
+		return
+	}
+	if msg.Topic != "" {
+		writeInvalid(w, []actors.FieldError{{Path: "/topic", Message: "topic broadcasts are not available yet; omit topic to reach every connection"}})
+		return
+	}
+	if err := a.cfg.Hub.Broadcast(r.Context(), &msg); err != nil {
+		writeDetail(w, http.StatusServiceUnavailable, "Broadcast not accepted: "+err.Error())
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]int{"delivered_to_nodes": 1})
+}
+
+// health probes every dependency in parallel, each bounded by one second.
+func (a *api) health(w http.ResponseWriter, r *http.Request) {
+	body := map[string]string{}
+	healthy := true
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, hc := range a.cfg.Health {
+		if hc.Check == nil {
+			body[hc.Name] = "disabled"
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			defer cancel()
+			err := hc.Check(ctx)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				healthy = false
+				body[hc.Name] = "unhealthy"
+				a.cfg.Logger.Warn("health check failed", "check", hc.Name, "err", err)
+				return
+			}
+			body[hc.Name] = "healthy"
+		}()
+	}
+	wg.Wait()
+	status := http.StatusOK
+	body["status"] = "healthy"
+	if !healthy {
+		status = http.StatusServiceUnavailable
+		body["status"] = "unhealthy"
+	}
+	writeJSON(w, status, body)
+}
+
+func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+	a.cfg.Metrics.WritePrometheus(w)
+	metrics.WriteProcessMetrics(w)
+}

@@ -1,0 +1,172 @@
+package transport
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"switchboard/transport/auth"
+)
+
+// chain wraps the mux, outermost first: recover → correlation id and security headers →
+// metrics and access log → JSON 404/405 → mux.
+func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
+	var h http.Handler = jsonNotFound(mux)
+	h = observe(h, cfg)
+	h = headers(h)
+	h = recoverer(h, cfg)
+	return h
+}
+
+func recoverer(next http.Handler, cfg APIConfig) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				cfg.Logger.Error("http handler panicked", "path", r.URL.Path, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				writeDetail(w, http.StatusInternalServerError, "Internal error")
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// headers sets the correlation id (echoed or generated) and the security headers on every
+// response, errors included.
+func headers(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Correlation-ID")
+		if id == "" || len(id) > 128 {
+			var b [16]byte
+			_, _ = rand.Read(b[:])
+			id = hex.EncodeToString(b[:])
+			r.Header.Set("X-Correlation-ID", id)
+		}
+		h := w.Header()
+		h.Set("X-Correlation-ID", id)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// statusWriter remembers the status a handler wrote.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	if s.status == 0 {
+		s.status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Write(b []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+// Hijack hands the connection to the WebSocket upgrade (gws asserts http.Hijacker).
+func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(s.ResponseWriter).Hijack()
+	if err == nil && s.status == 0 {
+		s.status = http.StatusSwitchingProtocols
+	}
+	return c, rw, err
+}
+
+// observe records http_requests_total and http_request_duration_seconds by route pattern (never
+// the raw path) and writes one access-log line with the token redacted.
+func observe(next http.Handler, cfg APIConfig) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		status := sw.status
+		cfg.Metrics.GetOrCreateCounter(`http_requests_total{method="` + methodLabel(r.Method) + `",route="` + route +
+			`",status="` + strconv.Itoa(status) + `"}`).Inc()
+		cfg.Metrics.GetOrCreateHistogram(`http_request_duration_seconds{method="` + methodLabel(r.Method) + `",route="` + route + `"}`).UpdateDuration(start)
+		cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
+			"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
+			"remote", r.RemoteAddr)
+	})
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead, http.MethodOptions:
+		return m
+	}
+	return "other"
+}
+
+// jsonNotFound answers unknown routes 404 and wrong methods 405 as JSON; the mux's own answers
+// are plain text.
+func jsonNotFound(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, pattern := mux.Handler(r); pattern != "" {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		probe := &probeWriter{header: http.Header{}}
+		mux.ServeHTTP(probe, r)
+		switch {
+		case probe.status == http.StatusMethodNotAllowed:
+			w.Header().Set("Allow", probe.header.Get("Allow"))
+			writeDetail(w, http.StatusMethodNotAllowed, "Method not allowed")
+			return
+		case probe.status >= 300 && probe.status < 400:
+			mux.ServeHTTP(w, r) // the mux's redirect to a cleaned path
+			return
+		}
+		writeDetail(w, http.StatusNotFound, "Not found")
+	})
+}
+
+type probeWriter struct {
+	header http.Header
+	status int
+}
+
+func (p *probeWriter) Header() http.Header { return p.header }
+func (p *probeWriter) Write(b []byte) (int, error) {
+	if p.status == 0 {
+		p.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (p *probeWriter) WriteHeader(code int) {
+	if p.status == 0 {
+		p.status = code
+	}
+}
+
+// readLimited reads the whole body, failing with *http.MaxBytesError past limit bytes whether
+// the size was declared or the body is chunked.
+func readLimited(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	if r.ContentLength > limit {
+		return nil, &http.MaxBytesError{Limit: limit}
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+}

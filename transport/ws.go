@@ -1,0 +1,214 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/lxzan/gws"
+
+	"switchboard/actors"
+	"switchboard/hub"
+	"switchboard/transport/auth"
+)
+
+// TokenVerifier checks a bearer token (auth.Verifier implements it).
+type TokenVerifier interface {
+	Verify(ctx context.Context, token string) (*auth.Claims, error)
+}
+
+// WSConfig wires a WSServer.
+type WSConfig struct {
+	Verifier        TokenVerifier
+	Hub             *hub.Hub
+	Root            *actor.RootContext
+	Handlers        *actor.PID
+	AllowedOrigins  []string
+	MaxMessageBytes int
+	SendQueueBytes  int
+	MaxInFlight     int
+	PingInterval    time.Duration
+	WriteTimeout    time.Duration
+	Logger          *slog.Logger
+	Metrics         *metrics.Set
+}
+
+// WSServer serves GET /web: it authenticates the handshake, upgrades with gws and runs each
+// socket's read loop.
+type WSServer struct {
+	cfg      WSConfig
+	upgrader *gws.Upgrader
+	m        *wsMetrics
+	nextID   atomic.Uint64
+	closing  atomic.Bool
+	conns    sync.WaitGroup // one per running read loop
+}
+
+// NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
+func NewWSServer(cfg WSConfig) *WSServer {
+	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics)}
+	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, &gws.ServerOption{
+		ReadMaxPayloadSize: cfg.MaxMessageBytes,
+		// Reads go through a small buffer: idle connections dominate memory, and frames larger
+		// than the buffer are still read whole.
+		ReadBufferSize:   1024,
+		HandshakeTimeout: 5 * time.Second,
+		Logger:           gwsLogger{cfg.Logger},
+		Recovery:         gws.Recovery,
+		NewSession:       func() gws.SessionStorage { return &connSession{} },
+	})
+	return s
+}
+
+// ServeHTTP authenticates and upgrades one request (PROTOCOL.md §1.1).
+func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.closing.Load() {
+		writeDetail(w, http.StatusServiceUnavailable, "Server is shutting down")
+		return
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && len(s.cfg.AllowedOrigins) > 0 && !slices.Contains(s.cfg.AllowedOrigins, origin) {
+		s.m.rejOrigin.Inc()
+		writeDetail(w, http.StatusForbidden, "Origin not allowed")
+		return
+	}
+	token := auth.TokenFromRequest(r)
+	if token == "" {
+		s.m.rejAuth.Inc()
+		writeDetail(w, http.StatusUnauthorized, "Missing token")
+		return
+	}
+	claims, err := s.cfg.Verifier.Verify(r.Context(), token)
+	if err != nil {
+		s.m.rejAuth.Inc()
+		status := http.StatusUnauthorized
+		if errors.Is(err, auth.ErrKeysUnavailable) {
+			status = http.StatusServiceUnavailable
+		}
+		writeDetail(w, status, err.Error())
+		return
+	}
+	if f := r.URL.Query().Get("format"); f != "" && f != "json" {
+		writeDetail(w, http.StatusBadRequest, "Unsupported format "+quoteShort(f)+": use json")
+		return
+	}
+	socket, err := s.upgrader.Upgrade(w, r)
+	if err != nil {
+		// gws has answered the client already.
+		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
+		return
+	}
+	c := s.newConn(socket, &actors.User{ID: claims.Subject, Name: claims.Username, Roles: claims.Roles, ExpiresAt: claims.ExpiresAt})
+	socket.Session().(*connSession).c = c
+	s.m.accepted.Inc()
+	s.conns.Add(1)
+	go func() {
+		defer s.conns.Done()
+		socket.ReadLoop()
+	}()
+}
+
+func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
+	c := &wsConn{
+		id:       s.nextID.Add(1),
+		ws:       socket,
+		raw:      socket.NetConn(),
+		budget:   s.cfg.SendQueueBytes,
+		wt:       s.cfg.WriteTimeout,
+		m:        s.m,
+		done:     make(chan struct{}),
+		inflight: make(chan struct{}, s.cfg.MaxInFlight),
+		user:     user,
+	}
+	c.pid = s.cfg.Root.SpawnPrefix(actors.NewConnProps(actors.ConnConfig{
+		User: user, Outbox: c, Encoder: c.codec, Handlers: s.cfg.Handlers, Done: c.release, Logger: s.cfg.Logger,
+	}), "conn")
+	return c
+}
+
+// BeginShutdown makes new handshakes fail with 503; the hub closes the live sockets.
+func (s *WSServer) BeginShutdown() { s.closing.Store(true) }
+
+// Wait blocks until every read loop has ended (and its connection actor stopped), or ctx ends.
+func (s *WSServer) Wait(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() { s.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// wsEvents receives gws's callbacks on each socket's read goroutine.
+type wsEvents struct{ s *WSServer }
+
+func conn(socket *gws.Conn) *wsConn { return socket.Session().(*connSession).c }
+
+// connSession is gws's per-socket session slot, reduced to the one value Switchboard keeps
+// there (gws's default is a map and a mutex per connection).
+type connSession struct{ c *wsConn }
+
+func (s *connSession) Len() int                       { return 1 }
+func (s *connSession) Load(string) (any, bool)        { return s.c, s.c != nil }
+func (s *connSession) Delete(string)                  {}
+func (s *connSession) Store(string, any)              {}
+func (s *connSession) Range(f func(string, any) bool) { f("conn", s.c) }
+
+func (e *wsEvents) keepAlive(socket *gws.Conn) {
+	if e.s.cfg.PingInterval > 0 {
+		_ = socket.SetReadDeadline(time.Now().Add(2 * e.s.cfg.PingInterval))
+	}
+}
+
+func (e *wsEvents) OnOpen(socket *gws.Conn) {
+	e.keepAlive(socket)
+	e.s.cfg.Hub.Register(conn(socket))
+}
+
+func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
+	c := conn(socket)
+	c.markClosed()
+	e.s.cfg.Hub.Unregister(c.id)
+	_ = e.s.cfg.Root.StopFuture(c.pid).Wait()
+}
+
+func (e *wsEvents) OnPing(socket *gws.Conn, payload []byte) {
+	e.keepAlive(socket)
+	conn(socket).Enqueue(controlFrame(opPong, payload))
+}
+
+func (e *wsEvents) OnPong(socket *gws.Conn, payload []byte) { e.keepAlive(socket) }
+
+func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
+	defer msg.Close()
+	e.keepAlive(socket)
+	c := conn(socket)
+	if msg.Opcode != gws.OpcodeText {
+		c.Close(CloseUnsupportedData, "binary frames are not accepted on a json connection")
+		return
+	}
+	e.s.m.received.Inc()
+	req, bad := decodeEnvelope(msg.Bytes())
+	if !c.acquire() {
+		return
+	}
+	if bad != nil {
+		e.s.cfg.Root.Send(c.pid, bad)
+		return
+	}
+	req.Remote = socket.RemoteAddr().String()
+	e.s.cfg.Root.Send(c.pid, req)
+}
+
+// gwsLogger sends gws's own messages (recovered panics) to slog.
+type gwsLogger struct{ l *slog.Logger }
+
+func (g gwsLogger) Error(v ...any) { g.l.Error("gws", "msg", v) }

@@ -1,0 +1,248 @@
+package transport
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/lxzan/gws"
+
+	"switchboard/actors"
+	"switchboard/hub"
+)
+
+// Close codes used by the server.
+const (
+	CloseGoingAway       = 1001
+	CloseUnsupportedData = 1003
+	ClosePolicyViolation = 1008
+	CloseTryAgainLater   = 1013
+	CloseTokenExpired    = 4001
+)
+
+// closeGrace bounds how long a close frame may take to leave; after it the socket is dropped.
+const closeGrace = time.Second
+
+var pingFrame = controlFrame(opPing, nil)
+
+// wsConn is one socket's bounded writer. Frames are queued without blocking; one drain
+// goroutine at a time takes everything queued and writes it with a single writev, so a
+// connection with many frames waiting costs one syscall instead of one per frame (each frame
+// stays its own WebSocket frame). Queued bytes over the budget close the connection as a slow
+// consumer.
+//
+// Frames are written to the raw net.Conn, not through gws: gws itself only writes close and
+// error frames, and a net.Conn serialises whole Write calls, so frames never interleave.
+type wsConn struct {
+	id     uint64
+	ws     *gws.Conn
+	raw    net.Conn
+	codec  jsonCodec
+	budget int
+	wt     time.Duration // write timeout of one flush
+	m      *wsMetrics
+
+	mu          sync.Mutex
+	queue       [][]byte
+	spare       [][]byte
+	queued      int // bytes queued or being written
+	draining    bool
+	closing     bool
+	flushFirst  bool // on close, write what is queued before the close frame
+	closeCode   uint16
+	closeReason string
+	done        chan struct{} // closed when closing starts
+
+	// Read side, touched by the read goroutine (and the actor through release).
+	inflight chan struct{}
+	pid      *actor.PID // set before ReadLoop starts
+	user     *actors.User
+}
+
+var (
+	_ hub.Conn      = (*wsConn)(nil)
+	_ actors.Outbox = (*wsConn)(nil)
+)
+
+func (c *wsConn) ID() uint64       { return c.id }
+func (c *wsConn) Codec() hub.Codec { return c.codec }
+
+// Send queues a frame addressed to this connection only (a response).
+func (c *wsConn) Send(frame []byte) bool { return c.Enqueue(frame) }
+
+// Ping queues a keepalive ping.
+func (c *wsConn) Ping() { c.Enqueue(pingFrame) }
+
+// Enqueue queues a complete frame; see hub.Conn.
+func (c *wsConn) Enqueue(frame []byte) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	if c.queued+len(frame) > c.budget {
+		c.m.slow.Inc()
+		c.startCloseLocked(CloseTryAgainLater, "slow consumer", false)
+		return false
+	}
+	c.queue = append(c.queue, frame)
+	c.queued += len(frame)
+	start := !c.draining
+	c.draining = true
+	c.mu.Unlock()
+	if start {
+		go c.drain()
+	}
+	return true
+}
+
+// Close starts closing: frames already queued are written first (within the close grace), then
+// the close frame. It does not wait.
+func (c *wsConn) Close(code uint16, reason string) {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.startCloseLocked(code, reason, true)
+}
+
+// startCloseLocked marks the connection closing and hands the close to the drain goroutine
+// (starting one if none runs). It bounds every write from now on by closeGrace, which also cuts
+// short a write that a stalled peer is blocking. Called with c.mu held; unlocks it.
+func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
+	c.closing = true
+	c.flushFirst = flush
+	c.closeCode, c.closeReason = code, reason
+	if !flush {
+		clear(c.queue)
+		c.queue = c.queue[:0]
+	}
+	close(c.done)
+	_ = c.raw.SetWriteDeadline(time.Now().Add(closeGrace))
+	start := !c.draining
+	c.draining = true
+	c.mu.Unlock()
+	if start {
+		go c.drain()
+	}
+}
+
+// markClosed records that the socket is gone (read loop ended) so nothing more is queued.
+func (c *wsConn) markClosed() {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing = true
+		c.closeCode = 0 // nothing to send: the socket is closed
+		close(c.done)
+	}
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.mu.Unlock()
+}
+
+// drain writes batches until the queue is empty, then exits; when closing, it finishes with
+// the close frame. Only one drain runs per connection (c.draining).
+func (c *wsConn) drain() {
+	for {
+		c.mu.Lock()
+		if c.closing && (!c.flushFirst || len(c.queue) == 0) {
+			code, reason := c.closeCode, c.closeReason
+			c.queue = nil
+			c.spare = nil
+			c.mu.Unlock()
+			c.finishClose(code, reason)
+			return
+		}
+		if len(c.queue) == 0 {
+			c.draining = false
+			// Idle connections keep no buffers.
+			c.queue, c.spare = nil, nil
+			c.mu.Unlock()
+			return
+		}
+		batch := c.queue
+		c.queue = c.spare[:0]
+		c.spare = nil
+		if !c.closing {
+			_ = c.raw.SetWriteDeadline(time.Now().Add(c.wt))
+		}
+		c.mu.Unlock()
+
+		n := 0
+		for _, f := range batch {
+			n += len(f)
+		}
+		bufs := net.Buffers(batch)
+		_, err := bufs.WriteTo(c.raw)
+		c.m.sent.Add(len(batch))
+		clear(batch)
+
+		c.mu.Lock()
+		c.queued -= n
+		if c.spare == nil {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+		if err != nil {
+			// The peer is gone or stalled past the deadline: no close frame can get through.
+			c.mu.Lock()
+			if !c.closing {
+				c.closing = true
+				close(c.done)
+			}
+			c.queue, c.spare = nil, nil
+			c.mu.Unlock()
+			c.finishClose(0, "")
+			return
+		}
+	}
+}
+
+// finishClose sends the close frame (code 0: none) through gws so its state agrees, then drops
+// the socket; the read loop then ends and OnClose cleans up.
+func (c *wsConn) finishClose(code uint16, reason string) {
+	if code != 0 {
+		_ = c.ws.WriteClose(code, []byte(reason))
+	}
+	_ = c.raw.Close()
+}
+
+// acquire takes an in-flight slot for one request, waiting while the connection has
+// WSMaxInFlight requests unanswered; false when the connection closed meanwhile.
+func (c *wsConn) acquire() bool {
+	select {
+	case c.inflight <- struct{}{}:
+		return true
+	case <-c.done:
+		return false
+	}
+}
+
+// release frees an in-flight slot; the connection actor calls it once an answer is queued.
+func (c *wsConn) release() {
+	select {
+	case <-c.inflight:
+	default:
+	}
+}
+
+type wsMetrics struct {
+	sent, received, slow         *metrics.Counter
+	accepted, rejAuth, rejOrigin *metrics.Counter
+	rejLimit                     *metrics.Counter
+}
+
+func newWSMetrics(set *metrics.Set) *wsMetrics {
+	return &wsMetrics{
+		sent:      set.GetOrCreateCounter("ws_messages_sent_total"),
+		received:  set.GetOrCreateCounter("ws_messages_received_total"),
+		slow:      set.GetOrCreateCounter("ws_slow_consumer_disconnects_total"),
+		accepted:  set.GetOrCreateCounter(`ws_connections_total{status="accepted"}`),
+		rejAuth:   set.GetOrCreateCounter(`ws_connections_total{status="rejected_auth"}`),
+		rejOrigin: set.GetOrCreateCounter(`ws_connections_total{status="rejected_origin"}`),
+		rejLimit:  set.GetOrCreateCounter(`ws_connections_total{status="rejected_limit"}`),
+	}
+}

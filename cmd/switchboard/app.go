@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
+
+	"switchboard/actors"
+	"switchboard/config"
+	"switchboard/hub"
+	"switchboard/store"
+	"switchboard/transport"
+	"switchboard/transport/auth"
+)
+
+// app is one running Switchboard node: every part, wired, with one shutdown order.
+type app struct {
+	cfg        config.Config
+	log        *slog.Logger
+	metrics    *metrics.Set
+	db         *store.DB
+	system     *actor.ActorSystem
+	hub        *hub.Hub
+	handlers   *actor.PID
+	cancel     context.CancelFunc // aborts in-flight handler calls
+	verifier   *auth.Verifier
+	ws         *transport.WSServer
+	http       *http.Server
+	metricsSrv *http.Server
+}
+
+// newApp opens the database (retrying PostgreSQL up to the connect timeout), migrates it and
+// starts the actors. Nothing listens yet: serve does that.
+func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, err error) {
+	a = &app{cfg: cfg, log: log, metrics: metrics.NewSet()}
+	defer func() {
+		if err != nil {
+			a.close(context.Background())
+		}
+	}()
+	if a.db, err = store.Open(ctx, cfg.Database(), cfg.DBConnectTimeout); err != nil {
+		return nil, err
+	}
+	if err = a.db.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	policy, err := actors.LoadPolicy(cfg.RBACFile)
+	if err != nil {
+		return nil, err
+	}
+	reg := actors.NewRegistry()
+	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db))...)
+	pipeline, err := actors.NewPipeline(actors.PipelineConfig{
+		Registry: reg, Policy: policy, Timeout: cfg.HandlerTimeout, Logger: log, Metrics: a.metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if a.verifier, err = newVerifier(cfg, log); err != nil {
+		return nil, err
+	}
+
+	a.system = actor.NewActorSystem(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+			return slog.New(warnOnly{log.Handler()}).With("lib", "protoactor")
+		}),
+		actor.WithDeadLetterRequestLogging(false),
+	)
+	base, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.handlers = actors.SpawnHandlerPool(a.system.Root, pipeline, base, cfg.HandlerPoolSize)
+	a.hub = hub.Start(a.system.Root, hub.Options{PingInterval: cfg.WSPingInterval, Logger: log, Metrics: a.metrics})
+	a.ws = transport.NewWSServer(transport.WSConfig{
+		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers,
+		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,
+		SendQueueBytes: cfg.WSSendQueueBytes, MaxInFlight: cfg.WSMaxInFlight,
+		PingInterval: cfg.WSPingInterval, WriteTimeout: cfg.WSWriteTimeout,
+		Logger: log, Metrics: a.metrics,
+	})
+	extra := map[string]http.Handler{}
+	if cfg.DevIssuer() {
+		dev, err := auth.OpenDevIssuer(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		extra["GET "+auth.DevJWKSPath] = dev.JWKSHandler()
+		extra["GET /.well-known/openid-configuration"] = dev.DiscoveryHandler("http://" + cfg.Addr)
+	}
+	handler, err := transport.NewHandler(transport.APIConfig{
+		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
+		Health: []transport.HealthCheck{
+			{Name: "database", Check: a.db.Ping},
+			{Name: "redis"},
+			{Name: "pubsub"},
+		},
+		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.http = &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	if cfg.MetricsAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", handler)
+		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
+	return a, nil
+}
+
+// newVerifier verifies tokens from the configured issuer, or from the built-in development
+// issuer through the same code with its key set given directly.
+func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
+	vc := auth.Config{ClientID: cfg.OIDCClientID, Leeway: cfg.JWTLeeway, Logger: log}
+	if cfg.DevIssuer() {
+		dev, err := auth.OpenDevIssuer(cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		vc.Issuer = auth.DevIssuerID
+		vc.KeySet = dev.PublicKeySet()
+		log.Warn("DEVELOPMENT MODE: tokens come from the built-in development issuer; set SWITCHBOARD_OIDC_ISSUER in production",
+			"key", dev.KeyPath())
+	} else {
+		vc.Issuer = cfg.OIDCIssuer
+	}
+	return auth.NewVerifier(context.Background(), vc)
+}
+
+// serve listens on ln (and the metrics address) until ctx ends, then shuts down in order.
+func (a *app) serve(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 2)
+	go func() { errc <- a.http.Serve(ln) }()
+	if a.metricsSrv != nil {
+		mln, err := listen(a.cfg.MetricsAddr)
+		if err != nil {
+			_ = ln.Close()
+			a.close(context.Background())
+			return err
+		}
+		go func() { errc <- a.metricsSrv.Serve(mln) }()
+	}
+	a.log.Info("switchboard listening", "addr", ln.Addr().String(), "database", a.db.Dialect, "version", buildVersion())
+	if a.cfg.DevIssuer() {
+		a.log.Info("get a development token with: switchboard token --user alice --roles get-authors,create-author,update-author,delete-author,broadcast")
+	}
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		if errors.Is(serveErr, http.ErrServerClosed) {
+			serveErr = nil
+		}
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), a.cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(serveErr, a.shutdown(sctx))
+}
+
+// shutdown runs the one shutdown order: stop accepting WebSockets → close them with 1001 →
+// http.Server.Shutdown → stop the actors and wait → close the database. ctx is the one deadline
+// over all of it.
+func (a *app) shutdown(ctx context.Context) error {
+	start := time.Now()
+	a.ws.BeginShutdown()
+	n, err := a.hub.Stop(ctx, transport.CloseGoingAway, "server shutting down")
+	errs := []error{err}
+	errs = append(errs, a.http.Shutdown(ctx))
+	if a.metricsSrv != nil {
+		errs = append(errs, a.metricsSrv.Shutdown(ctx))
+	}
+	errs = append(errs, a.ws.Wait(ctx))
+	errs = append(errs, a.close(ctx))
+	err = errors.Join(errs...)
+	a.log.Info("switchboard stopped", "websockets_closed", n, "took", time.Since(start).Round(time.Millisecond), "err", err)
+	return err
+}
+
+// close stops the actors and releases what newApp opened; it tolerates a partly built app.
+func (a *app) close(ctx context.Context) error {
+	var errs []error
+	if a.cancel != nil {
+		a.cancel()
+	}
+	if a.system != nil {
+		if a.handlers != nil {
+			errs = append(errs, a.system.Root.PoisonFuture(a.handlers).Wait())
+		}
+		a.system.Shutdown()
+	}
+	if a.verifier != nil {
+		a.verifier.Close()
+	}
+	if a.db != nil {
+		errs = append(errs, a.db.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close: %w", err)
+	}
+	return nil
+}
+
+func listen(addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	return ln, nil
+}
+
+// warnOnly keeps protoactor's own logging to warnings and errors.
+type warnOnly struct{ slog.Handler }
+
+func (w warnOnly) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn && w.Handler.Enabled(ctx, l)
+}
+
+func (w warnOnly) WithAttrs(as []slog.Attr) slog.Handler { return warnOnly{w.Handler.WithAttrs(as)} }
+func (w warnOnly) WithGroup(name string) slog.Handler    { return warnOnly{w.Handler.WithGroup(name)} }

@@ -1,0 +1,313 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/lxzan/gws"
+
+	"switchboard/config"
+	"switchboard/transport/auth"
+)
+
+// testServer is a whole Switchboard node on 127.0.0.1 with a random port, its own data
+// directory and (unless the test says otherwise) its own SQLite database.
+type testServer struct {
+	cfg  config.Config
+	app  *app
+	base string // http://127.0.0.1:port
+	dev  *auth.DevIssuer
+
+	stopOnce sync.Once
+	cancel   context.CancelFunc
+	done     chan error
+}
+
+// startServer starts a node; edit adjusts the configuration first. The node is stopped at
+// cleanup (or earlier with stop).
+func startServer(t testing.TB, edit func(*config.Config)) *testServer {
+	t.Helper()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Addr = "127.0.0.1:0"
+	cfg.ShutdownTimeout = 10 * time.Second
+	if edit != nil {
+		edit(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("test config: %v", err)
+	}
+	a, err := newApp(context.Background(), cfg, testLogger(t))
+	if err != nil {
+		t.Fatalf("newApp: %v", err)
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &testServer{cfg: cfg, app: a, base: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
+	if cfg.DevIssuer() {
+		if s.dev, err = auth.OpenDevIssuer(cfg.DataDir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	go func() { s.done <- a.serve(ctx, ln) }()
+	t.Cleanup(func() {
+		if err := s.stop(); err != nil {
+			t.Errorf("server stop: %v", err)
+		}
+	})
+	return s
+}
+
+// stop shuts the node down as SIGTERM would and returns serve's error.
+func (s *testServer) stop() error {
+	var err error
+	s.stopOnce.Do(func() {
+		s.cancel()
+		select {
+		case err = <-s.done:
+		case <-time.After(30 * time.Second):
+			err = errors.New("server did not stop within 30s")
+		}
+	})
+	return err
+}
+
+func (s *testServer) wsURL(query string) string {
+	u := "ws" + strings.TrimPrefix(s.base, "http") + "/web"
+	if query != "" {
+		u += "?" + query
+	}
+	return u
+}
+
+// token mints a development token for user with roles.
+func (s *testServer) token(t testing.TB, user string, roles ...string) string {
+	t.Helper()
+	tok, _, err := s.dev.Mint(auth.MintParams{Subject: user, Username: user, ClientID: s.cfg.OIDCClientID, Roles: roles, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// testLogger sends server logs to the test log, or discards them unless SWITCHBOARD_TEST_LOG=1
+// (they are long under load).
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("SWITCHBOARD_TEST_LOG") == "" {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// wsClient is a test WebSocket client: frames arrive on msgs, the close on closed.
+type wsClient struct {
+	t      testing.TB
+	conn   *gws.Conn
+	msgs   chan []byte
+	closed chan struct{}
+
+	mu        sync.Mutex
+	closeCode uint16
+	closeText string
+}
+
+// dial connects with the token in the query (or no token when empty) and fails the test if the
+// upgrade does not succeed.
+func (s *testServer) dial(t testing.TB, token string) *wsClient {
+	t.Helper()
+	c, err := s.tryDial(t, token, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return c
+}
+
+func (s *testServer) tryDial(t testing.TB, token string, header http.Header) (*wsClient, error) {
+	c := &wsClient{t: t, msgs: make(chan []byte, 4096), closed: make(chan struct{})}
+	q := ""
+	if token != "" {
+		q = "token=" + token
+	}
+	conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: s.wsURL(q), RequestHeader: header, ReadMaxPayloadSize: 16 << 20})
+	if err != nil {
+		return nil, err
+	}
+	c.conn = conn
+	go conn.ReadLoop()
+	t.Cleanup(func() { c.conn.WriteClose(1000, nil); c.waitClosed(5 * time.Second) })
+	return c, nil
+}
+
+func (c *wsClient) OnOpen(*gws.Conn)             {}
+func (c *wsClient) OnPing(s *gws.Conn, p []byte) { _ = s.WritePong(p) }
+func (c *wsClient) OnPong(*gws.Conn, []byte)     {}
+func (c *wsClient) OnMessage(_ *gws.Conn, m *gws.Message) {
+	b := append([]byte(nil), m.Bytes()...)
+	m.Close()
+	c.msgs <- b
+}
+func (c *wsClient) OnClose(_ *gws.Conn, err error) {
+	c.mu.Lock()
+	var ce *gws.CloseError
+	if errors.As(err, &ce) {
+		c.closeCode, c.closeText = ce.Code, string(ce.Reason)
+	}
+	c.mu.Unlock()
+	close(c.closed)
+}
+
+func (c *wsClient) waitClosed(d time.Duration) bool {
+	select {
+	case <-c.closed:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// closeStatus waits for the server to close the connection and returns its code and reason.
+func (c *wsClient) closeStatus(d time.Duration) (uint16, string) {
+	c.t.Helper()
+	if !c.waitClosed(d) {
+		c.t.Fatalf("connection not closed within %s", d)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeCode, c.closeText
+}
+
+func (c *wsClient) sendText(s string) {
+	c.t.Helper()
+	if err := c.conn.WriteString(s); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// envelope is a decoded frame from the server.
+type envelope struct {
+	PkgID      int             `json:"pkg_id"`
+	ReqID      string          `json:"req_id"`
+	StatusCode *int            `json:"status_code"`
+	Data       json.RawMessage `json:"data"`
+	Meta       json.RawMessage `json:"meta"`
+	Msg        *string         `json:"msg"`
+	Topic      string          `json:"topic"`
+	Seq        uint64          `json:"seq"`
+}
+
+func (e envelope) status() int {
+	if e.StatusCode == nil {
+		return -1
+	}
+	return *e.StatusCode
+}
+
+func (e envelope) msg() string {
+	if e.Msg == nil {
+		return ""
+	}
+	return *e.Msg
+}
+
+// next returns the next frame, failing after d.
+func (c *wsClient) next(d time.Duration) envelope {
+	c.t.Helper()
+	select {
+	case b := <-c.msgs:
+		var e envelope
+		if err := json.Unmarshal(b, &e); err != nil {
+			c.t.Fatalf("frame is not an envelope: %v: %s", err, b)
+		}
+		return e
+	case <-time.After(d):
+		c.t.Fatalf("no frame within %s", d)
+		return envelope{}
+	}
+}
+
+// call sends a request with a fresh req_id and returns the response to it.
+func (c *wsClient) call(pkgID int, data any) envelope {
+	c.t.Helper()
+	id := uuid.NewString()
+	frame := map[string]any{"pkg_id": pkgID, "req_id": id}
+	if data != nil {
+		frame["data"] = data
+	}
+	b, _ := json.Marshal(frame)
+	c.sendText(string(b))
+	for {
+		e := c.next(10 * time.Second)
+		if e.ReqID == id {
+			return e
+		}
+		if e.StatusCode != nil {
+			c.t.Fatalf("response for another request: %+v", e)
+		}
+	}
+}
+
+// decodeData unmarshals a response's data into v.
+func decodeData(t testing.TB, e envelope, v any) {
+	t.Helper()
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		t.Fatalf("data %s: %v", e.Data, err)
+	}
+}
+
+// postJSON sends an HTTP request with an optional bearer token.
+func (s *testServer) do(t testing.TB, method, path, token, body string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, s.base+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b
+}
+
+// eventually polls cond every 10ms until it holds or d passes.
+func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+var _ = fmt.Sprintf

@@ -40,7 +40,7 @@ func sealFrame(buf []byte, opcode byte) []byte {
 		buf[maxHeader-1] = byte(n)
 	default:
 		h = 10
-		buf[0] = 127
+		buf[1] = 127
 		for i := 0; i < 8; i++ {
 			buf[maxHeader-1-i] = byte(uint64(n) >> (8 * i))
 		}

@@ -1,0 +1,101 @@
+package transport
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"switchboard/actors"
+	"switchboard/hub"
+)
+
+// stripHeader checks a server frame header (FIN, text, unmasked, exact length) and returns the
+// payload.
+func stripHeader(t testing.TB, f []byte) []byte {
+	t.Helper()
+	if f[0] != 0x80|opText {
+		t.Fatalf("first byte %#x", f[0])
+	}
+	n, h := int(f[1]), 2
+	switch n {
+	case 126:
+		n, h = int(binary.BigEndian.Uint16(f[2:])), 4
+	case 127:
+		n, h = int(binary.BigEndian.Uint64(f[2:])), 10
+	}
+	if len(f)-h != n {
+		t.Fatalf("header says %d bytes, frame has %d", n, len(f)-h)
+	}
+	return f[h:]
+}
+
+func TestFrameLengths(t *testing.T) {
+	for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 70000} {
+		b := newFrameBuf(n)
+		b = append(b, strings.Repeat("a", n)...)
+		f := sealFrame(b, opText)
+		if got := stripHeader(t, f); len(got) != n {
+			t.Fatalf("n=%d: payload %d", n, len(got))
+		}
+	}
+}
+
+func TestEncodeResponse(t *testing.T) {
+	f, err := jsonCodec{}.EncodeResponse(&actors.Response{PkgID: 1, ReqID: someUUID, Status: actors.StatusOK, Data: []int{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"pkg_id":1,"req_id":"` + someUUID + `","status_code":0,"data":[],"meta":null,"msg":null}`
+	if got := string(stripHeader(t, f)); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	f, _ = jsonCodec{}.EncodeResponse(&actors.Response{PkgID: 0, ReqID: `a"b<`, Status: actors.StatusInvalidData, Msg: "Invalid data"})
+	var m map[string]any
+	if err := json.Unmarshal(stripHeader(t, f), &m); err != nil || m["req_id"] != `a"b<` || m["msg"] != "Invalid data" || m["data"] != nil {
+		t.Fatalf("escaped response: %v %v", m, err)
+	}
+}
+
+func TestEncodeBroadcast(t *testing.T) {
+	f, _ := jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{"x":1}`)})
+	want := `{"pkg_id":7,"req_id":"` + zeroUUID + `","data":{"x":1}}`
+	if got := string(stripHeader(t, f)); got != want {
+		t.Fatalf("got %s", got)
+	}
+	f, _ = jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "dashboards.a", Seq: 3})
+	want = `{"pkg_id":7,"req_id":"` + zeroUUID + `","data":{},"topic":"dashboards.a","seq":3}`
+	if got := string(stripHeader(t, f)); got != want {
+		t.Fatalf("got %s", got)
+	}
+}
+
+func BenchmarkDecodeEnvelope(b *testing.B) {
+	frame := []byte(`{"pkg_id":1,"req_id":"` + someUUID + `","data":{"filters":{"name":"John"}}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if req, _ := decodeEnvelope(frame); req == nil {
+			b.Fatal("refused")
+		}
+	}
+}
+
+func BenchmarkEncodeResponse(b *testing.B) {
+	r := &actors.Response{PkgID: 1, ReqID: someUUID, Data: []map[string]any{{"id": 1, "name": "John"}}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := (jsonCodec{}).EncodeResponse(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeBroadcast(b *testing.B) {
+	m := &hub.Message{PkgID: 1, Data: json.RawMessage(`{"seq":1,"payload":"` + strings.Repeat("x", 64) + `"}`)}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := (jsonCodec{}).EncodeBroadcast(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

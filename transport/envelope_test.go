@@ -1,0 +1,100 @@
+package transport
+
+import (
+	"encoding/json"
+	"testing"
+	"unicode/utf8"
+
+	"switchboard/actors"
+)
+
+const someUUID = "550e8400-e29b-41d4-a716-446655440000"
+
+func TestDecodeEnvelope(t *testing.T) {
+	cases := []struct {
+		name      string
+		frame     string
+		wantPkg   int
+		wantReqID string
+		wantData  string
+		wantBad   string // error path when the frame is refused
+	}{
+		{"full", `{"pkg_id":1,"req_id":"` + someUUID + `","data":{"filters":{"name":"J"}}}`, 1, someUUID, `{"filters":{"name":"J"}}`, ""},
+		{"data absent is {}", `{"pkg_id":2,"req_id":"` + someUUID + `"}`, 2, someUUID, `{}`, ""},
+		{"data null is {}", `{"pkg_id":2,"req_id":"` + someUUID + `","data":null}`, 2, someUUID, `{}`, ""},
+		{"unknown keys ignored", `{"pkg_id":3,"req_id":"` + someUUID + `","x":[1],"data":{}}`, 3, someUUID, `{}`, ""},
+		{"upper-case uuid", `{"pkg_id":3,"req_id":"550E8400-E29B-41D4-A716-446655440000"}`, 3, "550E8400-E29B-41D4-A716-446655440000", `{}`, ""},
+		{"not json", `hello`, 0, zeroUUID, "", "/"},
+		{"json array", `[1,2]`, 0, zeroUUID, "", "/"},
+		{"missing req_id", `{"pkg_id":1}`, 0, zeroUUID, "", "/req_id"},
+		{"numeric req_id", `{"pkg_id":1,"req_id":5}`, 0, zeroUUID, "", "/req_id"},
+		{"non-uuid req_id is echoed", `{"pkg_id":1,"req_id":"abc"}`, 0, "abc", "", "/req_id"},
+		{"missing pkg_id", `{"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
+		{"fractional pkg_id", `{"pkg_id":1.5,"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
+		{"string pkg_id", `{"pkg_id":"1","req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
+		{"huge pkg_id", `{"pkg_id":99999999999,"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
+		{"data not an object", `{"pkg_id":1,"req_id":"` + someUUID + `","data":[1]}`, 1, someUUID, "", "/data"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, bad := decodeEnvelope([]byte(tc.frame))
+			if tc.wantBad != "" {
+				if bad == nil {
+					t.Fatalf("want refusal, got %+v", req)
+				}
+				if bad.Status != actors.StatusInvalidData || bad.Msg != "Invalid data" || bad.ReqID != tc.wantReqID || bad.PkgID != tc.wantPkg {
+					t.Fatalf("refusal = %+v", bad)
+				}
+				if got := bad.Data.(actors.InvalidData).Errors[0].Path; got != tc.wantBad {
+					t.Fatalf("error path = %q, want %q", got, tc.wantBad)
+				}
+				return
+			}
+			if bad != nil {
+				t.Fatalf("unexpected refusal %+v", bad)
+			}
+			if req.PkgID != tc.wantPkg || req.ReqID != tc.wantReqID || string(req.Data) != tc.wantData || req.Transport != "ws" {
+				t.Fatalf("got %+v data=%s", req, req.Data)
+			}
+		})
+	}
+}
+
+func TestDecodeEnvelopeCopiesData(t *testing.T) {
+	frame := []byte(`{"pkg_id":1,"req_id":"` + someUUID + `","data":{"a":1}}`)
+	req, _ := decodeEnvelope(frame)
+	for i := range frame {
+		frame[i] = 'x' // gws reuses frame buffers
+	}
+	if string(req.Data) != `{"a":1}` {
+		t.Fatalf("data aliases the frame buffer: %s", req.Data)
+	}
+}
+
+// FuzzDecodeEnvelope: any frame yields exactly one of a request or a refusal, and the answer
+// the server would send is valid JSON.
+func FuzzDecodeEnvelope(f *testing.F) {
+	for _, s := range []string{`{"pkg_id":1,"req_id":"` + someUUID + `"}`, `{}`, `[]`, `"x"`, `{"pkg_id":1,"req_id":"\u0000\"<>"}`, "\xff"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		req, bad := decodeEnvelope(frame)
+		if (req == nil) == (bad == nil) {
+			t.Fatalf("want exactly one of request and refusal: %v %v", req, bad)
+		}
+		if req != nil {
+			if !json.Valid(req.Data) || req.Data[0] != '{' {
+				t.Fatalf("request data not an object: %q", req.Data)
+			}
+			return
+		}
+		out, err := jsonCodec{}.EncodeResponse(bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		payload := stripHeader(t, out)
+		if utf8.Valid(frame) && !json.Valid(payload) {
+			t.Fatalf("refusal is not JSON: %q", payload)
+		}
+	})
+}

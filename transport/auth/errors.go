@@ -1,0 +1,32 @@
+package auth
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Verification failures. Verify wraps exactly one of them (with %w); the text of every error
+// it returns is safe to show to a client: it never contains the token or library internals.
+var (
+	ErrMissingToken      = errors.New("missing token")
+	ErrTokenExpired      = errors.New("token expired")
+	ErrTokenNotYetValid  = errors.New("token not yet valid")
+	ErrInvalidSignature  = errors.New("invalid token signature")
+	ErrInvalidIssuer     = errors.New("invalid token issuer")
+	ErrInvalidAudience   = errors.New("invalid token audience")
+	ErrMalformedToken    = errors.New("malformed token")
+	ErrKeysUnavailable   = errors.New("token signing keys unavailable")
+	errVerifierClosed    = errors.New("verifier closed")
+	errRefreshThrottled  = errors.New("key refresh throttled")
+	errNoUsableKeys      = errors.New("key set has no usable signature keys")
+	errDiscoveryMismatch = errors.New("discovery document issuer does not match the configured issuer")
+)
+
+// fail builds a client-safe error: the sentinel, optionally followed by a fixed reason.
+// Library errors (which may quote token fragments) are logged by the caller, never wrapped.
+func fail(kind error, reason string) error {
+	if reason == "" {
+		return fmt.Errorf("%w", kind)
+	}
+	return fmt.Errorf("%w: %s", kind, reason)
+}

@@ -2,7 +2,7 @@ package hub
 
 import (
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -12,9 +12,6 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
 )
-
-// ErrStopped is returned by Broadcast after Stop.
-var ErrStopped = errors.New("hub stopped")
 
 // CloseSlowConsumer is the close code for a connection over its send budget (PROTOCOL.md §1.3).
 const CloseSlowConsumer = 1013
@@ -89,8 +86,10 @@ func (h *Hub) Broadcast(ctx context.Context, msg *Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if msg.Data == nil {
+	if len(msg.Data) == 0 {
 		msg.Data = []byte("{}")
+	} else if !json.Valid(msg.Data) {
+		return ErrInvalidData
 	}
 	h.root.Send(h.pid, &broadcast{msg: msg})
 	return nil

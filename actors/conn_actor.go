@@ -3,6 +3,7 @@ package actors
 import (
 	"fmt"
 	"log/slog"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -12,6 +13,8 @@ type Outbox interface {
 	// Send queues one complete frame without blocking; false means the connection is over its
 	// send budget or closed (the outbox closes itself in that case).
 	Send(frame []byte) bool
+	// Close starts closing the connection with a close frame; it does not wait.
+	Close(code uint16, reason string)
 }
 
 // Encoder turns a Response into one complete frame in the connection's codec.
@@ -19,41 +22,81 @@ type Encoder interface {
 	EncodeResponse(*Response) ([]byte, error)
 }
 
+// CloseTokenExpired is the close code for a connection whose token expired (PROTOCOL.md §3).
+const CloseTokenExpired = 4001
+
 // ConnConfig is what a connection actor owns.
 type ConnConfig struct {
 	User     *User
 	Outbox   Outbox
 	Encoder  Encoder
 	Handlers *actor.PID // the handler pool
+	// Leeway is added to the token's expiry before the connection is closed, matching the
+	// clock skew the verifier allows.
+	Leeway time.Duration
 	// Done is called once per request when its answer has been queued (or dropped), so the
 	// socket's read side can admit the next one (in-flight cap).
 	Done   func()
 	Logger *slog.Logger
 }
 
-// connActor is the actor behind one socket: it owns the user and the in-flight requests,
-// asks the handler pool, and queues the encoded answers on the socket's writer.
+// tokenExpired is the connection actor's own timer message; exp tells which token it was
+// for, so a timer that lost the race with a refresh is ignored.
+type tokenExpired struct{ exp time.Time }
+
+// connActor is the actor behind one socket: it owns the user (replaced by REFRESH_TOKEN) and
+// the token's expiry timer, asks the handler pool, and queues the encoded answers on the
+// socket's writer.
 type connActor struct {
-	cfg ConnConfig
+	cfg   ConnConfig
+	user  *User
+	timer *time.Timer
 }
 
 // NewConnProps returns the props of a connection actor.
 func NewConnProps(cfg ConnConfig) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &connActor{cfg: cfg} })
+	return actor.PropsFromProducer(func() actor.Actor { return &connActor{cfg: cfg, user: cfg.User} })
 }
 
 func (a *connActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
+	case *actor.Started:
+		a.schedule(ctx)
+	case *actor.Stopping:
+		if a.timer != nil {
+			a.timer.Stop()
+		}
+	case *actor.Stopped, *actor.Restarting:
 	case *Request:
 		// The read side built m; the user is the connection's, whatever the frame said.
-		m.User = a.cfg.User
+		m.User = a.user
 		ctx.Request(a.cfg.Handlers, m)
 	case *Response:
+		if m.Refreshed != nil && m.Status == StatusOK {
+			a.user = m.Refreshed
+			a.schedule(ctx)
+		}
 		a.deliver(m)
+	case *tokenExpired:
+		if a.user.ExpiresAt.Equal(m.exp) {
+			a.cfg.Outbox.Close(CloseTokenExpired, "token expired")
+		}
 	default:
 		a.cfg.Logger.Warn("connection actor: unexpected message", "type", typeName(m))
 	}
+}
+
+// schedule (re)arms the expiry timer for the current user's token.
+func (a *connActor) schedule(ctx actor.Context) {
+	if a.timer != nil {
+		a.timer.Stop()
+	}
+	exp := a.user.ExpiresAt
+	if exp.IsZero() {
+		return
+	}
+	self, root := ctx.Self(), ctx.ActorSystem().Root
+	a.timer = time.AfterFunc(time.Until(exp.Add(a.cfg.Leeway)), func() { root.Send(self, &tokenExpired{exp: exp}) })
 }
 
 // deliver encodes and queues an answer. Answers that the read side produced without a handler

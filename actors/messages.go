@@ -54,6 +54,9 @@ type Response struct {
 	Kind   error
 	// RetryAfter is set on rate-limit answers: how long until a slot frees.
 	RetryAfter time.Duration
+	// Refreshed is the connection's new identity after a successful REFRESH_TOKEN; the
+	// connection actor adopts it. Never encoded.
+	Refreshed *User
 }
 
 // FieldError is one problem found in a request's data: a JSON pointer and a message.

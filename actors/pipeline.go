@@ -112,7 +112,11 @@ func (p *Pipeline) run(ctx context.Context, rt *route, req *Request) (resp *Resp
 	if err != nil {
 		return p.fail(req, p.classify(req, err))
 	}
-	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta}
+	resp = &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta}
+	if r, ok := data.(refreshed); ok {
+		resp.Refreshed = r.user
+	}
+	return resp
 }
 
 // classify turns a handler error into the answer the client sees, logging what it hides.

@@ -87,7 +87,7 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 			writeDetail(w, status, err.Error())
 			return
 		}
-		u := &actors.User{ID: claims.Subject, Name: claims.Username, Roles: claims.Roles, ExpiresAt: claims.ExpiresAt}
+		u := UserOf(claims)
 		missing, listed := a.cfg.Policy.RouteMissing(route, u)
 		if !listed {
 			writeDetail(w, http.StatusForbidden, "Route not allowed by the RBAC policy")

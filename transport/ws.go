@@ -36,6 +36,7 @@ type WSConfig struct {
 	MaxInFlight     int
 	PingInterval    time.Duration
 	WriteTimeout    time.Duration
+	TokenLeeway     time.Duration // a connection is closed at its token's exp plus this
 	Logger          *slog.Logger
 	Metrics         *metrics.Set
 }
@@ -104,7 +105,7 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
-	c := s.newConn(socket, &actors.User{ID: claims.Subject, Name: claims.Username, Roles: claims.Roles, ExpiresAt: claims.ExpiresAt})
+	c := s.newConn(socket, UserOf(claims))
 	socket.Session().(*connSession).c = c
 	s.m.accepted.Inc()
 	s.conns.Add(1)
@@ -127,9 +128,15 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
 		user:     user,
 	}
 	c.pid = s.cfg.Root.SpawnPrefix(actors.NewConnProps(actors.ConnConfig{
-		User: user, Outbox: c, Encoder: c.codec, Handlers: s.cfg.Handlers, Done: c.release, Logger: s.cfg.Logger,
+		User: user, Outbox: c, Encoder: c.codec, Handlers: s.cfg.Handlers, Leeway: s.cfg.TokenLeeway,
+		Done: c.release, Logger: s.cfg.Logger,
 	}), "conn")
 	return c
+}
+
+// UserOf turns verified claims into the actors' view of a user.
+func UserOf(c *auth.Claims) *actors.User {
+	return &actors.User{ID: c.Subject, Name: c.Username, Roles: c.Roles, ExpiresAt: c.ExpiresAt}
 }
 
 // BeginShutdown makes new handshakes fail with 503; the hub closes the live sockets.

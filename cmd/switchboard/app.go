@@ -55,15 +55,22 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if err != nil {
 		return nil, err
 	}
+	if a.verifier, err = newVerifier(cfg, log); err != nil {
+		return nil, err
+	}
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db))...)
+	reg.MustRegister(actors.SessionRoutes(func(ctx context.Context, token string) (*actors.User, error) {
+		claims, err := a.verifier.Verify(ctx, token)
+		if err != nil {
+			return nil, err
+		}
+		return transport.UserOf(claims), nil
+	})...)
 	pipeline, err := actors.NewPipeline(actors.PipelineConfig{
 		Registry: reg, Policy: policy, Timeout: cfg.HandlerTimeout, Logger: log, Metrics: a.metrics,
 	})
 	if err != nil {
-		return nil, err
-	}
-	if a.verifier, err = newVerifier(cfg, log); err != nil {
 		return nil, err
 	}
 
@@ -81,7 +88,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers,
 		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,
 		SendQueueBytes: cfg.WSSendQueueBytes, MaxInFlight: cfg.WSMaxInFlight,
-		PingInterval: cfg.WSPingInterval, WriteTimeout: cfg.WSWriteTimeout,
+		PingInterval: cfg.WSPingInterval, WriteTimeout: cfg.WSWriteTimeout, TokenLeeway: cfg.JWTLeeway,
 		Logger: log, Metrics: a.metrics,
 	})
 	extra := map[string]http.Handler{}

@@ -8,4 +8,11 @@
 // most one starts per Config.MinRefreshInterval. Close cancels the jwk.Cache's context and
 // waits for the fetches the Verifier started; call it once the Verifier is no longer used
 // (again is a no-op). A DevIssuer is immutable after OpenDevIssuer and safe for concurrent use.
+//
+// Login (POST /login) has two implementations: PasswordGrant, the OIDC password grant
+// against the issuer's token endpoint, and DevLogin, the development users file with the
+// DevIssuer. A PasswordGrant is safe for concurrent use; each Login is bounded by its
+// Timeout, and Close releases its idle connections. DevUsers is immutable after
+// OpenDevUsers and safe for concurrent use; it runs at most GOMAXPROCS bcrypt comparisons
+// at once, and a Login waiting for one ends with its context.
 package auth

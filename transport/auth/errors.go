@@ -22,6 +22,19 @@ var (
 	errDiscoveryMismatch = errors.New("discovery document issuer does not match the configured issuer")
 )
 
+// Login failures (see Login). Like the verification errors, their text is safe to show to
+// a client; the details (the IdP's error, the network failure) are logged, never wrapped.
+// The edge maps ErrBadCredentials to 401 and ErrIdPUnavailable to 503.
+var (
+	// ErrBadCredentials: unknown user, wrong password, or an account the IdP refuses
+	// (disabled, required actions pending): the IdP's invalid_grant.
+	ErrBadCredentials = errors.New("invalid username or password")
+	// ErrIdPUnavailable: the identity provider could not be asked or did not answer
+	// usably (network error, timeout, 5xx, a malformed answer, or a rejected client
+	// configuration, which is logged at error level for the operator).
+	ErrIdPUnavailable = errors.New("identity provider unavailable")
+)
+
 // fail builds a client-safe error: the sentinel, optionally followed by a fixed reason.
 // Library errors (which may quote token fragments) are logged by the caller, never wrapped.
 func fail(kind error, reason string) error {

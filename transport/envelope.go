@@ -28,12 +28,12 @@ func decodeEnvelope(frame []byte) (*actors.Request, *actors.Response) {
 	if err := json.Unmarshal(frame, &env); err != nil {
 		return nil, invalidEnvelope(0, zeroUUID, "/", "frame is not a JSON object")
 	}
+	pkgID, pkgOK := parsePkgID(env.PkgID)
 	reqID, ok := parseReqID(env.ReqID)
 	if !ok {
-		return nil, invalidEnvelope(0, reqID, "/req_id", "req_id must be a UUID string")
+		return nil, invalidEnvelope(pkgID, reqID, "/req_id", "req_id must be a UUID string")
 	}
-	pkgID, ok := parsePkgID(env.PkgID)
-	if !ok {
+	if !pkgOK {
 		return nil, invalidEnvelope(0, reqID, "/pkg_id", "pkg_id must be an integer")
 	}
 	data := env.Data
@@ -84,8 +84,11 @@ func isUUID(s string) bool {
 	return true
 }
 
-// parsePkgID accepts a JSON integer that fits in 32 bits (no fraction, no exponent).
+// parsePkgID accepts a JSON integer that fits in 32 bits (no fraction, no exponent); 0 otherwise.
 func parsePkgID(raw json.RawMessage) (int, bool) {
 	n, err := strconv.ParseInt(string(raw), 10, 32)
-	return int(n), err == nil
+	if err != nil {
+		return 0, false
+	}
+	return int(n), true
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
 
 	"switchboard/actors"
 	"switchboard/hub"
@@ -26,6 +27,9 @@ type HealthCheck struct {
 type APIConfig struct {
 	Verifier        TokenVerifier
 	Policy          *actors.Policy
+	Root            *actor.RootContext
+	Handlers        *actor.PID    // the handler pool the façade routes ask
+	HandlerTimeout  time.Duration // one handler call
 	Hub             *hub.Hub
 	WS              http.Handler
 	Health          []HealthCheck
@@ -43,10 +47,19 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &api{cfg: cfg, broadcastSchema: bs}
+	os, err := actors.NewSchema("object", `{"type":"object"}`)
+	if err != nil {
+		return nil, err
+	}
+	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed("POST /api/broadcast", a.broadcast))
+	mux.HandleFunc("GET /authors", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgGetAuthors, data: a.authorsQuery, success: ok200})))
+	mux.HandleFunc("GET /authors/paginated", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgGetPaginatedAuthors, data: a.authorsPageQuery, success: okPage})))
+	mux.HandleFunc("POST /authors", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgCreateAuthor, data: a.readObject, success: ok200})))
+	mux.HandleFunc("PUT /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgUpdateAuthor, data: a.bodyWithPathID, success: ok200})))
+	mux.HandleFunc("DELETE /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgDeleteAuthor, data: a.pathIDOnly, success: ok204})))
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /readyz", a.health)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
@@ -62,13 +75,11 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 type api struct {
 	cfg             APIConfig
 	broadcastSchema *actors.Schema
+	objectSchema    *actors.Schema
 }
 
-type ctxKey int
-
-const userKey ctxKey = 0
-
-// authed verifies the bearer token and the route's roles before h runs.
+// authed verifies the bearer token and, for a route that is not a pkg_id's (route != ""), the
+// roles the policy gives it, before h runs. pkg_id routes get RBAC in the pipeline.
 func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *actors.User)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token := auth.TokenFromRequest(r)
@@ -88,6 +99,10 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 			return
 		}
 		u := UserOf(claims)
+		if route == "" {
+			h(w, r, u)
+			return
+		}
 		missing, listed := a.cfg.Policy.RouteMissing(route, u)
 		if !listed {
 			writeDetail(w, http.StatusForbidden, "Route not allowed by the RBAC policy")
@@ -97,7 +112,7 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 			writeDetail(w, http.StatusForbidden, "Missing required roles: "+actors.MissingRolesText(missing))
 			return
 		}
-		h(w, r.WithContext(context.WithValue(r.Context(), userKey, u)), u)
+		h(w, r, u)
 	}
 }
 
@@ -125,10 +140,7 @@ func (a *api) readBody(w http.ResponseWriter, r *http.Request, schema *actors.Sc
 }
 
 func writeInvalid(w http.ResponseWriter, errs []actors.FieldError) {
-	writeJSON(w, http.StatusUnprocessableEntity, struct {
-		Detail string              `json:"detail"`
-		Errors []actors.FieldError `json:"errors"`
-	}{"Invalid data", errs})
+	writeJSON(w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data", Errors: errs})
 }
 
 const broadcastSchema = `{"type":"object","required":["pkg_id"],"properties":{
@@ -159,13 +171,11 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 
 // health probes every dependency in parallel, each bounded by one second.
 func (a *api) health(w http.ResponseWriter, r *http.Request) {
-	body := map[string]string{}
-	healthy := true
-	var mu sync.Mutex
+	results := make([]string, len(a.cfg.Health))
 	var wg sync.WaitGroup
-	for _, hc := range a.cfg.Health {
+	for i, hc := range a.cfg.Health {
 		if hc.Check == nil {
-			body[hc.Name] = "disabled"
+			results[i] = "disabled"
 			continue
 		}
 		wg.Add(1)
@@ -173,24 +183,22 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 			defer cancel()
-			err := hc.Check(ctx)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil {
-				healthy = false
-				body[hc.Name] = "unhealthy"
+			if err := hc.Check(ctx); err != nil {
+				results[i] = "unhealthy"
 				a.cfg.Logger.Warn("health check failed", "check", hc.Name, "err", err)
 				return
 			}
-			body[hc.Name] = "healthy"
+			results[i] = "healthy"
 		}()
 	}
 	wg.Wait()
+	body := map[string]string{"status": "healthy"}
 	status := http.StatusOK
-	body["status"] = "healthy"
-	if !healthy {
-		status = http.StatusServiceUnavailable
-		body["status"] = "unhealthy"
+	for i, hc := range a.cfg.Health {
+		body[hc.Name] = results[i]
+		if results[i] == "unhealthy" {
+			status, body["status"] = http.StatusServiceUnavailable, "unhealthy"
+		}
 	}
 	writeJSON(w, status, body)
 }

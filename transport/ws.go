@@ -48,8 +48,12 @@ type WSServer struct {
 	upgrader *gws.Upgrader
 	m        *wsMetrics
 	nextID   atomic.Uint64
-	closing  atomic.Bool
-	conns    sync.WaitGroup // one per running read loop
+	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
+	// under mu while closing is false, so BeginShutdown's caller can rely on the hub closing
+	// every socket that Wait then waits for.
+	mu      sync.Mutex
+	closing bool
+	conns   sync.WaitGroup // one per upgraded socket until its read loop ends
 }
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
@@ -70,10 +74,6 @@ func NewWSServer(cfg WSConfig) *WSServer {
 
 // ServeHTTP authenticates and upgrades one request (PROTOCOL.md §1.1).
 func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if s.closing.Load() {
-		writeDetail(w, http.StatusServiceUnavailable, "Server is shutting down")
-		return
-	}
 	if origin := r.Header.Get("Origin"); origin != "" && len(s.cfg.AllowedOrigins) > 0 && !slices.Contains(s.cfg.AllowedOrigins, origin) {
 		s.m.rejOrigin.Inc()
 		writeDetail(w, http.StatusForbidden, "Origin not allowed")
@@ -99,16 +99,31 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, http.StatusBadRequest, "Unsupported format "+quoteShort(f)+": use json")
 		return
 	}
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		writeDetail(w, http.StatusServiceUnavailable, "Server is shutting down")
+		return
+	}
+	s.conns.Add(1)
+	s.mu.Unlock()
 	socket, err := s.upgrader.Upgrade(w, r)
 	if err != nil {
 		// gws has answered the client already.
+		s.conns.Done()
 		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
 	c := s.newConn(socket, UserOf(claims))
 	socket.Session().(*connSession).c = c
 	s.m.accepted.Inc()
-	s.conns.Add(1)
+	s.mu.Lock()
+	if s.closing {
+		c.Close(CloseGoingAway, "server shutting down")
+	} else {
+		s.cfg.Hub.Register(c)
+	}
+	s.mu.Unlock()
 	go func() {
 		defer s.conns.Done()
 		socket.ReadLoop()
@@ -140,7 +155,11 @@ func UserOf(c *auth.Claims) *actors.User {
 }
 
 // BeginShutdown makes new handshakes fail with 503; the hub closes the live sockets.
-func (s *WSServer) BeginShutdown() { s.closing.Store(true) }
+func (s *WSServer) BeginShutdown() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
+}
 
 // Wait blocks until every read loop has ended (and its connection actor stopped), or ctx ends.
 func (s *WSServer) Wait(ctx context.Context) error {
@@ -175,10 +194,7 @@ func (e *wsEvents) keepAlive(socket *gws.Conn) {
 	}
 }
 
-func (e *wsEvents) OnOpen(socket *gws.Conn) {
-	e.keepAlive(socket)
-	e.s.cfg.Hub.Register(conn(socket))
-}
+func (e *wsEvents) OnOpen(socket *gws.Conn) { e.keepAlive(socket) }
 
 func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 	c := conn(socket)

@@ -102,6 +102,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	}
 	handler, err := transport.NewHandler(transport.APIConfig{
 		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
+		Root: a.system.Root, Handlers: a.handlers, HandlerTimeout: cfg.HandlerTimeout,
 		Health: []transport.HealthCheck{
 			{Name: "database", Check: a.db.Ping},
 			{Name: "redis"},

@@ -1,0 +1,218 @@
+package transport
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"switchboard/actors"
+)
+
+// The façade routes run the same handler actors as their pkg_ids (PROTOCOL.md §2): a route
+// turns the HTTP call into an actors.Request, asks the handler pool, and maps the Response's
+// kind to an HTTP status in one place (writeResponse).
+
+// facadeRoute describes one route: how to build a pkg_id's data from the call, and how a
+// success is answered.
+type facadeRoute struct {
+	pkgID int
+	// data builds the request data; it answers the client itself and returns false on failure.
+	data func(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool)
+	// success writes a successful answer.
+	success func(w http.ResponseWriter, resp *actors.Response)
+}
+
+func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *actors.User) {
+	return func(w http.ResponseWriter, r *http.Request, u *actors.User) {
+		data, ok := rt.data(w, r)
+		if !ok {
+			return
+		}
+		req := &actors.Request{
+			PkgID: rt.pkgID, ReqID: r.Header.Get("X-Correlation-ID"), Data: data, User: u,
+			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(),
+		}
+		res, err := a.cfg.Root.RequestFuture(a.cfg.Handlers, req, a.cfg.HandlerTimeout+time.Second).Result()
+		if err != nil {
+			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "err", err)
+			writeDetail(w, http.StatusGatewayTimeout, "The request timed out")
+			return
+		}
+		resp := res.(*actors.Response)
+		if resp.Status == actors.StatusOK {
+			rt.success(w, resp)
+			return
+		}
+		writeFailure(w, resp)
+	}
+}
+
+// writeFailure maps a failed Response to its HTTP status and body.
+func writeFailure(w http.ResponseWriter, resp *actors.Response) {
+	switch {
+	case errors.Is(resp.Kind, actors.ErrInvalid):
+		errs := []actors.FieldError{}
+		if d, ok := resp.Data.(actors.InvalidData); ok {
+			errs = d.Errors
+		}
+		writeJSON(w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data", Errors: errs})
+	case errors.Is(resp.Kind, actors.ErrNotFound):
+		writeDetail(w, http.StatusNotFound, resp.Msg)
+	case errors.Is(resp.Kind, actors.ErrConflict):
+		writeDetail(w, http.StatusConflict, resp.Msg)
+	case errors.Is(resp.Kind, actors.ErrDenied):
+		detail := "Permission denied"
+		if m, ok := resp.Data.(actors.MissingRoles); ok && len(m.Missing) > 0 {
+			detail = "Missing required roles: " + actors.MissingRolesText(m.Missing)
+		}
+		writeDetail(w, http.StatusForbidden, detail)
+	case errors.Is(resp.Kind, actors.ErrRateLimited):
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(resp.RetryAfter.Round(time.Second)/time.Second))))
+		writeDetail(w, http.StatusTooManyRequests, "Rate limit exceeded")
+	default:
+		writeDetail(w, http.StatusInternalServerError, resp.Msg)
+	}
+}
+
+type invalidBody struct {
+	Detail string              `json:"detail"`
+	Errors []actors.FieldError `json:"errors"`
+}
+
+func ok200(w http.ResponseWriter, resp *actors.Response) { writeJSON(w, http.StatusOK, resp.Data) }
+
+func okPage(w http.ResponseWriter, resp *actors.Response) {
+	writeJSON(w, http.StatusOK, struct {
+		Items any `json:"items"`
+		Meta  any `json:"meta"`
+	}{resp.Data, resp.Meta})
+}
+
+func ok204(w http.ResponseWriter, _ *actors.Response) { w.WriteHeader(http.StatusNoContent) }
+
+// queryData builds data from query parameters: ints are parsed (a bad one answers 422),
+// filters go under "filters". present reports which parameters were given at all.
+type queryData struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	top    map[string]any
+	errs   []actors.FieldError
+	filter map[string]any
+}
+
+func newQueryData(w http.ResponseWriter, r *http.Request) *queryData {
+	return &queryData{w: w, r: r, top: map[string]any{}, filter: map[string]any{}}
+}
+
+func (q *queryData) has(name string) bool { return q.r.URL.Query().Has(name) }
+
+func (q *queryData) int(name string, filter bool) {
+	if !q.has(name) {
+		return
+	}
+	v := q.r.URL.Query().Get(name)
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		q.errs = append(q.errs, actors.FieldError{Path: "/" + name, Message: "must be an integer, got " + quoteShort(v)})
+		return
+	}
+	q.put(name, n, filter)
+}
+
+func (q *queryData) str(name string, filter bool) {
+	if q.has(name) {
+		q.put(name, q.r.URL.Query().Get(name), filter)
+	}
+}
+
+func (q *queryData) put(name string, v any, filter bool) {
+	if filter {
+		q.filter[name] = v
+	} else {
+		q.top[name] = v
+	}
+}
+
+// done returns the data, or answers 422 for the query's problems.
+func (q *queryData) done() (json.RawMessage, bool) {
+	if len(q.errs) > 0 {
+		writeJSON(q.w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data", Errors: q.errs})
+		return nil, false
+	}
+	if len(q.filter) > 0 {
+		q.top["filters"] = q.filter
+	}
+	b, _ := json.Marshal(q.top)
+	return b, true
+}
+
+func (a *api) authorsQuery(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	q := newQueryData(w, r)
+	q.int("id", true)
+	q.str("name", true)
+	return q.done()
+}
+
+func (a *api) authorsPageQuery(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	q := newQueryData(w, r)
+	q.int("page", false)
+	q.int("per_page", false)
+	q.str("cursor", false) // present, even empty, selects cursor mode
+	q.int("id", true)
+	q.str("name", true)
+	return q.done()
+}
+
+// bodyWithPathID reads a JSON object body and adds the {id} path value as "id".
+func (a *api) bodyWithPathID(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return nil, false
+	}
+	body, ok := a.readObject(w, r)
+	if !ok {
+		return nil, false
+	}
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(body, &m)
+	m["id"] = json.RawMessage(strconv.FormatInt(id, 10))
+	b, _ := json.Marshal(m)
+	return b, true
+}
+
+func (a *api) pathIDOnly(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	id, ok := pathID(w, r)
+	if !ok {
+		return nil, false
+	}
+	return json.RawMessage(`{"id":` + strconv.FormatInt(id, 10) + `}`), true
+}
+
+func pathID(w http.ResponseWriter, r *http.Request) (int64, bool) {
+	v := r.PathValue("id")
+	id, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || id < 1 {
+		writeJSON(w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data",
+			Errors: []actors.FieldError{{Path: "/id", Message: "must be a positive integer, got " + quoteShort(v)}}})
+		return 0, false
+	}
+	return id, true
+}
+
+// readObject reads a body that must be a JSON object (schemas check the rest in the pipeline).
+func (a *api) readObject(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	return a.readBody(w, r, a.objectSchema)
+}
+
+// clientIP is the caller's address (X-Forwarded-For is honoured by the trusted-proxy middleware,
+// which rewrites RemoteAddr before this runs).
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}

@@ -82,7 +82,9 @@ func (c *wsConn) Enqueue(frame []byte) bool {
 		c.mu.Unlock()
 		return false
 	}
-	if c.queued+len(frame) > c.budget {
+	// The budget bounds the backlog: a lone frame larger than the budget still goes out, so a
+	// big broadcast does not cut off every connection at once.
+	if c.queued > 0 && c.queued+len(frame) > c.budget {
 		c.m.slow.Inc()
 		c.startCloseLocked(CloseTryAgainLater, "slow consumer", false)
 		return false

@@ -13,9 +13,10 @@ import (
 	"github.com/VictoriaMetrics/metrics"
 )
 
-// Limiter decides whether one more request under key may pass now.
+// Limiter decides whether one more WebSocket frame of userID may pass now. Limiters that
+// fail open answer Allowed with a nil error when their backend is down.
 type Limiter interface {
-	Allow(ctx context.Context, key string) (Decision, error)
+	Allow(ctx context.Context, userID string) (Decision, error)
 }
 
 // Decision is a Limiter's answer.
@@ -80,7 +81,7 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 		return p.fail(req, &Failure{Status: StatusError, Msg: "Unknown pkg_id " + strconv.Itoa(req.PkgID), Kind: ErrUnknownPkg})
 	}
 	if req.Transport == "ws" && p.cfg.WSLimiter != nil && req.User != nil {
-		d, err := p.cfg.WSLimiter.Allow(ctx, "ws:"+req.User.ID)
+		d, err := p.cfg.WSLimiter.Allow(ctx, req.User.ID)
 		if err == nil && !d.Allowed {
 			p.cfg.Metrics.GetOrCreateCounter(`rate_limit_hits_total{limit_type="ws_message"}`).Inc()
 			r := p.fail(req, &Failure{Status: StatusError, Msg: "Rate limit exceeded", Kind: ErrRateLimited})

@@ -120,7 +120,7 @@ func TestRateLimitAfterLookupBeforeRBAC(t *testing.T) {
 	if r := p.Handle(ctx, req(1, `{"v":1}`, "r")); r.Status != StatusError || r.Msg != "Rate limit exceeded" || r.RetryAfter != time.Second {
 		t.Fatalf("second frame: %+v", r)
 	}
-	if k := <-lim.keys; k != "ws:u" {
+	if k := <-lim.keys; k != "u" {
 		t.Fatalf("key %q", k)
 	}
 	// HTTP requests are limited by the façade's middleware, not here.

@@ -23,6 +23,7 @@ type Config struct {
 	AllowedOrigins     []string      // SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; empty = any
 	RateLimitPerMinute int           // SWITCHBOARD_RATE_LIMIT_PER_MINUTE (HTTP, per user)
 	WSMessageRateLimit int           // SWITCHBOARD_WS_MESSAGE_RATE_LIMIT (frames per user per minute)
+	LoginRateLimit     int           // SWITCHBOARD_LOGIN_RATE_LIMIT (POST /login per username and per client IP per minute)
 	WSMaxConnsPerUser  int           // SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER
 	WSMaxMessageBytes  int           // SWITCHBOARD_WS_MAX_MESSAGE_BYTES (inbound, after reassembly)
 	WSSendQueueBytes   int           // SWITCHBOARD_WS_SEND_QUEUE_BYTES (outbound budget per connection)
@@ -51,6 +52,7 @@ func Default() Config {
 		JWTLeeway:          10 * time.Second,
 		RateLimitPerMinute: 60,
 		WSMessageRateLimit: 100,
+		LoginRateLimit:     10,
 		WSMaxConnsPerUser:  5,
 		WSMaxMessageBytes:  64 << 10,
 		WSSendQueueBytes:   1 << 20,
@@ -94,6 +96,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.list("SWITCHBOARD_ALLOWED_ORIGINS", &c.AllowedOrigins)
 	p.integer("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", &c.RateLimitPerMinute)
 	p.integer("SWITCHBOARD_WS_MESSAGE_RATE_LIMIT", &c.WSMessageRateLimit)
+	p.integer("SWITCHBOARD_LOGIN_RATE_LIMIT", &c.LoginRateLimit)
 	p.integer("SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER", &c.WSMaxConnsPerUser)
 	p.integer("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", &c.WSMaxMessageBytes)
 	p.integer("SWITCHBOARD_WS_SEND_QUEUE_BYTES", &c.WSSendQueueBytes)
@@ -151,6 +154,7 @@ func (c Config) Validate() error {
 	positive := map[string]int{
 		"SWITCHBOARD_RATE_LIMIT_PER_MINUTE":       c.RateLimitPerMinute,
 		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT":       c.WSMessageRateLimit,
+		"SWITCHBOARD_LOGIN_RATE_LIMIT":            c.LoginRateLimit,
 		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER": c.WSMaxConnsPerUser,
 		"SWITCHBOARD_WS_MAX_IN_FLIGHT":            c.WSMaxInFlight,
 		"SWITCHBOARD_HANDLER_POOL_SIZE":           c.HandlerPoolSize,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -30,6 +31,12 @@ type APIConfig struct {
 	Root            *actor.RootContext
 	Handlers        *actor.PID    // the handler pool the façade routes ask
 	HandlerTimeout  time.Duration // one handler call
+	RateLimiter     RateLimiter   // nil: no HTTP limits
+	RatePerMinute   int           // per user (per client IP before authentication)
+	LoginRateLimit  int           // POST /login per username and per client IP
+	Login           auth.Login    // nil: no /login
+	Sessions        SessionStore  // nil: logins are not recorded
+	TrustedProxies  []netip.Prefix
 	Hub             *hub.Hub
 	WS              http.Handler
 	Health          []HealthCheck
@@ -51,7 +58,11 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os}
+	ls, err := actors.NewSchema("login", loginSchema)
+	if err != nil {
+		return nil, err
+	}
+	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os, loginSchema: ls}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed("POST /api/broadcast", a.broadcast))
@@ -60,6 +71,7 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	mux.HandleFunc("POST /authors", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgCreateAuthor, data: a.readObject, success: ok200})))
 	mux.HandleFunc("PUT /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgUpdateAuthor, data: a.bodyWithPathID, success: ok200})))
 	mux.HandleFunc("DELETE /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgDeleteAuthor, data: a.pathIDOnly, success: ok204})))
+	mux.HandleFunc("POST /login", a.login)
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /readyz", a.health)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
@@ -76,6 +88,7 @@ type api struct {
 	cfg             APIConfig
 	broadcastSchema *actors.Schema
 	objectSchema    *actors.Schema
+	loginSchema     *actors.Schema
 }
 
 // authed verifies the bearer token and, for a route that is not a pkg_id's (route != ""), the
@@ -84,6 +97,9 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 	return func(w http.ResponseWriter, r *http.Request) {
 		token := auth.TokenFromRequest(r)
 		if token == "" {
+			if !a.limit(w, r, "http_ip", clientIP(r), a.cfg.RatePerMinute) {
+				return
+			}
 			w.Header().Set("WWW-Authenticate", "Bearer")
 			writeDetail(w, http.StatusUnauthorized, "Missing token")
 			return
@@ -94,11 +110,17 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 			if errors.Is(err, auth.ErrKeysUnavailable) {
 				status = http.StatusServiceUnavailable
 			}
+			if !a.limit(w, r, "http_ip", clientIP(r), a.cfg.RatePerMinute) {
+				return
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 			writeDetail(w, status, err.Error())
 			return
 		}
 		u := UserOf(claims)
+		if !a.limit(w, r, "http", u.ID, a.cfg.RatePerMinute) {
+			return
+		}
 		if route == "" {
 			h(w, r, u)
 			return

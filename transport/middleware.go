@@ -15,12 +15,14 @@ import (
 	"switchboard/transport/auth"
 )
 
-// chain wraps the mux, outermost first: recover → correlation id and security headers →
-// metrics and access log → JSON 404/405 → mux.
+// chain wraps the mux, outermost first: recover → client address from trusted proxies →
+// correlation id and security headers → metrics and access log → JSON 404/405 → mux. Size
+// limits, authentication, rate limits and RBAC run per route (readBody, api.authed).
 func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
 	var h http.Handler = jsonNotFound(mux)
 	h = observe(h, cfg)
 	h = headers(h)
+	h = trustedProxies(h, cfg.TrustedProxies)
 	h = recoverer(h, cfg)
 	return h
 }

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +38,10 @@ type WSConfig struct {
 	PingInterval    time.Duration
 	WriteTimeout    time.Duration
 	TokenLeeway     time.Duration // a connection is closed at its token's exp plus this
+	RateLimiter     RateLimiter   // handshakes count against the user's HTTP limit; nil: none
+	RatePerMinute   int
+	ConnCounter     ConnCounter // per-user connection limit across the cluster; nil: none
+	MaxConnsPerUser int
 	Logger          *slog.Logger
 	Metrics         *metrics.Set
 }
@@ -95,6 +100,10 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeDetail(w, status, err.Error())
 		return
 	}
+	user := UserOf(claims)
+	if !httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http", user.ID, s.cfg.RatePerMinute) {
+		return
+	}
 	if f := r.URL.Query().Get("format"); f != "" && f != "json" {
 		writeDetail(w, http.StatusBadRequest, "Unsupported format "+quoteShort(f)+": use json")
 		return
@@ -114,16 +123,22 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
-	c := s.newConn(socket, UserOf(claims))
+	c := s.newConn(socket, user)
 	socket.Session().(*connSession).c = c
-	s.m.accepted.Inc()
-	s.mu.Lock()
-	if s.closing {
-		c.Close(CloseGoingAway, "server shutting down")
+	// The limit is checked after the upgrade so the client learns why with a close code.
+	if !s.acquire(r.Context(), c) {
+		s.m.rejLimit.Inc()
+		c.Close(ClosePolicyViolation, "Maximum concurrent connections exceeded")
 	} else {
-		s.cfg.Hub.Register(c)
+		s.m.accepted.Inc()
+		s.mu.Lock()
+		if s.closing {
+			c.Close(CloseGoingAway, "server shutting down")
+		} else {
+			s.cfg.Hub.Register(c)
+		}
+		s.mu.Unlock()
 	}
-	s.mu.Unlock()
 	go func() {
 		defer s.conns.Done()
 		socket.ReadLoop()
@@ -147,6 +162,33 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
 		Done: c.release, Logger: s.cfg.Logger,
 	}), "conn")
 	return c
+}
+
+// acquire takes one of the user's connection slots for c; a counter error (only when it does not
+// fail open) admits the connection.
+func (s *WSServer) acquire(ctx context.Context, c *wsConn) bool {
+	if s.cfg.ConnCounter == nil {
+		return true
+	}
+	ok, err := s.cfg.ConnCounter.Acquire(ctx, c.user.ID, strconv.FormatUint(c.id, 10), s.cfg.MaxConnsPerUser)
+	if err != nil {
+		s.cfg.Logger.Warn("connection counter failed; admitting the connection", "err", err)
+		return true
+	}
+	c.counted = ok
+	return ok
+}
+
+// release frees the connection's slot (OnClose).
+func (s *WSServer) release(c *wsConn) {
+	if !c.counted {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.cfg.ConnCounter.Release(ctx, c.user.ID, strconv.FormatUint(c.id, 10)); err != nil {
+		s.cfg.Logger.Warn("connection counter release failed", "err", err)
+	}
 }
 
 // UserOf turns verified claims into the actors' view of a user.
@@ -200,6 +242,7 @@ func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 	c := conn(socket)
 	c.markClosed()
 	e.s.cfg.Hub.Unregister(c.id)
+	e.s.release(c)
 	_ = e.s.cfg.Root.StopFuture(c.pid).Wait()
 }
 

@@ -59,6 +59,7 @@ type wsConn struct {
 	inflight chan struct{}
 	pid      *actor.PID // set before ReadLoop starts
 	user     *actors.User
+	counted  bool // holds a slot of the per-user connection limit
 }
 
 var (

@@ -11,11 +11,13 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/redis/go-redis/v9"
 
 	"switchboard/actors"
 	"switchboard/config"
 	"switchboard/hub"
 	"switchboard/store"
+	"switchboard/store/limits"
 	"switchboard/transport"
 	"switchboard/transport/auth"
 )
@@ -31,6 +33,11 @@ type app struct {
 	handlers   *actor.PID
 	cancel     context.CancelFunc // aborts in-flight handler calls
 	verifier   *auth.Verifier
+	redis      *redis.Client // nil without SWITCHBOARD_REDIS_URL
+	limiter    limits.RateLimiter
+	conns      limits.ConnCounter
+	stopConns  func() error // stops the connection counter's heartbeat
+	login      auth.Login
 	ws         *transport.WSServer
 	http       *http.Server
 	metricsSrv *http.Server
@@ -58,6 +65,12 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if a.verifier, err = newVerifier(cfg, log); err != nil {
 		return nil, err
 	}
+	if err = a.openLimits(); err != nil {
+		return nil, err
+	}
+	if a.login, err = newLogin(cfg, log); err != nil {
+		return nil, err
+	}
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db))...)
 	reg.MustRegister(actors.SessionRoutes(func(ctx context.Context, token string) (*actors.User, error) {
@@ -69,6 +82,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	})...)
 	pipeline, err := actors.NewPipeline(actors.PipelineConfig{
 		Registry: reg, Policy: policy, Timeout: cfg.HandlerTimeout, Logger: log, Metrics: a.metrics,
+		WSLimiter: wsLimiter{rl: a.limiter, limit: cfg.WSMessageRateLimit},
 	})
 	if err != nil {
 		return nil, err
@@ -89,6 +103,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,
 		SendQueueBytes: cfg.WSSendQueueBytes, MaxInFlight: cfg.WSMaxInFlight,
 		PingInterval: cfg.WSPingInterval, WriteTimeout: cfg.WSWriteTimeout, TokenLeeway: cfg.JWTLeeway,
+		RateLimiter: a.limiter, RatePerMinute: cfg.RateLimitPerMinute,
+		ConnCounter: a.conns, MaxConnsPerUser: cfg.WSMaxConnsPerUser,
 		Logger: log, Metrics: a.metrics,
 	})
 	extra := map[string]http.Handler{}
@@ -103,9 +119,11 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	handler, err := transport.NewHandler(transport.APIConfig{
 		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
 		Root: a.system.Root, Handlers: a.handlers, HandlerTimeout: cfg.HandlerTimeout,
+		RateLimiter: a.limiter, RatePerMinute: cfg.RateLimitPerMinute, LoginRateLimit: cfg.LoginRateLimit,
+		Login: a.login, Sessions: a.sessions(), TrustedProxies: cfg.TrustedProxies,
 		Health: []transport.HealthCheck{
 			{Name: "database", Check: a.db.Ping},
-			{Name: "redis"},
+			{Name: "redis", Check: a.redisPing()},
 			{Name: "pubsub"},
 		},
 		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra,
@@ -210,6 +228,15 @@ func (a *app) close(ctx context.Context) error {
 	}
 	if a.verifier != nil {
 		a.verifier.Close()
+	}
+	if c, ok := a.login.(interface{ Close() }); ok {
+		c.Close()
+	}
+	if a.stopConns != nil {
+		errs = append(errs, a.stopConns())
+	}
+	if a.redis != nil {
+		errs = append(errs, a.redis.Close())
 	}
 	if a.db != nil {
 		errs = append(errs, a.db.Close())

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"switchboard/actors"
+	"switchboard/config"
+	"switchboard/store/limits"
+	"switchboard/store/sessions"
+	"switchboard/transport"
+	"switchboard/transport/auth"
+)
+
+// redisKeyPrefix namespaces every key Switchboard writes (sessions excepted: PROTOCOL names them).
+const redisKeyPrefix = "switchboard:"
+
+// openLimits builds the rate limiter and the connection counter: in Redis (failing open, so a
+// Redis outage never takes the service down) when SWITCHBOARD_REDIS_URL is set, in-process
+// otherwise. The server starts while Redis is down; go-redis connects as soon as it answers.
+func (a *app) openLimits() error {
+	if a.cfg.RedisURL == "" {
+		a.limiter = limits.NewMemoryRateLimiter()
+		a.conns = limits.NewMemoryConnCounter()
+		return nil
+	}
+	opt, err := redis.ParseURL(a.cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("SWITCHBOARD_REDIS_URL: %w", err)
+	}
+	opt.ContextTimeoutEnabled = true
+	opt.DialTimeout = time.Second
+	opt.MaxRetries = 1
+	a.redis = redis.NewClient(opt)
+	lopts := []limits.Option{limits.WithFailOpen(true), limits.WithLogger(a.log), limits.WithMetrics(a.metrics)}
+	a.limiter = limits.NewRedisRateLimiter(a.redis, redisKeyPrefix, lopts...)
+	cc := limits.NewRedisConnCounter(a.redis, redisKeyPrefix, nodeID(), lopts...)
+	cc.Start(context.Background())
+	a.conns, a.stopConns = cc, cc.Close
+	return nil
+}
+
+func (a *app) redisPing() func(context.Context) error {
+	if a.redis == nil {
+		return nil
+	}
+	return func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }
+}
+
+func (a *app) sessions() transport.SessionStore {
+	if a.redis == nil {
+		return nil
+	}
+	return sessions.New(a.redis, 0)
+}
+
+// nodeID names this process in cluster-wide state: host name plus a random suffix, so two
+// processes on one host never share connection slots.
+func nodeID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
+}
+
+// wsLimiter adapts the rate limiter to the pipeline's per-user WebSocket frame limit.
+type wsLimiter struct {
+	rl    limits.RateLimiter
+	limit int
+}
+
+func (l wsLimiter) Allow(ctx context.Context, userID string) (actors.Decision, error) {
+	d, err := l.rl.Allow(ctx, "ws", userID, l.limit, time.Minute)
+	return actors.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining, RetryAfter: d.RetryAfter}, err
+}
+
+// newLogin answers POST /login: the OIDC password grant against the configured issuer, or the
+// development users file (created with demo users on first start, printed once).
+func newLogin(cfg config.Config, log *slog.Logger) (auth.Login, error) {
+	if !cfg.DevIssuer() {
+		return auth.NewPasswordGrant(auth.PasswordGrantConfig{
+			Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: cfg.OIDCClientSecret, Logger: log,
+		}), nil
+	}
+	dev, err := auth.OpenDevIssuer(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	users, created, err := auth.OpenDevUsers(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range created {
+		log.Warn("DEVELOPMENT USER created (shown once; stored as a bcrypt hash in "+users.Path()+")",
+			"username", u.Username, "password", u.Password, "roles", u.Roles)
+	}
+	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, nil
+}

@@ -1,0 +1,168 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/uptrace/bun"
+)
+
+// Author is a row of the authors table; its JSON form is the wire form of pkg_id 1-5.
+type Author struct {
+	bun.BaseModel `bun:"table:authors,alias:a"`
+
+	ID   int64  `bun:"id,pk,autoincrement" json:"id"`
+	Name string `bun:"name,notnull" json:"name"`
+}
+
+// AuthorFilter narrows List and Page; nil fields do not filter. Name matches as a
+// case-insensitive substring in which %, _ and \ are literal characters. (On SQLite, case
+// folding covers ASCII letters only; PostgreSQL folds per the database's locale.)
+type AuthorFilter struct {
+	ID   *int64
+	Name *string
+}
+
+// Authors is the authors repository. It is safe for concurrent use.
+type Authors struct {
+	db *DB
+}
+
+// NewAuthors returns the authors repository over d.
+func NewAuthors(d *DB) *Authors {
+	return &Authors{db: d}
+}
+
+// List returns every author matching f, ordered by id (an empty slice, never nil).
+func (r *Authors) List(ctx context.Context, f AuthorFilter) ([]Author, error) {
+	out := make([]Author, 0)
+	q := r.db.Bun.NewSelect().Model(&out).Apply(r.filter(f)).OrderExpr("a.id ASC")
+	if err := q.Scan(ctx); err != nil {
+		return nil, databaseError("list authors", err)
+	}
+	return out, nil
+}
+
+// Page returns one page of the authors matching f, ordered by id; see PageRequest and PageMeta
+// for the two modes. A cursor this package did not produce is ErrInvalidCursor.
+func (r *Authors) Page(ctx context.Context, f AuthorFilter, p PageRequest) ([]Author, PageMeta, error) {
+	p = p.normalized()
+	if p.Cursor != nil {
+		return r.cursorPage(ctx, f, p)
+	}
+	return r.offsetPage(ctx, f, p)
+}
+
+func (r *Authors) offsetPage(ctx context.Context, f AuthorFilter, p PageRequest) ([]Author, PageMeta, error) {
+	total, err := r.db.Bun.NewSelect().Model((*Author)(nil)).Apply(r.filter(f)).Count(ctx)
+	if err != nil {
+		return nil, PageMeta{}, databaseError("count authors", err)
+	}
+	pages := pageCount(int(total), p.PerPage)
+	meta := PageMeta{Page: p.Page, PerPage: p.PerPage, Total: int(total), Pages: pages, HasMore: p.Page < pages}
+
+	out := make([]Author, 0)
+	// Pages past the end are empty: skip the query (this also keeps OFFSET below total, so a
+	// huge page number cannot overflow it).
+	if p.Page > pages {
+		return out, meta, nil
+	}
+	q := r.db.Bun.NewSelect().Model(&out).Apply(r.filter(f)).OrderExpr("a.id ASC").
+		Limit(int64(p.PerPage)).Offset(int64(p.Page-1) * int64(p.PerPage))
+	if err := q.Scan(ctx); err != nil {
+		return nil, PageMeta{}, databaseError("page authors", err)
+	}
+	return out, meta, nil
+}
+
+func (r *Authors) cursorPage(ctx context.Context, f AuthorFilter, p PageRequest) ([]Author, PageMeta, error) {
+	var after int64
+	if *p.Cursor != "" {
+		id, err := decodeCursor(*p.Cursor)
+		if err != nil {
+			return nil, PageMeta{}, err
+		}
+		after = id
+	}
+	out := make([]Author, 0, p.PerPage+1)
+	// One extra row tells whether another page exists without counting.
+	q := r.db.Bun.NewSelect().Model(&out).Apply(r.filter(f)).Where("a.id > ?", after).
+		OrderExpr("a.id ASC").Limit(int64(p.PerPage) + 1)
+	if err := q.Scan(ctx); err != nil {
+		return nil, PageMeta{}, databaseError("page authors", err)
+	}
+	meta := PageMeta{Page: 1, PerPage: p.PerPage}
+	if len(out) > p.PerPage {
+		out = out[:p.PerPage]
+		next := encodeCursor(out[len(out)-1].ID)
+		meta.NextCursor = &next
+		meta.HasMore = true
+	}
+	return out, meta, nil
+}
+
+// Create inserts an author. A name that already exists is ErrConflict: the unique index
+// decides, so concurrent creates of one name have exactly one winner.
+func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
+	a := Author{Name: name}
+	if _, err := r.db.Bun.NewInsert().Model(&a).Returning("id, name").Exec(ctx); err != nil {
+		return Author{}, dbError("create author", err)
+	}
+	return a, nil
+}
+
+// Update renames author id. A missing id is ErrNotFound; a name taken by another author is
+// ErrConflict.
+func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, error) {
+	var a Author
+	err := r.db.Bun.NewRaw("UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id).Scan(ctx, &a)
+	if isNoRows(err) {
+		return Author{}, fmt.Errorf("%w: author %d", ErrNotFound, id)
+	}
+	if err != nil {
+		return Author{}, dbError("update author", err)
+	}
+	return a, nil
+}
+
+// Delete removes author id. A missing id is ErrNotFound.
+func (r *Authors) Delete(ctx context.Context, id int64) error {
+	res, err := r.db.Bun.NewDelete().Model((*Author)(nil)).Where("a.id = ?", id).Exec(ctx)
+	if err != nil {
+		return databaseError("delete author", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return databaseError("delete author", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: author %d", ErrNotFound, id)
+	}
+	return nil
+}
+
+// filter applies f to a select over authors (alias a).
+func (r *Authors) filter(f AuthorFilter) func(*bun.SelectQuery) *bun.SelectQuery {
+	return func(q *bun.SelectQuery) *bun.SelectQuery {
+		if f.ID != nil {
+			q = q.Where("a.id = ?", *f.ID)
+		}
+		if f.Name != nil {
+			// SQLite's LIKE is case-insensitive (ASCII); PostgreSQL needs ILIKE.
+			op := "LIKE"
+			if r.db.Dialect == DialectPostgres {
+				op = "ILIKE"
+			}
+			q = q.Where("a.name "+op+" ? ESCAPE ?", "%"+escapeLike(*f.Name)+"%", `\`)
+		}
+		return q
+	}
+}
+
+var likeEscaper = strings.NewReplacer(`\`, `\\`, `%`, `\%`, `_`, `\_`)
+
+// escapeLike makes every character of s match itself in a LIKE pattern with ESCAPE '\'.
+func escapeLike(s string) string {
+	return likeEscaper.Replace(s)
+}

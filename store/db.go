@@ -225,8 +225,8 @@ func openSQLite(ctx context.Context, path string) (*DB, error) {
 // sqliteDSN turns a file path into a DSN for whichever driver sqliteshim picked: modernc.org/sqlite
 // ("sqlite") on the common platforms, mattn/go-sqlite3 ("sqlite3") with cgo elsewhere. The two
 // spell connection pragmas differently. journal_mode is set once by openSQLite, not here.
-// _txlock=immediate makes BEGIN take the write lock at
-// once, so a transaction never fails half-way upgrading from reader to writer.
+// _txlock=immediate makes BEGIN take the write lock at once, so a transaction never fails
+// half-way upgrading from reader to writer.
 func sqliteDSN(path string) string {
 	ms := sqliteBusyTimeout.Milliseconds()
 	// SQLite URIs decode %XX; '?' and '#' were rejected by the caller.

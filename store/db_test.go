@@ -81,7 +81,7 @@ func TestOpenRejectsBadURLs(t *testing.T) {
 
 func TestOpenSQLiteCreatesDirectoryAndSetsPragmas(t *testing.T) {
 	t.Parallel()
-	path := filepath.Join(t.TempDir(), "nested", "deeper", "sb.db")
+	path := filepath.Join(t.TempDir(), "nested", "de%20 per", "sb%.db")
 	db, err := store.Open(context.Background(), "sqlite://"+path, time.Second)
 	if err != nil {
 		t.Fatal(err)

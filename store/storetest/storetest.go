@@ -10,9 +10,12 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"fmt"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -30,7 +33,42 @@ const DefaultAdminURL = "postgres://postgres@127.0.0.1:5432/postgres?sslmode=dis
 
 const adminTimeout = time.Minute
 
-// PostgresURL creates an empty database with a unique name (sb_test_<random>), drops it
+// staleAfter is the age past which a test database is taken to be left over by a run that
+// was killed before its cleanup; no test runs that long.
+const staleAfter = 2 * time.Hour
+
+// sweepStale drops test databases (sb_test_<unix seconds>_<random>) older than staleAfter.
+// Failures are only logged: the sweep is housekeeping.
+func sweepStale(ctx context.Context, t testing.TB, admin *sql.DB) {
+	rows, err := admin.QueryContext(ctx, "SELECT datname FROM pg_database WHERE datname LIKE 'sb\\_test\\_%'")
+	if err != nil {
+		t.Logf("storetest: list stale databases: %v", err)
+		return
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if rows.Scan(&name) != nil {
+			continue
+		}
+		parts := strings.Split(name, "_") // sb, test, <unix>, <random>
+		if len(parts) != 4 {
+			continue
+		}
+		if sec, err := strconv.ParseInt(parts[2], 10, 64); err == nil && time.Since(time.Unix(sec, 0)) > staleAfter {
+			stale = append(stale, name)
+		}
+	}
+	_ = rows.Close()
+	for _, name := range stale {
+		// Names matched the pattern above ([a-z0-9_]), so splicing them into DDL is safe.
+		if _, err := admin.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("storetest: drop stale database %s: %v", name, err)
+		}
+	}
+}
+
+// PostgresURL creates an empty database with a unique name (sb_test_<unix>_<random>), drops it
 // (WITH (FORCE)) when the test ends, and returns its postgres:// URL. Without a reachable
 // server the test is skipped, or fails when CI=true.
 func PostgresURL(t testing.TB) string {
@@ -58,7 +96,9 @@ func PostgresURL(t testing.TB) string {
 	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
 
-	name := "sb_test_" + randomHex(8)
+	sweepStale(ctx, t, admin)
+	// The creation time in the name lets a later run drop what a killed run left behind.
+	name := fmt.Sprintf("sb_test_%d_%s", time.Now().Unix(), randomHex(4))
 	// The name is generated here ([a-z0-9_]), so it is safe to splice into DDL.
 	if _, err := admin.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
 		t.Fatalf("storetest: create database %s: %v", name, err)

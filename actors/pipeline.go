@@ -71,9 +71,19 @@ func (p *Pipeline) Policy() *Policy { return p.cfg.Policy }
 func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	start := time.Now()
 	defer func() {
-		if req.Transport == "ws" {
-			p.cfg.Metrics.GetOrCreateHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
-				p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
+		if req.Transport != "ws" {
+			return // the HTTP façade logs and measures its requests itself
+		}
+		p.cfg.Metrics.GetOrCreateHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
+			p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
+		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+			user := ""
+			if req.User != nil {
+				user = req.User.ID
+			}
+			p.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
+				slog.String("req_id", req.ReqID), slog.String("user", user), slog.Int("status", int(resp.Status)),
+				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
 		}
 	}()
 	rt, ok := p.cfg.Registry.lookup(req.PkgID)

@@ -58,6 +58,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if err = a.db.Migrate(ctx); err != nil {
 		return nil, err
 	}
+	a.db.Observe(a.metrics)
 	policy, err := actors.LoadPolicy(cfg.RBACFile)
 	if err != nil {
 		return nil, err

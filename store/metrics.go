@@ -1,0 +1,30 @@
+package store
+
+import (
+	"context"
+	"strings"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/uptrace/bun"
+)
+
+// Observe records db_query_duration_seconds{operation} for every query on d into set. The
+// operation label is the SQL verb from a fixed list (other verbs count as "other"), so the
+// label set stays bounded whatever the queries are.
+func (d *DB) Observe(set *metrics.Set) {
+	d.Bun.AddQueryHook(queryMetrics{set: set})
+}
+
+type queryMetrics struct{ set *metrics.Set }
+
+func (queryMetrics) BeforeQuery(ctx context.Context, _ *bun.QueryEvent) context.Context { return ctx }
+
+func (q queryMetrics) AfterQuery(_ context.Context, e *bun.QueryEvent) {
+	op := strings.ToLower(e.Operation())
+	switch op {
+	case "select", "insert", "update", "delete", "begin", "commit", "rollback":
+	default:
+		op = "other"
+	}
+	q.set.GetOrCreateHistogram(`db_query_duration_seconds{operation="` + op + `"}`).UpdateDuration(e.StartTime)
+}

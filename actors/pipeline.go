@@ -74,7 +74,7 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 		if req.Transport != "ws" {
 			return // the HTTP façade logs and measures its requests itself
 		}
-		p.cfg.Metrics.GetOrCreateHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
+		p.cfg.Metrics.GetOrCreatePrometheusHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
 			p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
 		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
 			user := ""

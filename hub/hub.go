@@ -42,7 +42,7 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 		log:     opts.Logger,
 		active:  &h.active,
 		total:   opts.Metrics.GetOrCreateCounter("ws_broadcasts_total"),
-		dur:     opts.Metrics.GetOrCreateHistogram("ws_broadcast_duration_seconds"),
+		dur:     opts.Metrics.GetOrCreatePrometheusHistogram("ws_broadcast_duration_seconds"),
 		dropped: opts.Metrics.GetOrCreateCounter(`ws_broadcast_encode_errors_total`),
 	}
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
@@ -127,7 +127,7 @@ type hubActor struct {
 	active                     *atomic.Int64
 	log                        *slog.Logger
 	sent, total, slow, dropped *metrics.Counter
-	dur                        *metrics.Histogram
+	dur                        *metrics.PrometheusHistogram
 }
 
 func (a *hubActor) Receive(ctx actor.Context) {

@@ -26,5 +26,5 @@ func (q queryMetrics) AfterQuery(_ context.Context, e *bun.QueryEvent) {
 	default:
 		op = "other"
 	}
-	q.set.GetOrCreateHistogram(`db_query_duration_seconds{operation="` + op + `"}`).UpdateDuration(e.StartTime)
+	q.set.GetOrCreatePrometheusHistogram(`db_query_duration_seconds{operation="` + op + `"}`).UpdateDuration(e.StartTime)
 }

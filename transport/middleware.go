@@ -108,7 +108,7 @@ func observe(next http.Handler, cfg APIConfig) http.Handler {
 		status := sw.status
 		cfg.Metrics.GetOrCreateCounter(`http_requests_total{method="` + methodLabel(r.Method) + `",route="` + route +
 			`",status="` + strconv.Itoa(status) + `"}`).Inc()
-		cfg.Metrics.GetOrCreateHistogram(`http_request_duration_seconds{method="` + methodLabel(r.Method) + `",route="` + route + `"}`).UpdateDuration(start)
+		cfg.Metrics.GetOrCreatePrometheusHistogram(`http_request_duration_seconds{method="` + methodLabel(r.Method) + `",route="` + route + `"}`).UpdateDuration(start)
 		cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
 			"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
 			"remote", r.RemoteAddr)

@@ -18,6 +18,22 @@ type AuthorStore interface {
 	Delete(ctx context.Context, id int64) error
 }
 
+// Publisher publishes a domain event on a topic (the hub, through the cluster bus). It must not
+// block for long and never fails the request: the data is already committed.
+type Publisher interface {
+	Publish(ctx context.Context, topic string, pkgID int, data any)
+}
+
+// AuthorsTopic carries the authors' domain events.
+const AuthorsTopic = "authors"
+
+// AuthorEvent is the data of a domain event on AuthorsTopic; the broadcast's pkg_id is the
+// operation's (3 created, 4 updated, 5 deleted).
+type AuthorEvent struct {
+	Event  string `json:"event"` // created | updated | deleted
+	Author any    `json:"author"`
+}
+
 // pkg_ids of the author handlers (PROTOCOL.md §1.4).
 const (
 	PkgGetAuthors          = 1
@@ -33,9 +49,10 @@ const filtersSchema = `{"type":"object","additionalProperties":false,"properties
 
 const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"pattern":"\\S"}`
 
-// AuthorRoutes returns the routes of pkg_ids 1–5 over s.
-func AuthorRoutes(s AuthorStore) []Route {
-	h := authorHandlers{s: s}
+// AuthorRoutes returns the routes of pkg_ids 1–5 over s. Successful writes publish an event on
+// AuthorsTopic after the store call returned (the write is committed); events may be nil.
+func AuthorRoutes(s AuthorStore, events Publisher) []Route {
+	h := authorHandlers{s: s, events: events}
 	return []Route{
 		{PkgID: PkgGetAuthors, Name: "GET_AUTHORS", Handler: h.list,
 			Schema: `{"type":"object","properties":{"filters":` + filtersSchema + `}}`},
@@ -56,7 +73,16 @@ func AuthorRoutes(s AuthorStore) []Route {
 	}
 }
 
-type authorHandlers struct{ s AuthorStore }
+type authorHandlers struct {
+	s      AuthorStore
+	events Publisher
+}
+
+func (h authorHandlers) publish(ctx context.Context, pkgID int, event string, author any) {
+	if h.events != nil {
+		h.events.Publish(ctx, AuthorsTopic, pkgID, AuthorEvent{Event: event, Author: author})
+	}
+}
 
 type authorFilters struct {
 	ID   *int64  `json:"id"`
@@ -120,6 +146,7 @@ func (h authorHandlers) create(ctx context.Context, req *Request) (any, any, err
 	if err != nil {
 		return nil, nil, storeErr(err)
 	}
+	h.publish(ctx, PkgCreateAuthor, "created", a)
 	return a, nil, nil
 }
 
@@ -140,6 +167,7 @@ func (h authorHandlers) update(ctx context.Context, req *Request) (any, any, err
 	case err != nil:
 		return nil, nil, storeErr(err)
 	}
+	h.publish(ctx, PkgUpdateAuthor, "updated", a)
 	return a, nil, nil
 }
 
@@ -153,6 +181,7 @@ func (h authorHandlers) delete(ctx context.Context, req *Request) (any, any, err
 	} else if err != nil {
 		return nil, nil, storeErr(err)
 	}
+	h.publish(ctx, PkgDeleteAuthor, "deleted", idPayload{ID: in.ID})
 	return idPayload{ID: in.ID}, nil, nil
 }
 

@@ -1,11 +1,14 @@
 package actors
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+
+	"switchboard/hub"
 )
 
 // Outbox is the connection's bounded writer, as the connection actor sees it.
@@ -25,10 +28,18 @@ type Encoder interface {
 // CloseTokenExpired is the close code for a connection whose token expired (PROTOCOL.md §3).
 const CloseTokenExpired = 4001
 
+// Topics is the hub's subscription side, as the connection actor uses it.
+type Topics interface {
+	Subscribe(*hub.SubscribeRequest)
+	Unsubscribe(connID uint64, topic string)
+}
+
 // ConnConfig is what a connection actor owns.
 type ConnConfig struct {
 	User     *User
 	Outbox   Outbox
+	Conn     hub.Conn // the same socket, as the hub addresses it
+	Topics   Topics
 	Encoder  Encoder
 	Handlers *actor.PID // the handler pool
 	// Leeway is added to the token's expiry before the connection is closed, matching the
@@ -72,9 +83,18 @@ func (a *connActor) Receive(ctx actor.Context) {
 		m.User = a.user
 		ctx.Request(a.cfg.Handlers, m)
 	case *Response:
-		if m.Refreshed != nil && m.Status == StatusOK {
-			a.user = m.Refreshed
-			a.schedule(ctx)
+		if m.Status == StatusOK {
+			if m.Refreshed != nil {
+				a.user = m.Refreshed
+				a.schedule(ctx)
+			}
+			switch e := m.Effect.(type) {
+			case *SubscribeIntent:
+				a.subscribe(m, e)
+				return
+			case *UnsubscribeIntent:
+				a.cfg.Topics.Unsubscribe(a.cfg.Conn.ID(), e.Topic)
+			}
 		}
 		a.deliver(m)
 	case *tokenExpired:
@@ -97,6 +117,38 @@ func (a *connActor) schedule(ctx actor.Context) {
 	}
 	self, root := ctx.Self(), ctx.ActorSystem().Root
 	a.timer = time.AfterFunc(time.Until(exp.Add(a.cfg.Leeway)), func() { root.Send(self, &tokenExpired{exp: exp}) })
+}
+
+// subscribe hands the subscription to the hub, which queues the answer (built by ack once the
+// topic's latest sequence is known), the recovered messages and then live ones, in that order.
+func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
+	defer a.cfg.Done()
+	enc, log := a.cfg.Encoder, a.cfg.Logger
+	ack := func(latest uint64, recovered bool, err error) []byte {
+		ans := &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusOK,
+			Data: subscribed{Topic: in.Topic, Seq: latest, Recovered: recovered}}
+		switch {
+		case errors.Is(err, hub.ErrTooManyTopics):
+			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusInvalidData, Kind: ErrInvalid,
+				Msg: "Too many topics on this connection"}
+		case err != nil:
+			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusError, Kind: ErrInternal,
+				Msg: "Topic history unavailable"}
+		}
+		f, err := enc.EncodeResponse(ans)
+		if err != nil {
+			log.Error("encode subscribe answer", "err", err)
+		}
+		return f
+	}
+	a.cfg.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.cfg.Conn, Topic: in.Topic, Since: in.Since, Ack: ack})
+}
+
+// subscribed is SUBSCRIBE's answer data.
+type subscribed struct {
+	Topic     string `json:"topic"`
+	Seq       uint64 `json:"seq"`
+	Recovered bool   `json:"recovered"`
 }
 
 // deliver encodes and queues an answer. Answers that the read side produced without a handler

@@ -57,6 +57,9 @@ type Response struct {
 	// Refreshed is the connection's new identity after a successful REFRESH_TOKEN; the
 	// connection actor adopts it. Never encoded.
 	Refreshed *User
+	// Effect is what a successful answer asks of the connection actor besides sending it
+	// (*SubscribeIntent, *UnsubscribeIntent). Never encoded.
+	Effect any
 }
 
 // FieldError is one problem found in a request's data: a JSON pointer and a message.

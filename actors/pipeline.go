@@ -124,8 +124,13 @@ func (p *Pipeline) run(ctx context.Context, rt *route, req *Request) (resp *Resp
 		return p.fail(req, p.classify(req, err))
 	}
 	resp = &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta}
-	if r, ok := data.(refreshed); ok {
-		resp.Refreshed = r.user
+	switch d := data.(type) {
+	case refreshed:
+		resp.Refreshed = d.user
+	case *SubscribeIntent:
+		resp.Effect, resp.Data = d, map[string]any{"topic": d.Topic}
+	case *UnsubscribeIntent:
+		resp.Effect, resp.Data = d, map[string]any{"topic": d.Topic}
 	}
 	return resp
 }

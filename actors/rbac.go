@@ -85,6 +85,9 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			return nil, fmt.Errorf("topics[%d]: bad pattern %q", i, t.Pattern)
 		}
 		p.Topics[i].Subscribe = nonNil(t.Subscribe)
+		if t.History < 0 || t.History > 100000 {
+			return nil, fmt.Errorf("topics[%d]: history must be between 0 and 100000, got %d", i, t.History)
+		}
 	}
 	return p, nil
 }

@@ -16,46 +16,75 @@ import (
 // CloseSlowConsumer is the close code for a connection over its send budget (PROTOCOL.md §1.3).
 const CloseSlowConsumer = 1013
 
+// Bus carries broadcasts between nodes (store/bus). Publish assigns the per-topic sequence
+// when the topic keeps history; every node's hub, this one included, receives the message back
+// through Deliver.
+type Bus interface {
+	Publish(ctx context.Context, m *Message, history int) (seq uint64, nodes int, err error)
+	History(ctx context.Context, topic string, since uint64) (msgs []*Message, latest uint64, complete bool, err error)
+}
+
 // Options configure a Hub.
 type Options struct {
 	PingInterval time.Duration // keepalive pings; 0 disables them
-	Logger       *slog.Logger
-	Metrics      *metrics.Set
+	// Bus carries broadcasts; nil delivers them locally (one node, no topic history).
+	Bus Bus
+	// History returns how many messages a topic keeps (0: none).
+	History func(topic string) int
+	// MaxTopicsPerConn caps one connection's subscriptions (default 100).
+	MaxTopicsPerConn int
+	// MaxPending caps the live messages held for one subscription while its history loads
+	// (default 10 000); past it the connection is closed as a slow consumer.
+	MaxPending int
+	Logger     *slog.Logger
+	Metrics    *metrics.Set
 }
 
 // Hub is the handle producers and the transport use. It is safe for concurrent use.
 type Hub struct {
 	root    *actor.RootContext
 	pid     *actor.PID
+	opts    Options
 	active  atomic.Int64
 	stopped atomic.Bool
 	stop    chan struct{}
-	ticker  sync.WaitGroup
+	bg      sync.WaitGroup // the ticker and history loads
 	log     *slog.Logger
 }
 
 // Start spawns the hub actor and its keepalive ticker.
 func Start(root *actor.RootContext, opts Options) *Hub {
-	h := &Hub{root: root, stop: make(chan struct{}), log: opts.Logger}
+	if opts.History == nil {
+		opts.History = func(string) int { return 0 }
+	}
+	if opts.MaxTopicsPerConn <= 0 {
+		opts.MaxTopicsPerConn = 100
+	}
+	if opts.MaxPending <= 0 {
+		opts.MaxPending = 10000
+	}
+	h := &Hub{root: root, opts: opts, stop: make(chan struct{}), log: opts.Logger}
 	a := &hubActor{
-		conns:   make(map[uint64]Conn),
+		hub:     h,
+		conns:   make(map[uint64]*member),
+		topics:  make(map[string]*topic),
 		log:     opts.Logger,
-		active:  &h.active,
 		total:   opts.Metrics.GetOrCreateCounter("ws_broadcasts_total"),
 		dur:     opts.Metrics.GetOrCreatePrometheusHistogram("ws_broadcast_duration_seconds"),
 		dropped: opts.Metrics.GetOrCreateCounter(`ws_broadcast_encode_errors_total`),
+		slow:    opts.Metrics.GetOrCreateCounter("ws_slow_consumer_disconnects_total"),
 	}
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
 	h.pid = root.SpawnPrefix(actor.PropsFromProducer(func() actor.Actor { return a }), "hub")
 	if opts.PingInterval > 0 {
-		h.ticker.Add(1)
+		h.bg.Add(1)
 		go h.tick(opts.PingInterval)
 	}
 	return h
 }
 
 func (h *Hub) tick(every time.Duration) {
-	defer h.ticker.Done()
+	defer h.bg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
@@ -71,38 +100,72 @@ func (h *Hub) tick(every time.Duration) {
 // Register adds a live connection.
 func (h *Hub) Register(c Conn) { h.root.Send(h.pid, &register{conn: c}) }
 
-// Unregister removes a connection; call it once the socket has closed.
+// Unregister removes a connection and its subscriptions; call it once the socket has closed.
 func (h *Hub) Unregister(id uint64) { h.root.Send(h.pid, &unregister{id: id}) }
 
 // Active returns the number of registered connections.
 func (h *Hub) Active() int { return int(h.active.Load()) }
 
-// Broadcast delivers msg to every registered connection. It returns once the hub has the
-// message; delivery continues in the background and never blocks on a socket.
-func (h *Hub) Broadcast(ctx context.Context, msg *Message) error {
+// Broadcast publishes msg: to every connection, or to the subscribers of msg.Topic. With a bus
+// it is published once and delivered by every node (nodes tells how many were listening);
+// the call waits for the bus, never for a socket.
+func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error) {
 	if h.stopped.Load() {
-		return ErrStopped
+		return 0, ErrStopped
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	if len(msg.Data) == 0 {
 		msg.Data = []byte("{}")
 	} else if !json.Valid(msg.Data) {
-		return ErrInvalidData
+		return 0, ErrInvalidData
 	}
-	h.root.Send(h.pid, &broadcast{msg: msg})
-	return nil
+	if h.opts.Bus == nil {
+		h.Deliver(msg)
+		return 1, nil
+	}
+	history := 0
+	if msg.Topic != "" {
+		history = h.opts.History(msg.Topic)
+	}
+	_, nodes, err = h.opts.Bus.Publish(ctx, msg, history)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrBusUnavailable, err)
+	}
+	return nodes, nil
 }
 
-// Stop closes every connection with code and reason, then stops the hub actor and the
-// ticker, waiting for both or until ctx ends.
+// Deliver hands a message that came off the bus to the local connections. The bus calls it
+// from its receiving goroutine; it does not block.
+func (h *Hub) Deliver(msg *Message) { h.root.Send(h.pid, &deliver{msg: msg}) }
+
+// SubscribeRequest asks the hub to add Conn to Topic. With Since, the kept messages after it
+// are delivered first. Ack builds the SUBSCRIBE answer frame once the topic's latest sequence
+// is known (err non-nil: the subscription failed and the answer says why); the hub queues it
+// before any message of the topic.
+type SubscribeRequest struct {
+	Conn  Conn
+	Topic string
+	Since *uint64
+	Ack   func(latest uint64, recovered bool, err error) []byte
+}
+
+// Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic only acks.
+func (h *Hub) Subscribe(req *SubscribeRequest) { h.root.Send(h.pid, &subscribe{req: req}) }
+
+// Unsubscribe removes a subscription; removing one that does not exist is not an error.
+func (h *Hub) Unsubscribe(connID uint64, topic string) {
+	h.root.Send(h.pid, &unsubscribe{id: connID, topic: topic})
+}
+
+// Stop closes every connection with code and reason, then stops the hub actor and its
+// goroutines, waiting for them or until ctx ends.
 func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int, err error) {
 	if !h.stopped.CompareAndSwap(false, true) {
 		return 0, nil
 	}
 	close(h.stop)
-	h.ticker.Wait()
 	timeout := time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Millisecond)
@@ -114,124 +177,18 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 	if err := h.root.PoisonFuture(h.pid).Wait(); err != nil {
 		return 0, fmt.Errorf("hub: stop actor: %w", err)
 	}
+	h.bg.Wait()
 	return res.(*closedAll).count, nil
 }
 
-// hubActor owns the registry. Broadcasts iterate over a snapshot slice that is rebuilt only
-// after the registry changed, so a steady stream of broadcasts costs no allocation per target.
-type hubActor struct {
-	conns map[uint64]Conn
-	snap  []Conn
-	dirty bool
-
-	active                     *atomic.Int64
-	log                        *slog.Logger
-	sent, total, slow, dropped *metrics.Counter
-	dur                        *metrics.PrometheusHistogram
-}
-
-func (a *hubActor) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
-	case *register:
-		a.conns[m.conn.ID()] = m.conn
-		a.changed()
-	case *unregister:
-		if _, ok := a.conns[m.id]; ok {
-			delete(a.conns, m.id)
-			a.changed()
-		}
-	case *broadcast:
-		a.broadcast(m.msg)
-	case *pingAll:
-		for _, c := range a.snapshot() {
-			c.Ping()
-		}
-	case *closeAll:
-		n := len(a.conns)
-		for _, c := range a.snapshot() {
-			c.Close(m.code, m.reason)
-		}
-		clear(a.conns)
-		a.changed()
-		ctx.Respond(&closedAll{count: n})
-	default:
-		a.log.Warn("hub: unexpected message", "type", fmt.Sprintf("%T", m))
-	}
-}
-
-func (a *hubActor) changed() {
-	a.dirty = true
-	a.active.Store(int64(len(a.conns)))
-}
-
-func (a *hubActor) snapshot() []Conn {
-	if a.dirty {
-		a.snap = a.snap[:0]
-		for _, c := range a.conns {
-			a.snap = append(a.snap, c)
-		}
-		a.dirty = false
-	}
-	return a.snap
-}
-
-// broadcast encodes msg once per codec and queues the frame on every target.
-func (a *hubActor) broadcast(msg *Message) {
-	start := time.Now()
-	a.total.Inc()
-	var (
-		codecs [2]Codec // almost always one or two codecs: a linear scan beats a map
-		frames [2][]byte
-		extra  map[Codec][]byte
-	)
-	frameFor := func(c Codec) []byte {
-		for i := range codecs {
-			if codecs[i] == c {
-				return frames[i]
-			}
-			if codecs[i] == nil {
-				codecs[i] = c
-				frames[i] = a.encode(c, msg)
-				return frames[i]
-			}
-		}
-		if extra == nil {
-			extra = make(map[Codec][]byte)
-		}
-		f, ok := extra[c]
-		if !ok {
-			f = a.encode(c, msg)
-			extra[c] = f
-		}
-		return f
-	}
-	gone := 0
-	for _, c := range a.snapshot() {
-		frame := frameFor(c.Codec())
-		if frame == nil {
-			continue
-		}
-		if c.Enqueue(frame) {
-			continue
-		}
-		// Over budget or already closing: the connection closes itself (and counts a slow
-		// consumer); drop it here so later broadcasts skip it.
-		gone++
-		delete(a.conns, c.ID())
-	}
-	if gone > 0 {
-		a.changed()
-	}
-	a.dur.UpdateDuration(start)
-}
-
-func (a *hubActor) encode(c Codec, msg *Message) []byte {
-	f, err := c.EncodeBroadcast(msg)
-	if err != nil {
-		a.dropped.Inc()
-		a.log.Error("hub: encode broadcast", "pkg_id", msg.PkgID, "err", err)
-		return nil
-	}
-	return f
+// loadHistory fetches a subscription's history off the actor and reports back to it.
+func (h *Hub) loadHistory(id uint64, topic string, since uint64) {
+	h.bg.Add(1)
+	go func() {
+		defer h.bg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		msgs, latest, complete, err := h.opts.Bus.History(ctx, topic, since)
+		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, msgs: msgs, latest: latest, complete: complete, err: err})
+	}()
 }

@@ -161,7 +161,7 @@ func (e *env) register(conns ...*fakeConn) {
 
 func (e *env) broadcast(pkgID int, data string) {
 	e.t.Helper()
-	if err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: pkgID, Data: json.RawMessage(data)}); err != nil {
+	if _, err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: pkgID, Data: json.RawMessage(data)}); err != nil {
 		e.t.Fatalf("Broadcast: %v", err)
 	}
 }
@@ -428,7 +428,7 @@ func TestStopClosesEveryConnAndRefusesBroadcasts(t *testing.T) {
 	if e.hub.Active() != 0 {
 		t.Errorf("Active after Stop = %d, want 0", e.hub.Active())
 	}
-	err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: 1, Data: json.RawMessage(`{}`)})
+	_, err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: 1, Data: json.RawMessage(`{}`)})
 	if !errors.Is(err, hub.ErrStopped) {
 		t.Fatalf("Broadcast after Stop = %v, want ErrStopped", err)
 	}
@@ -452,11 +452,11 @@ func TestBroadcastContextAndDefaults(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := e.hub.Broadcast(ctx, &hub.Message{PkgID: 1}); !errors.Is(err, context.Canceled) {
+	if _, err := e.hub.Broadcast(ctx, &hub.Message{PkgID: 1}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Broadcast with a cancelled context = %v, want context.Canceled", err)
 	}
 	// Missing data goes out as an empty object.
-	if err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: 4}); err != nil {
+	if _, err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: 4}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "delivery", func() bool { return c.count() == 1 })
@@ -511,7 +511,7 @@ func TestConcurrentProducers(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: p, Data: json.RawMessage(`{"i":` + strconv.Itoa(i) + `}`)}); err != nil {
+				if _, err := e.hub.Broadcast(context.Background(), &hub.Message{PkgID: p, Data: json.RawMessage(`{"i":` + strconv.Itoa(i) + `}`)}); err != nil {
 					t.Errorf("Broadcast: %v", err)
 					return
 				}
@@ -615,7 +615,7 @@ func BenchmarkBroadcast10k(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		bc.want.Store(int64(i+1) * conns)
-		if err := h.Broadcast(context.Background(), &hub.Message{PkgID: 1, Data: data}); err != nil {
+		if _, err := h.Broadcast(context.Background(), &hub.Message{PkgID: 1, Data: data}); err != nil {
 			b.Fatal(err)
 		}
 		select {

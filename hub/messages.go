@@ -5,7 +5,22 @@ type (
 	register struct{ conn Conn }
 	// unregister removes a connection that closed.
 	unregister struct{ id uint64 }
-	broadcast  struct{ msg *Message }
+	// deliver is a broadcast that came off the bus (or straight from Broadcast without one).
+	deliver     struct{ msg *Message }
+	subscribe   struct{ req *SubscribeRequest }
+	unsubscribe struct {
+		id    uint64
+		topic string
+	}
+	// historyLoaded is the answer to loadHistory.
+	historyLoaded struct {
+		id       uint64
+		topic    string
+		msgs     []*Message
+		latest   uint64
+		complete bool
+		err      error
+	}
 	// closeAll closes every connection (shutdown) and answers when done.
 	closeAll struct {
 		code   uint16

@@ -168,7 +168,7 @@ func writeInvalid(w http.ResponseWriter, errs []actors.FieldError) {
 const broadcastSchema = `{"type":"object","required":["pkg_id"],"properties":{
 	"pkg_id":{"type":"integer","minimum":0,"maximum":2147483647},
 	"data":{"type":"object"},
-	"topic":{"type":"string","minLength":1,"maxLength":200}}}`
+	"topic":` + actors.TopicSchema + `}}`
 
 func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) {
 	body, ok := a.readBody(w, r, a.broadcastSchema)
@@ -181,14 +181,18 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 		return
 	}
 	if msg.Topic != "" {
-		writeInvalid(w, []actors.FieldError{{Path: "/topic", Message: "topic broadcasts are not available yet; omit topic to reach every connection"}})
-		return
+		if denied := a.cfg.Policy.PublishDenied(msg.Topic, u); denied != "" {
+			writeDetail(w, http.StatusForbidden, denied)
+			return
+		}
 	}
-	if err := a.cfg.Hub.Broadcast(r.Context(), &msg); err != nil {
+	nodes, err := a.cfg.Hub.Broadcast(r.Context(), &msg)
+	if err != nil {
+		a.cfg.Logger.Warn("broadcast not accepted", "err", err)
 		writeDetail(w, http.StatusServiceUnavailable, "Broadcast not accepted: "+err.Error())
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]int{"delivered_to_nodes": 1})
+	writeJSON(w, http.StatusAccepted, map[string]int{"delivered_to_nodes": nodes})
 }
 
 // health probes every dependency in parallel, each bounded by one second.

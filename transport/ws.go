@@ -158,7 +158,7 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
 		user:     user,
 	}
 	c.pid = s.cfg.Root.SpawnPrefix(actors.NewConnProps(actors.ConnConfig{
-		User: user, Outbox: c, Encoder: c.codec, Handlers: s.cfg.Handlers, Leeway: s.cfg.TokenLeeway,
+		User: user, Outbox: c, Conn: c, Topics: s.cfg.Hub, Encoder: c.codec, Handlers: s.cfg.Handlers, Leeway: s.cfg.TokenLeeway,
 		Done: c.release, Logger: s.cfg.Logger,
 	}), "conn")
 	return c

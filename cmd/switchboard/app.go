@@ -72,8 +72,18 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if a.login, err = newLogin(cfg, log); err != nil {
 		return nil, err
 	}
+	a.system = actor.NewActorSystem(
+		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+			return slog.New(warnOnly{log.Handler()}).With("lib", "protoactor")
+		}),
+		actor.WithDeadLetterRequestLogging(false),
+	)
+	a.hub = hub.Start(a.system.Root, hub.Options{
+		PingInterval: cfg.WSPingInterval, History: policy.HistoryOf, Logger: log, Metrics: a.metrics,
+	})
 	reg := actors.NewRegistry()
-	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db))...)
+	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
+	reg.MustRegister(actors.TopicRoutes(policy)...)
 	reg.MustRegister(actors.SessionRoutes(func(ctx context.Context, token string) (*actors.User, error) {
 		claims, err := a.verifier.Verify(ctx, token)
 		if err != nil {
@@ -89,16 +99,9 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		return nil, err
 	}
 
-	a.system = actor.NewActorSystem(
-		actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-			return slog.New(warnOnly{log.Handler()}).With("lib", "protoactor")
-		}),
-		actor.WithDeadLetterRequestLogging(false),
-	)
 	base, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.handlers = actors.SpawnHandlerPool(a.system.Root, pipeline, base, cfg.HandlerPoolSize)
-	a.hub = hub.Start(a.system.Root, hub.Options{PingInterval: cfg.WSPingInterval, Logger: log, Metrics: a.metrics})
 	a.ws = transport.NewWSServer(transport.WSConfig{
 		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers,
 		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,

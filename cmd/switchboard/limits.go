@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -13,6 +14,7 @@ import (
 
 	"switchboard/actors"
 	"switchboard/config"
+	"switchboard/hub"
 	"switchboard/store/limits"
 	"switchboard/store/sessions"
 	"switchboard/transport"
@@ -102,4 +104,25 @@ func newLogin(cfg config.Config, log *slog.Logger) (auth.Login, error) {
 			"username", u.Username, "password", u.Password, "roles", u.Roles)
 	}
 	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, nil
+}
+
+// hubPublisher publishes the handlers' domain events through the hub (and so the bus). It runs
+// on the handler's goroutine after the write committed; a failure is logged, never returned.
+type hubPublisher struct {
+	hub *hub.Hub
+	log *slog.Logger
+}
+
+func (p hubPublisher) Publish(ctx context.Context, topic string, pkgID int, data any) {
+	b, err := json.Marshal(data)
+	if err != nil {
+		p.log.Error("domain event: encode", "topic", topic, "err", err)
+		return
+	}
+	// The request may be cancelled the moment it is answered; the event must still go out.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if _, err := p.hub.Broadcast(ctx, &hub.Message{PkgID: pkgID, Data: b, Topic: topic}); err != nil {
+		p.log.Warn("domain event not published", "topic", topic, "pkg_id", pkgID, "err", err)
+	}
 }

@@ -1,0 +1,322 @@
+package hub
+
+import (
+	"fmt"
+	"log/slog"
+	"math"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
+)
+
+// member is one registered connection and its subscriptions.
+type member struct {
+	conn   Conn
+	topics map[string]*sub // nil until the first subscription
+}
+
+// sub is one subscription. While its history loads, live messages of the topic are held in
+// pending, so the answer, the history and the live messages leave in that order with no gap
+// and no duplicate (messages at or below the loaded sequence are dropped from pending).
+type sub struct {
+	loading bool
+	since   *uint64
+	ack     func(latest uint64, recovered bool, err error) []byte
+	pending []*Message
+}
+
+// topic is the set of members subscribed to one topic, with a snapshot for delivery.
+type topic struct {
+	members map[uint64]*member
+	snap    []*member
+	dirty   bool
+}
+
+func (t *topic) snapshot() []*member {
+	if t.dirty {
+		t.snap = t.snap[:0]
+		for _, m := range t.members {
+			t.snap = append(t.snap, m)
+		}
+		t.dirty = false
+	}
+	return t.snap
+}
+
+// hubActor owns the registry and the subscriptions. Deliveries iterate over snapshot slices
+// that are rebuilt only after a change, so a steady stream of broadcasts allocates nothing per
+// target.
+type hubActor struct {
+	hub    *Hub
+	conns  map[uint64]*member
+	snap   []*member
+	dirty  bool
+	topics map[string]*topic
+
+	log                  *slog.Logger
+	total, dropped, slow *metrics.Counter
+	dur                  *metrics.PrometheusHistogram
+}
+
+func (a *hubActor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
+	case *register:
+		a.conns[m.conn.ID()] = &member{conn: m.conn}
+		a.changed()
+	case *unregister:
+		if mem, ok := a.conns[m.id]; ok {
+			a.remove(mem)
+		}
+	case *deliver:
+		a.deliver(m.msg)
+	case *subscribe:
+		a.subscribe(m.req)
+	case *unsubscribe:
+		if mem, ok := a.conns[m.id]; ok {
+			a.dropSub(mem, m.topic)
+		}
+	case *historyLoaded:
+		a.historyLoaded(m)
+	case *pingAll:
+		for _, mem := range a.snapshot() {
+			mem.conn.Ping()
+		}
+	case *closeAll:
+		n := len(a.conns)
+		for _, mem := range a.snapshot() {
+			mem.conn.Close(m.code, m.reason)
+		}
+		clear(a.conns)
+		clear(a.topics)
+		a.changed()
+		ctx.Respond(&closedAll{count: n})
+	default:
+		a.log.Warn("hub: unexpected message", "type", fmt.Sprintf("%T", m))
+	}
+}
+
+func (a *hubActor) changed() {
+	a.dirty = true
+	a.hub.active.Store(int64(len(a.conns)))
+}
+
+func (a *hubActor) snapshot() []*member {
+	if a.dirty {
+		a.snap = a.snap[:0]
+		for _, m := range a.conns {
+			a.snap = append(a.snap, m)
+		}
+		a.dirty = false
+	}
+	return a.snap
+}
+
+// remove forgets a connection and its subscriptions.
+func (a *hubActor) remove(mem *member) {
+	for name := range mem.topics {
+		a.dropSub(mem, name)
+	}
+	delete(a.conns, mem.conn.ID())
+	a.changed()
+}
+
+func (a *hubActor) dropSub(mem *member, name string) {
+	if _, ok := mem.topics[name]; !ok {
+		return
+	}
+	delete(mem.topics, name)
+	if t := a.topics[name]; t != nil {
+		delete(t.members, mem.conn.ID())
+		t.dirty = true
+		if len(t.members) == 0 {
+			delete(a.topics, name)
+		}
+	}
+}
+
+// enqueue queues a frame on mem; a refusal (over budget or closing) removes the member, which
+// closes itself.
+func (a *hubActor) enqueue(mem *member, frame []byte) bool {
+	if mem.conn.Enqueue(frame) {
+		return true
+	}
+	if _, ok := a.conns[mem.conn.ID()]; ok {
+		a.remove(mem)
+	}
+	return false
+}
+
+// deliver sends msg to every connection (no topic) or to the topic's subscribers, encoding it
+// once per codec.
+func (a *hubActor) deliver(msg *Message) {
+	start := time.Now()
+	a.total.Inc()
+	enc := encoder{a: a, msg: msg}
+	if msg.Topic == "" {
+		for _, mem := range a.snapshot() {
+			if f := enc.frame(mem.conn.Codec()); f != nil {
+				a.enqueue(mem, f)
+			}
+		}
+		a.dur.UpdateDuration(start)
+		return
+	}
+	t := a.topics[msg.Topic]
+	if t == nil {
+		return
+	}
+	for _, mem := range t.snapshot() {
+		s := mem.topics[msg.Topic]
+		if s == nil {
+			continue // removed during this delivery
+		}
+		if s.loading {
+			if len(s.pending) >= a.hub.opts.MaxPending {
+				a.slow.Inc()
+				mem.conn.Close(CloseSlowConsumer, "slow consumer")
+				a.remove(mem)
+				continue
+			}
+			s.pending = append(s.pending, msg)
+			continue
+		}
+		if f := enc.frame(mem.conn.Codec()); f != nil {
+			a.enqueue(mem, f)
+		}
+	}
+	a.dur.UpdateDuration(start)
+}
+
+// encoder caches one frame per codec for one message: almost always one or two codecs, so a
+// linear scan beats a map.
+type encoder struct {
+	a      *hubActor
+	msg    *Message
+	codecs [2]Codec
+	frames [2][]byte
+	extra  map[Codec][]byte
+}
+
+func (e *encoder) frame(c Codec) []byte {
+	for i := range e.codecs {
+		if e.codecs[i] == c {
+			return e.frames[i]
+		}
+		if e.codecs[i] == nil {
+			e.codecs[i] = c
+			e.frames[i] = e.a.encode(c, e.msg)
+			return e.frames[i]
+		}
+	}
+	if e.extra == nil {
+		e.extra = make(map[Codec][]byte)
+	}
+	f, ok := e.extra[c]
+	if !ok {
+		f = e.a.encode(c, e.msg)
+		e.extra[c] = f
+	}
+	return f
+}
+
+func (a *hubActor) encode(c Codec, msg *Message) []byte {
+	f, err := c.EncodeBroadcast(msg)
+	if err != nil {
+		a.dropped.Inc()
+		a.log.Error("hub: encode broadcast", "pkg_id", msg.PkgID, "err", err)
+		return nil
+	}
+	return f
+}
+
+func (a *hubActor) subscribe(req *SubscribeRequest) {
+	mem, ok := a.conns[req.Conn.ID()]
+	if !ok {
+		return // the connection closed meanwhile
+	}
+	s, again := mem.topics[req.Topic]
+	if !again && len(mem.topics) >= a.hub.opts.MaxTopicsPerConn {
+		a.enqueue(mem, req.Ack(0, false, ErrTooManyTopics))
+		return
+	}
+	if !again {
+		s = &sub{}
+		if mem.topics == nil {
+			mem.topics = make(map[string]*sub)
+		}
+		mem.topics[req.Topic] = s
+		t := a.topics[req.Topic]
+		if t == nil {
+			t = &topic{members: make(map[uint64]*member)}
+			a.topics[req.Topic] = t
+		}
+		t.members[mem.conn.ID()] = mem
+		t.dirty = true
+	}
+	s.loading, s.since, s.ack, s.pending = true, req.Since, req.Ack, nil
+	if a.hub.opts.Bus == nil || a.hub.opts.History(req.Topic) == 0 {
+		a.settle(mem, s, nil, 0, false) // nothing kept, nothing recovered
+		return
+	}
+	since := uint64(math.MaxUint64) // only the latest sequence is wanted
+	if req.Since != nil {
+		since = *req.Since
+	}
+	a.hub.loadHistory(mem.conn.ID(), req.Topic, since)
+}
+
+func (a *hubActor) historyLoaded(h *historyLoaded) {
+	mem, ok := a.conns[h.id]
+	if !ok {
+		return
+	}
+	s, ok := mem.topics[h.topic]
+	if !ok || !s.loading {
+		return
+	}
+	if h.err != nil {
+		a.log.Warn("hub: topic history unavailable", "topic", h.topic, "err", h.err)
+		ack := s.ack
+		a.dropSub(mem, h.topic)
+		a.enqueue(mem, ack(0, false, ErrHistory))
+		return
+	}
+	// recovered: the client asked for the messages after since and got every one of them.
+	var msgs []*Message
+	recovered := false
+	if s.since != nil && h.complete {
+		msgs, recovered = h.msgs, true
+	}
+	a.settle(mem, s, msgs, h.latest, recovered)
+}
+
+// settle finishes a subscription: the answer, then the recovered messages, then the live
+// messages held meanwhile that are newer than latest (older ones were in the history).
+func (a *hubActor) settle(mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
+	pending := s.pending
+	s.loading, s.pending = false, nil
+	if !a.enqueue(mem, s.ack(latest, recovered, nil)) {
+		return
+	}
+	for _, msg := range history {
+		if !a.enqueueOne(mem, msg) {
+			return
+		}
+	}
+	for _, msg := range pending {
+		if msg.Seq != 0 && msg.Seq <= latest {
+			continue
+		}
+		if !a.enqueueOne(mem, msg) {
+			return
+		}
+	}
+}
+
+// enqueueOne encodes msg for mem alone (history and held messages are per subscriber).
+func (a *hubActor) enqueueOne(mem *member, msg *Message) bool {
+	f := a.encode(mem.conn.Codec(), msg)
+	return f == nil || a.enqueue(mem, f)
+}

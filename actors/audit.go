@@ -45,7 +45,7 @@ const auditSchema = `{"type":"object","properties":{
 func AuditRoutes(r AuditReader) []Route {
 	h := auditHandlers{r: r}
 	return []Route{
-		{PkgID: PkgGetAuditLogs, Name: "GET_AUDIT_LOGS", Schema: auditSchema, Handler: h.list},
+		{PkgID: PkgGetAuditLogs, Name: "GET_AUDIT_LOGS", Resource: "audit_logs", Schema: auditSchema, Handler: h.list},
 	}
 }
 

@@ -54,20 +54,20 @@ const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"pattern":"\\
 func AuthorRoutes(s AuthorStore, events Publisher) []Route {
 	h := authorHandlers{s: s, events: events}
 	return []Route{
-		{PkgID: PkgGetAuthors, Name: "GET_AUTHORS", Handler: h.list,
+		{PkgID: PkgGetAuthors, Name: "GET_AUTHORS", Resource: "authors", Handler: h.list,
 			Schema: `{"type":"object","properties":{"filters":` + filtersSchema + `}}`},
-		{PkgID: PkgGetPaginatedAuthors, Name: "GET_PAGINATED_AUTHORS", Handler: h.page,
+		{PkgID: PkgGetPaginatedAuthors, Name: "GET_PAGINATED_AUTHORS", Resource: "authors", Handler: h.page,
 			Schema: `{"type":"object","properties":{
 				"page":{"type":"integer","minimum":1,"maximum":1000000000},
 				"per_page":{"type":"integer","minimum":1,"maximum":1000},
 				"cursor":{"type":"string","maxLength":512},
 				"filters":` + filtersSchema + `}}`},
-		{PkgID: PkgCreateAuthor, Name: "CREATE_AUTHOR", Handler: h.create,
+		{PkgID: PkgCreateAuthor, Name: "CREATE_AUTHOR", Resource: "authors", Handler: h.create,
 			Schema: `{"type":"object","required":["name"],"properties":{"name":` + nameSchema + `}}`},
-		{PkgID: PkgUpdateAuthor, Name: "UPDATE_AUTHOR", Handler: h.update,
+		{PkgID: PkgUpdateAuthor, Name: "UPDATE_AUTHOR", Resource: "authors", Handler: h.update,
 			Schema: `{"type":"object","required":["id","name"],"properties":{
 				"id":{"type":"integer","minimum":1,"maximum":9223372036854775807},"name":` + nameSchema + `}}`},
-		{PkgID: PkgDeleteAuthor, Name: "DELETE_AUTHOR", Handler: h.delete,
+		{PkgID: PkgDeleteAuthor, Name: "DELETE_AUTHOR", Resource: "authors", Handler: h.delete,
 			Schema: `{"type":"object","required":["id"],"properties":{
 				"id":{"type":"integer","minimum":1,"maximum":9223372036854775807}}}`},
 	}

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"switchboard/store/audit"
 )
 
 // Limiter decides whether one more WebSocket frame of userID may pass now. Limiters that
@@ -27,6 +29,11 @@ type Decision struct {
 	RetryAfter time.Duration
 }
 
+// Auditor records one audit entry without blocking (audit.Writer implements it).
+type Auditor interface {
+	Record(audit.Entry)
+}
+
 // PipelineConfig wires a Pipeline.
 type PipelineConfig struct {
 	Registry *Registry
@@ -35,8 +42,11 @@ type PipelineConfig struct {
 	// façade applies its own limit in middleware, before it builds a Request.
 	WSLimiter Limiter
 	Timeout   time.Duration // per handler call
-	Logger    *slog.Logger
-	Metrics   *metrics.Set
+	// Auditor records every WebSocket request of an authenticated user; nil records nothing.
+	// HTTP calls are recorded by the façade, which knows their HTTP status.
+	Auditor Auditor
+	Logger  *slog.Logger
+	Metrics *metrics.Set
 }
 
 // Pipeline runs one request through unknown pkg_id → rate limit → RBAC → schema → handler and
@@ -76,6 +86,7 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 		}
 		p.cfg.Metrics.GetOrCreatePrometheusHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
 			p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
+		p.audit(req, resp, start)
 		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
 			user := ""
 			if req.User != nil {
@@ -158,6 +169,36 @@ func (p *Pipeline) pkgLabel(pkgID int) string {
 		return strconv.Itoa(pkgID)
 	}
 	return "unknown"
+}
+
+// audit records a WebSocket request (the writer redacts the data and never blocks).
+func (p *Pipeline) audit(req *Request, resp *Response, start time.Time) {
+	if p.cfg.Auditor == nil || req.User == nil {
+		return
+	}
+	e := audit.Entry{
+		Timestamp: start, UserID: req.User.ID, Username: req.User.Name, UserRoles: req.User.Roles,
+		ActionType: p.cfg.Registry.Name(req.PkgID), Resource: p.cfg.Registry.Resource(req.PkgID),
+		Outcome: OutcomeOf(resp.Status), IPAddress: req.Remote, UserAgent: req.UserAgent, RequestID: req.ReqID,
+		RequestData: req.Data, ResponseStatus: int(resp.Status),
+		DurationMS: float64(time.Since(start).Microseconds()) / 1000,
+	}
+	if resp.Msg != "" {
+		msg := resp.Msg
+		e.ErrorMessage = &msg
+	}
+	p.cfg.Auditor.Record(e)
+}
+
+// OutcomeOf is the audit outcome of a status code.
+func OutcomeOf(s Status) string {
+	switch s {
+	case StatusOK:
+		return audit.OutcomeSuccess
+	case StatusPermissionDenied:
+		return audit.OutcomeDenied
+	}
+	return audit.OutcomeError
 }
 
 // MissingRoles is the data of a permission-denied answer.

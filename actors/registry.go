@@ -22,10 +22,11 @@ type HandlerFunc func(ctx context.Context, req *Request) (data, meta any, err er
 // Route registers one pkg_id: its name (for logs and metric labels), the JSON schema of its data,
 // and its handler. Roles are not here: they come from the Policy, which is data.
 type Route struct {
-	PkgID   int
-	Name    string
-	Schema  string // a JSON Schema document for `data`; empty = any object
-	Handler HandlerFunc
+	PkgID    int
+	Name     string
+	Resource string // what the pkg_id acts on, for the audit log ("authors", "topics", …)
+	Schema   string // a JSON Schema document for `data`; empty = any object
+	Handler  HandlerFunc
 }
 
 type route struct {
@@ -73,6 +74,14 @@ func (r *Registry) MustRegister(rts ...Route) {
 func (r *Registry) lookup(pkgID int) (*route, bool) {
 	rt, ok := r.routes[pkgID]
 	return rt, ok
+}
+
+// Resource returns what pkgID acts on, or "unknown".
+func (r *Registry) Resource(pkgID int) string {
+	if rt, ok := r.routes[pkgID]; ok && rt.Resource != "" {
+		return rt.Resource
+	}
+	return "unknown"
 }
 
 // Name returns the registered name of pkgID, or "unknown".

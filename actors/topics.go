@@ -28,7 +28,7 @@ type UnsubscribeIntent struct{ Topic string }
 // topic rules (default-deny: a topic no rule matches cannot be subscribed to).
 func TopicRoutes(policy *Policy) []Route {
 	return []Route{
-		{PkgID: PkgSubscribe, Name: "SUBSCRIBE",
+		{PkgID: PkgSubscribe, Name: "SUBSCRIBE", Resource: "topics",
 			Schema: `{"type":"object","required":["topic"],"properties":{"topic":` + TopicSchema + `,
 				"since":{"type":"integer","minimum":0,"maximum":9007199254740991}}}`,
 			Handler: func(_ context.Context, req *Request) (any, any, error) {
@@ -48,7 +48,7 @@ func TopicRoutes(policy *Policy) []Route {
 				}
 				return &SubscribeIntent{Topic: in.Topic, Since: in.Since}, nil, nil
 			}},
-		{PkgID: PkgUnsubscribe, Name: "UNSUBSCRIBE",
+		{PkgID: PkgUnsubscribe, Name: "UNSUBSCRIBE", Resource: "topics",
 			Schema: `{"type":"object","required":["topic"],"properties":{"topic":` + TopicSchema + `}}`,
 			Handler: func(_ context.Context, req *Request) (any, any, error) {
 				var in struct {

@@ -25,12 +25,20 @@ type facadeRoute struct {
 	success func(w http.ResponseWriter, resp *actors.Response)
 }
 
+// handleFacade registers a façade route: authenticated, rate-limited and audited under the
+// pkg_id's name, with RBAC and validation in the pipeline.
+func (a *api) handleFacade(mux *http.ServeMux, pattern string, rt facadeRoute) {
+	ra := routeAudit{action: a.cfg.Registry.Name(rt.pkgID), resource: a.cfg.Registry.Resource(rt.pkgID)}
+	mux.HandleFunc(pattern, a.authed(ra, a.facade(rt)))
+}
+
 func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *actors.User) {
 	return func(w http.ResponseWriter, r *http.Request, u *actors.User) {
 		data, ok := rt.data(w, r)
 		if !ok {
 			return
 		}
+		noteData(r, data)
 		req := &actors.Request{
 			PkgID: rt.pkgID, ReqID: r.Header.Get("X-Correlation-ID"), Data: data, User: u,
 			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(),
@@ -42,6 +50,7 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 			return
 		}
 		resp := res.(*actors.Response)
+		noteMsg(r, resp.Msg)
 		if resp.Status == actors.StatusOK {
 			rt.success(w, resp)
 			return
@@ -153,6 +162,16 @@ func (a *api) authorsQuery(w http.ResponseWriter, r *http.Request) (json.RawMess
 	q := newQueryData(w, r)
 	q.int("id", true)
 	q.str("name", true)
+	return q.done()
+}
+
+func (a *api) auditQuery(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {
+	q := newQueryData(w, r)
+	q.int("page", false)
+	q.int("per_page", false)
+	for _, f := range []string{"user_id", "action_type", "outcome", "since", "until"} {
+		q.str(f, true)
+	}
 	return q.done()
 }
 

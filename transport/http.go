@@ -29,13 +29,15 @@ type APIConfig struct {
 	Verifier        TokenVerifier
 	Policy          *actors.Policy
 	Root            *actor.RootContext
-	Handlers        *actor.PID    // the handler pool the façade routes ask
-	HandlerTimeout  time.Duration // one handler call
-	RateLimiter     RateLimiter   // nil: no HTTP limits
-	RatePerMinute   int           // per user (per client IP before authentication)
-	LoginRateLimit  int           // POST /login per username and per client IP
-	Login           auth.Login    // nil: no /login
-	Sessions        SessionStore  // nil: logins are not recorded
+	Registry        *actors.Registry // names and resources of the pkg_ids the façade serves
+	Handlers        *actor.PID       // the handler pool the façade routes ask
+	HandlerTimeout  time.Duration    // one handler call
+	RateLimiter     RateLimiter      // nil: no HTTP limits
+	RatePerMinute   int              // per user (per client IP before authentication)
+	LoginRateLimit  int              // POST /login per username and per client IP
+	Login           auth.Login       // nil: no /login
+	Sessions        SessionStore     // nil: logins are not recorded
+	Auditor         actors.Auditor   // nil: HTTP calls are not recorded
 	TrustedProxies  []netip.Prefix
 	Hub             *hub.Hub
 	WS              http.Handler
@@ -65,12 +67,14 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os, loginSchema: ls}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
-	mux.HandleFunc("POST /api/broadcast", a.authed("POST /api/broadcast", a.broadcast))
-	mux.HandleFunc("GET /authors", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgGetAuthors, data: a.authorsQuery, success: ok200})))
-	mux.HandleFunc("GET /authors/paginated", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgGetPaginatedAuthors, data: a.authorsPageQuery, success: okPage})))
-	mux.HandleFunc("POST /authors", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgCreateAuthor, data: a.readObject, success: ok200})))
-	mux.HandleFunc("PUT /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgUpdateAuthor, data: a.bodyWithPathID, success: ok200})))
-	mux.HandleFunc("DELETE /authors/{id}", a.authed("", a.facade(facadeRoute{pkgID: actors.PkgDeleteAuthor, data: a.pathIDOnly, success: ok204})))
+	mux.HandleFunc("POST /api/broadcast", a.authed(routeAudit{rbac: "POST /api/broadcast", action: "BROADCAST", resource: "broadcasts"}, a.broadcast))
+	a.handleFacade(mux, "GET /authors", facadeRoute{pkgID: actors.PkgGetAuthors, data: a.authorsQuery, success: ok200})
+	a.handleFacade(mux, "GET /authors/paginated", facadeRoute{pkgID: actors.PkgGetPaginatedAuthors, data: a.authorsPageQuery, success: okPage})
+	a.handleFacade(mux, "POST /authors", facadeRoute{pkgID: actors.PkgCreateAuthor, data: a.readObject, success: ok200})
+	a.handleFacade(mux, "PUT /authors/{id}", facadeRoute{pkgID: actors.PkgUpdateAuthor, data: a.bodyWithPathID, success: ok200})
+	a.handleFacade(mux, "DELETE /authors/{id}", facadeRoute{pkgID: actors.PkgDeleteAuthor, data: a.pathIDOnly, success: ok204})
+	a.handleFacade(mux, "GET /audit-logs", facadeRoute{pkgID: actors.PkgGetAuditLogs, data: a.auditQuery, success: okPage})
+	a.handleFacade(mux, "GET /audit-logs/{id}", facadeRoute{pkgID: actors.PkgGetAuditLogs, data: a.pathIDOnly, success: ok200})
 	mux.HandleFunc("POST /login", a.login)
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /readyz", a.health)
@@ -91,9 +95,15 @@ type api struct {
 	loginSchema     *actors.Schema
 }
 
-// authed verifies the bearer token and, for a route that is not a pkg_id's (route != ""), the
-// roles the policy gives it, before h runs. pkg_id routes get RBAC in the pipeline.
-func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *actors.User)) http.HandlerFunc {
+// routeAudit says how a route is authorised and recorded: rbac is the policy's route key
+// ("" for façade routes, whose pkg_id RBAC runs in the pipeline), action and resource go into
+// the audit log.
+type routeAudit struct{ rbac, action, resource string }
+
+// authed verifies the bearer token, applies the per-user rate limit and, for routes that are
+// not a pkg_id's, the roles the policy gives the route, before h runs. Every call by an
+// authenticated user is recorded in the audit log with its final HTTP status.
+func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *actors.User)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		token := auth.TokenFromRequest(r)
 		if token == "" {
@@ -118,23 +128,27 @@ func (a *api) authed(route string, h func(http.ResponseWriter, *http.Request, *a
 			return
 		}
 		u := UserOf(claims)
-		if !a.limit(w, r, "http", u.ID, a.cfg.RatePerMinute) {
+		rec := &auditRecord{start: time.Now(), route: ra}
+		sw := &statusWriter{ResponseWriter: w}
+		defer a.record(r, u, rec, sw)
+		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
+		if !a.limit(sw, r, "http", u.ID, a.cfg.RatePerMinute) {
 			return
 		}
-		if route == "" {
-			h(w, r, u)
+		if ra.rbac == "" {
+			h(sw, r, u)
 			return
 		}
-		missing, listed := a.cfg.Policy.RouteMissing(route, u)
+		missing, listed := a.cfg.Policy.RouteMissing(ra.rbac, u)
 		if !listed {
-			writeDetail(w, http.StatusForbidden, "Route not allowed by the RBAC policy")
+			writeDetail(sw, http.StatusForbidden, "Route not allowed by the RBAC policy")
 			return
 		}
 		if len(missing) > 0 {
-			writeDetail(w, http.StatusForbidden, "Missing required roles: "+actors.MissingRolesText(missing))
+			writeDetail(sw, http.StatusForbidden, "Missing required roles: "+actors.MissingRolesText(missing))
 			return
 		}
-		h(w, r, u)
+		h(sw, r, u)
 	}
 }
 
@@ -175,6 +189,7 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 	if !ok {
 		return
 	}
+	noteData(r, body)
 	var msg hub.Message
 	if err := json.Unmarshal(body, &msg); err != nil {
 		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})

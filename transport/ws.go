@@ -124,6 +124,7 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c := s.newConn(socket, user)
+	c.remote, c.userAgent = clientIP(r), r.UserAgent()
 	socket.Session().(*connSession).c = c
 	// The limit is checked after the upgrade so the client learns why with a close code.
 	if !s.acquire(r.Context(), c) {
@@ -270,7 +271,7 @@ func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
 		e.s.cfg.Root.Send(c.pid, bad)
 		return
 	}
-	req.Remote = socket.RemoteAddr().String()
+	req.Remote, req.UserAgent = c.remote, c.userAgent
 	e.s.cfg.Root.Send(c.pid, req)
 }
 

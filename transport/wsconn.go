@@ -60,6 +60,8 @@ type wsConn struct {
 	pid      *actor.PID // set before ReadLoop starts
 	user     *actors.User
 	counted  bool // holds a slot of the per-user connection limit
+	// remote and userAgent come from the handshake, for limits and the audit log.
+	remote, userAgent string
 }
 
 var (

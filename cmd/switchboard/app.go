@@ -17,6 +17,7 @@ import (
 	"switchboard/config"
 	"switchboard/hub"
 	"switchboard/store"
+	"switchboard/store/audit"
 	"switchboard/store/limits"
 	"switchboard/transport"
 	"switchboard/transport/auth"
@@ -38,6 +39,7 @@ type app struct {
 	conns      limits.ConnCounter
 	stopConns  func() error // stops the connection counter's heartbeat
 	login      auth.Login
+	audit      *audit.Writer
 	ws         *transport.WSServer
 	http       *http.Server
 	metricsSrv *http.Server
@@ -59,6 +61,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		return nil, err
 	}
 	a.db.Observe(a.metrics)
+	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics})
 	policy, err := actors.LoadPolicy(cfg.RBACFile)
 	if err != nil {
 		return nil, err
@@ -84,6 +87,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
 	reg.MustRegister(actors.TopicRoutes(policy)...)
+	reg.MustRegister(actors.AuditRoutes(audit.NewRepo(a.db))...)
 	reg.MustRegister(actors.SessionRoutes(func(ctx context.Context, token string) (*actors.User, error) {
 		claims, err := a.verifier.Verify(ctx, token)
 		if err != nil {
@@ -93,7 +97,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	})...)
 	pipeline, err := actors.NewPipeline(actors.PipelineConfig{
 		Registry: reg, Policy: policy, Timeout: cfg.HandlerTimeout, Logger: log, Metrics: a.metrics,
-		WSLimiter: wsLimiter{rl: a.limiter, limit: cfg.WSMessageRateLimit},
+		WSLimiter: wsLimiter{rl: a.limiter, limit: cfg.WSMessageRateLimit}, Auditor: a.audit,
 	})
 	if err != nil {
 		return nil, err
@@ -122,7 +126,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	}
 	handler, err := transport.NewHandler(transport.APIConfig{
 		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
-		Root: a.system.Root, Handlers: a.handlers, HandlerTimeout: cfg.HandlerTimeout,
+		Root: a.system.Root, Handlers: a.handlers, HandlerTimeout: cfg.HandlerTimeout, Registry: reg, Auditor: a.audit,
 		RateLimiter: a.limiter, RatePerMinute: cfg.RateLimitPerMinute, LoginRateLimit: cfg.LoginRateLimit,
 		Login: a.login, Sessions: a.sessions(), TrustedProxies: cfg.TrustedProxies,
 		Health: []transport.HealthCheck{
@@ -229,6 +233,10 @@ func (a *app) close(ctx context.Context) error {
 			errs = append(errs, a.system.Root.PoisonFuture(a.handlers).Wait())
 		}
 		a.system.Shutdown()
+	}
+	if a.audit != nil {
+		// After the actors stopped nothing records any more: flush what is queued.
+		errs = append(errs, a.audit.Close(ctx))
 	}
 	if a.verifier != nil {
 		a.verifier.Close()

@@ -1,0 +1,24 @@
+// Package bus carries Switchboard's broadcasts between nodes (Redis pub/sub, one channel per
+// deployment prefix) and keeps each history topic's sequence numbers and last messages, so that
+// every node delivers every broadcast once, in the same order, and a client can catch up after a
+// reconnect; Memory is the same contract for the single-node embedded default.
+// Publish assigns a topic's seq, stores the history entry and publishes in one atomic step, so
+// delivery order equals seq order on every node.
+//
+// Concurrency: Publish, History and Healthy are safe for concurrent use by any number of
+// goroutines and never call deliver themselves. Each bus owns its goroutines, starts them in its
+// constructor and stops them in Close, which waits for them; deliver is never called after Close
+// returns. deliver is always called from one goroutine owned by the bus, one message at a time,
+// in delivery order:
+//   - Redis: its receive goroutine, in the order Redis delivered the messages (seq order per
+//     topic). While deliver runs nothing more is read from Redis, so deliver must return quickly
+//     (hand the message to an actor); a subscriber that falls far behind is disconnected by Redis
+//     (client-output-buffer-limit pubsub) and resubscribes, losing what was in between. A second
+//     goroutine publishes the liveness probe and watches the subscription for silence.
+//   - Memory: its delivery goroutine, fed by an unbounded FIFO queue in publish order, so a
+//     publisher that holds locks deliver also takes cannot deadlock. The queue grows only while
+//     deliver is slower than the publishers.
+//
+// A deliver that panics is logged and the message skipped. Messages handed to deliver and
+// returned by History are shared and must be treated as read-only.
+package bus

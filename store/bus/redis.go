@@ -1,0 +1,291 @@
+package bus
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+)
+
+// publishScript assigns the topic's next seq, appends the message to its history (trimmed to
+// the last ARGV[2] entries) and publishes it: one atomic round trip, so every subscriber sees the
+// topic's messages in seq order. Go sends the JSON of the message and of the envelope without
+// their tails; the script closes them around the seq, which is why the entry always ends with
+// ,"seq":<n>} and the seq of any entry can be read back from its end.
+//
+//	KEYS[1] = <prefix>topic:{<topic>}:seq   KEYS[2] = <prefix>topic:{<topic>}:hist
+//	ARGV    = channel, history, ttl in ms (0 = none), message head, envelope head
+//	returns {seq, subscribers that received it}
+//
+// If the seq key was lost (eviction) while the history survived, the counter continues after the
+// last kept entry instead of restarting at 1, so seqs never repeat within a history.
+const publishLua = `
+local seq = redis.call('INCR', KEYS[1])
+if seq == 1 then
+  local last = redis.call('LINDEX', KEYS[2], -1)
+  if last then
+    local prev = tonumber(string.match(last, '"seq":(%d+)}$'))
+    if prev and prev >= seq then
+      seq = prev + 1
+      redis.call('SET', KEYS[1], seq)
+    end
+  end
+end
+local entry = ARGV[4] .. ',"seq":' .. string.format('%d', seq) .. '}'
+redis.call('RPUSH', KEYS[2], entry)
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[2], ttl)
+end
+local n = redis.call('PUBLISH', ARGV[1], ARGV[5] .. entry .. '}')
+return {seq, n}
+`
+
+// historyScript reads the latest seq and the entries after ARGV[1] in one consistent view.
+//
+//	KEYS as publishScript;  ARGV[1] = since
+//	returns {latest, seq of the oldest kept entry (0 = none), {entries with seq > since}}
+const historyLua = `
+local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local last = redis.call('LINDEX', KEYS[2], -1)
+if last then
+  local s = tonumber(string.match(last, '"seq":(%d+)}$'))
+  if s and s > latest then latest = s end
+end
+local since = tonumber(ARGV[1])
+local first = redis.call('LINDEX', KEYS[2], 0)
+if since >= latest or not first then
+  return {latest, 0, {}}
+end
+local oldest = tonumber(string.match(first, '"seq":(%d+)}$')) or 0
+local start = 0
+if since >= oldest then start = since - oldest + 1 end
+return {latest, oldest, redis.call('LRANGE', KEYS[2], start, -1)}
+`
+
+var (
+	publishScript = redis.NewScript(publishLua)
+	historyScript = redis.NewScript(historyLua)
+)
+
+// Redis is the cluster bus: every node using the same Redis and prefix subscribes to
+// <prefix>bus and delivers what comes through it. History topics keep their seq counter and
+// entries at <prefix>topic:{<topic>}:seq and :hist (the hash tag puts both in one cluster slot).
+type Redis struct {
+	client  redis.UniversalClient
+	prefix  string
+	channel string
+	node    string
+	deliver func(*Message)
+	cfg     config
+	trouble *trouble
+	lag     *metrics.Gauge
+	invalid *metrics.Counter
+	nodeJS  string   // the node id as a JSON string
+	envHead []byte   // {"n":<node>,"k":"m","m":
+	junk    *trouble // rate-limits warnings about undecodable payloads apart from Redis errors
+
+	subscribed   atomic.Bool
+	lastRecv     atomic.Int64 // unix ns when the receive goroutine last got something or began to wait
+	reading      atomic.Bool  // the receive goroutine is waiting in Receive
+	lastProbe    atomic.Int64 // unix ns when our own probe last came back; 0 = not since subscribing
+	waitingSince atomic.Int64 // send time of the oldest probe still unanswered; 0 = none
+	kick         chan struct{}
+	firstSub     chan struct{} // closed on the first confirmed subscription
+	firstOnce    sync.Once
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	psMu sync.Mutex
+	ps   *redis.PubSub // current subscription; nil = make a new one
+}
+
+// NewRedis subscribes to <prefix>bus (prefix "" means "switchboard:") and calls deliver for
+// every message received, from one goroutine, in the order Redis delivered them (see the package
+// doc). nodeID names this node in probes; it must be unique among live nodes. The client is
+// borrowed: close it after the bus. NewRedis waits up to the timeout for the subscription; if
+// Redis is down it returns the bus anyway, which keeps trying in the background (Healthy fails
+// until then). The only errors are invalid arguments.
+func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Message), opts ...Option) (*Redis, error) {
+	if c == nil || deliver == nil || nodeID == "" {
+		return nil, fmt.Errorf("%w: NewRedis needs a client, a node id and a deliver function", ErrInvalidArgument)
+	}
+	if prefix == "" {
+		prefix = "switchboard:"
+	}
+	cfg := newConfig(opts)
+	node, _ := json.Marshal(nodeID) // a string always marshals
+	r := &Redis{
+		client:   c,
+		prefix:   prefix,
+		channel:  prefix + "bus",
+		node:     nodeID,
+		deliver:  deliver,
+		cfg:      cfg,
+		trouble:  newTrouble(&cfg),
+		lag:      cfg.metrics.GetOrCreateGauge("pubsub_probe_lag_seconds", nil),
+		invalid:  cfg.metrics.GetOrCreateCounter("bus_invalid_messages_total"),
+		nodeJS:   string(node),
+		envHead:  []byte(`{"n":` + string(node) + `,"k":"m","m":`),
+		junk:     &trouble{logger: cfg.logger, metrics: cfg.metrics},
+		kick:     make(chan struct{}, 1),
+		firstSub: make(chan struct{}),
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.lastRecv.Store(time.Now().UnixNano())
+	r.wg.Add(2)
+	go r.receive()
+	go r.probe()
+
+	wait := time.NewTimer(cfg.timeout)
+	defer wait.Stop()
+	select {
+	case <-r.firstSub:
+	case <-wait.C:
+		cfg.logger.Warn("bus: not subscribed yet, retrying in the background", "channel", r.channel)
+	}
+	return r, nil
+}
+
+func (r *Redis) seqKey(topic string) string  { return r.prefix + "topic:{" + topic + "}:seq" }
+func (r *Redis) histKey(topic string) string { return r.prefix + "topic:{" + topic + "}:hist" }
+
+// Publish implements Bus. nodes is PUBLISH's answer: the subscribers of the channel (in a Redis
+// Cluster, those connected to the node that ran it).
+func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, int, error) {
+	if err := checkPublish(m, history); err != nil {
+		return 0, 0, err
+	}
+	if r.ctx.Err() != nil {
+		return 0, 0, ErrClosed
+	}
+	data, err := normalData(m.Data)
+	if err != nil {
+		return 0, 0, err
+	}
+	body, err := json.Marshal(&Message{PkgID: m.PkgID, Data: data, Topic: m.Topic})
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %w", ErrInvalidArgument, err)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
+	defer cancel()
+
+	if history == 0 {
+		env := make([]byte, 0, len(r.envHead)+len(body)+1)
+		env = append(append(append(env, r.envHead...), body...), '}')
+		n, err := r.client.Publish(callCtx, r.channel, env).Result()
+		if err != nil {
+			return 0, 0, r.trouble.fail(ctx, opPublish, err)
+		}
+		return 0, int(n), nil
+	}
+
+	head := bytes.TrimSuffix(body, []byte("}")) // the script appends ,"seq":<n>}
+	res, err := publishScript.Run(callCtx, r.client,
+		[]string{r.seqKey(m.Topic), r.histKey(m.Topic)},
+		r.channel, history, r.cfg.historyTTL.Milliseconds(), head, r.envHead).Int64Slice()
+	if err == nil && (len(res) != 2 || res[0] <= 0) {
+		err = fmt.Errorf("publish script returned %v", res)
+	}
+	if err != nil {
+		return 0, 0, r.trouble.fail(ctx, opPublish, err)
+	}
+	return uint64(res[0]), int(res[1]), nil
+}
+
+// History implements Bus.
+func (r *Redis) History(ctx context.Context, topic string, since uint64) ([]*Message, uint64, bool, error) {
+	if !validTopic(topic) {
+		return nil, 0, false, fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, topic)
+	}
+	if r.ctx.Err() != nil {
+		return nil, 0, false, ErrClosed
+	}
+	callCtx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
+	defer cancel()
+	res, err := historyScript.Run(callCtx, r.client,
+		[]string{r.seqKey(topic), r.histKey(topic)}, strconv.FormatUint(since, 10)).Slice()
+	if err != nil {
+		return nil, 0, false, r.trouble.fail(ctx, opHistory, err)
+	}
+	msgs, latest, err := parseHistory(res, since)
+	if err != nil {
+		r.trouble.record(opHistory, err)
+		return nil, 0, false, fmt.Errorf("%w: %s: %w", ErrUnavailable, opHistory, err)
+	}
+	return msgs, latest, complete(since, latest, msgs), nil
+}
+
+// parseHistory decodes historyScript's answer, keeping the entries with seq > since.
+func parseHistory(res []any, since uint64) ([]*Message, uint64, error) {
+	if len(res) != 3 {
+		return nil, 0, fmt.Errorf("history script returned %d values, want 3", len(res))
+	}
+	latest, ok := res[0].(int64)
+	entries, ok2 := res[2].([]any)
+	if !ok || !ok2 || latest < 0 {
+		return nil, 0, fmt.Errorf("history script returned %T, %T", res[0], res[2])
+	}
+	msgs := make([]*Message, 0, len(entries))
+	for _, e := range entries {
+		s, ok := e.(string)
+		if !ok {
+			return nil, 0, fmt.Errorf("history entry is %T", e)
+		}
+		var m Message
+		if err := json.Unmarshal([]byte(s), &m); err != nil {
+			return nil, 0, fmt.Errorf("history entry: %w", err)
+		}
+		if m.Seq > since {
+			msgs = append(msgs, &m)
+		}
+	}
+	return msgs, uint64(latest), nil
+}
+
+// Healthy implements Bus: nil while subscribed and our own probe came back within the last 3
+// probe intervals.
+func (r *Redis) Healthy(context.Context) error {
+	if r.ctx.Err() != nil {
+		return ErrClosed
+	}
+	if !r.subscribed.Load() {
+		return fmt.Errorf("%w: not subscribed to %s", ErrUnhealthy, r.channel)
+	}
+	last := r.lastProbe.Load()
+	if last == 0 {
+		return fmt.Errorf("%w: no probe came back since subscribing", ErrUnhealthy)
+	}
+	if age := time.Since(time.Unix(0, last)); age >= unhealthyAfter*r.cfg.probeInterval {
+		return fmt.Errorf("%w: last probe came back %s ago", ErrUnhealthy, age.Round(time.Millisecond))
+	}
+	return nil
+}
+
+// Close stops the receive and probe goroutines and waits for them; deliver is not called after
+// it returns. Calling Close again is a no-op. If go-redis is reconnecting to a Redis that accepts
+// connections but does not answer, Close waits for that attempt, which the client's DialTimeout
+// and ReadTimeout bound (go-redis cannot interrupt it).
+func (r *Redis) Close() error {
+	r.cancel()
+	r.psMu.Lock()
+	if r.ps != nil {
+		_ = r.ps.Close() // unblocks the receive goroutine's read
+		r.ps = nil
+	}
+	r.psMu.Unlock()
+	r.wg.Wait()
+	r.subscribed.Store(false)
+	return nil
+}

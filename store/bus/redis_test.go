@@ -1,0 +1,274 @@
+package bus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/redis/go-redis/v9"
+)
+
+func counter(s *metrics.Set, name string) uint64 { return s.GetOrCreateCounter(name).Get() }
+
+// TestRedisProbe: probes come back, set the lag gauge and Healthy, and are never delivered.
+func TestRedisProbe(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	set := metrics.NewSet()
+	ra, rb := &recorder{}, &recorder{}
+	a := newRedisBus(t, c, prefix, "node-a", ra.deliver, WithProbeInterval(20*time.Millisecond), WithMetrics(set))
+	newRedisBus(t, c, prefix, "node-b", rb.deliver, WithProbeInterval(20*time.Millisecond))
+	waitHealthy(t, a, 2*time.Second)
+	time.Sleep(100 * time.Millisecond) // several probes of both nodes go round
+	if ra.len() != 0 || rb.len() != 0 {
+		t.Fatalf("probes were delivered: %d, %d", ra.len(), rb.len())
+	}
+	lag := set.GetOrCreateGauge("pubsub_probe_lag_seconds", nil).Get()
+	if lag <= 0 || lag > 1 {
+		t.Fatalf("pubsub_probe_lag_seconds = %v", lag)
+	}
+	var sb strings.Builder
+	set.WritePrometheus(&sb)
+	for _, want := range []string{
+		`redis_errors_total{operation="bus_publish"} 0`,
+		`redis_errors_total{operation="bus_subscribe"} 0`,
+		`redis_errors_total{operation="bus_history"} 0`,
+		`bus_invalid_messages_total 0`,
+		`pubsub_probe_lag_seconds `,
+	} {
+		if !strings.Contains(sb.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, sb.String())
+		}
+	}
+}
+
+// TestRedisUndecodable: garbage on the channel is counted, logged once and skipped; the bus keeps
+// delivering.
+func TestRedisUndecodable(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	set, logs := metrics.NewSet(), &logBuffer{}
+	rec := &recorder{}
+	b := newRedisBus(t, c, prefix, "node-a", rec.deliver, WithMetrics(set), WithLogger(logs.logger()))
+	ctx := context.Background()
+	bad := []string{``, `nope`, `{}`, `{"n":"x","k":"m"}`, `{"n":"x","k":"z"}`, `{"k":"p"}`,
+		`{"n":"x","k":"m","m":{"pkg_id":"one"}}`, `[1,2]`, `{"n":"x","k":"m","m":{"pkg_id":1,"data":{`}
+	for _, p := range bad {
+		if err := c.Publish(ctx, prefix+"bus", p).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := b.Publish(ctx, &Message{PkgID: 4, Data: json.RawMessage(`[]`)}, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := rec.waitLen(t, 1, 5*time.Second)
+	if len(got) != 1 || got[0].PkgID != 4 {
+		t.Fatalf("delivered %+v", got)
+	}
+	if n := counter(set, "bus_invalid_messages_total"); n != uint64(len(bad)) {
+		t.Fatalf("bus_invalid_messages_total = %d, want %d", n, len(bad))
+	}
+	if n := logs.count("undecodable"); n != 1 {
+		t.Fatalf("logged %d warnings about undecodable messages, want 1 (rate-limited)", n)
+	}
+}
+
+// TestRedisKeys: the keys are where the contract says, hold JSON of the Message with seq,
+// and expire with WithHistoryTTL.
+func TestRedisKeys(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	b := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver, WithHistoryTTL(time.Hour))
+	ctx := context.Background()
+	for range 3 {
+		if _, _, err := b.Publish(ctx, &Message{PkgID: 5, Data: json.RawMessage(`{"x":"}"}`), Topic: "dash:x-1"}, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seqKey, histKey := prefix+"topic:{dash:x-1}:seq", prefix+"topic:{dash:x-1}:hist"
+	if v, err := c.Get(ctx, seqKey).Result(); err != nil || v != "3" {
+		t.Fatalf("GET %s = %q, %v", seqKey, v, err)
+	}
+	entries, err := c.LRange(ctx, histKey, 0, -1).Result()
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("LRANGE %s = %v, %v", histKey, entries, err)
+	}
+	if want := `{"pkg_id":5,"data":{"x":"}"},"topic":"dash:x-1","seq":3}`; entries[1] != want {
+		t.Fatalf("entry = %s, want %s", entries[1], want)
+	}
+	for _, k := range []string{seqKey, histKey} {
+		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl < 59*time.Minute || ttl > time.Hour {
+			t.Fatalf("PTTL %s = %s, %v", k, ttl, err)
+		}
+	}
+	// Without the option the keys do not expire.
+	b2 := newRedisBus(t, c, prefix, "node-b", (&recorder{}).deliver)
+	if _, _, err := b2.Publish(ctx, &Message{PkgID: 5, Topic: "other"}, 2); err != nil {
+		t.Fatal(err)
+	}
+	if ttl, err := c.PTTL(ctx, prefix+"topic:{other}:hist").Result(); err != nil || ttl != -1 {
+		t.Fatalf("PTTL without TTL = %s, %v", ttl, err)
+	}
+}
+
+// TestRedisSeqKeyLost: if the counter disappears but the history survives, seqs continue after
+// the last kept entry instead of starting again at 1.
+func TestRedisSeqKeyLost(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	rec := &recorder{}
+	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
+	ctx := context.Background()
+	for range 5 {
+		if _, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Del(ctx, prefix+"topic:{authors}:seq").Err(); err != nil {
+		t.Fatal(err)
+	}
+	msgs, latest, ok, err := b.History(ctx, "authors", 3)
+	if err != nil || latest != 5 || !ok || len(msgs) != 2 {
+		t.Fatalf("History with the counter lost = %d msgs, latest %d, %v, %v", len(msgs), latest, ok, err)
+	}
+	if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil || seq != 6 {
+		t.Fatalf("Publish after the counter was lost = %d, %v; want 6", seq, err)
+	}
+}
+
+// TestRedisDown: Redis unreachable from the start: NewRedis still returns, Publish and History
+// fail with ErrUnavailable and are counted, Healthy fails, Close is prompt.
+func TestRedisDown(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { _ = c.Close() })
+	set, logs := metrics.NewSet(), &logBuffer{}
+	start := time.Now()
+	b, err := NewRedis(c, "sbtest:down:", "node-a", (&recorder{}).deliver,
+		WithTimeout(100*time.Millisecond), WithProbeInterval(50*time.Millisecond), WithMetrics(set), WithLogger(logs.logger()))
+	if err != nil {
+		t.Fatalf("NewRedis with Redis down: %v", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("NewRedis took %s", took)
+	}
+	ctx := context.Background()
+	if _, _, err := b.Publish(ctx, &Message{PkgID: 1}, 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Publish = %v, want ErrUnavailable", err)
+	}
+	if _, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 5); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Publish with history = %v, want ErrUnavailable", err)
+	}
+	if _, _, _, err := b.History(ctx, "authors", 0); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("History = %v, want ErrUnavailable", err)
+	}
+	if err := b.Healthy(ctx); !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("Healthy = %v, want ErrUnhealthy", err)
+	}
+	if !waitFor(5*time.Second, func() bool { return counter(set, `redis_errors_total{operation="bus_subscribe"}`) >= 2 }) {
+		t.Fatal("subscribe failures not counted")
+	}
+	if n := counter(set, `redis_errors_total{operation="bus_history"}`); n != 1 {
+		t.Fatalf("bus_history errors = %d", n)
+	}
+	if n := counter(set, `redis_errors_total{operation="bus_publish"}`); n < 2 {
+		t.Fatalf("bus_publish errors = %d", n)
+	}
+	// A caller that gave up is not Redis's fault.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	before := counter(set, `redis_errors_total{operation="bus_history"}`)
+	if _, _, _, err := b.History(cancelled, "authors", 0); !errors.Is(err, context.Canceled) {
+		t.Fatalf("History with a cancelled context = %v", err)
+	}
+	if counter(set, `redis_errors_total{operation="bus_history"}`) != before {
+		t.Fatal("a cancelled call was counted as a Redis error")
+	}
+	if n := logs.count("redis error in bus"); n != 1 {
+		t.Fatalf("%d warnings logged, want 1 (at most one per 10 s)", n)
+	}
+	start = time.Now()
+	_ = b.Close()
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("Close took %s", took)
+	}
+}
+
+func TestNewRedisArguments(t *testing.T) {
+	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"})
+	t.Cleanup(func() { _ = c.Close() })
+	for name, f := range map[string]func() (*Redis, error){
+		"nil client":  func() (*Redis, error) { return NewRedis(nil, "p:", "n", func(*Message) {}) },
+		"nil deliver": func() (*Redis, error) { return NewRedis(c, "p:", "n", nil) },
+		"no node id":  func() (*Redis, error) { return NewRedis(c, "p:", "", func(*Message) {}) },
+	} {
+		if b, err := f(); !errors.Is(err, ErrInvalidArgument) || b != nil {
+			t.Errorf("%s: %v, %v", name, b, err)
+		}
+	}
+}
+
+// TestRedisOddNodeIDAndPanic: a node id that needs JSON escaping still gets its probes back, and
+// a deliver that panics on one message does not stop delivery.
+func TestRedisOddNodeIDAndPanic(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	rec := &recorder{}
+	b := newRedisBus(t, c, prefix, "nöde \"a\"\t\\x01", func(m *Message) {
+		if m.PkgID == 666 {
+			panic("boom")
+		}
+		rec.deliver(m)
+	}, WithProbeInterval(20*time.Millisecond))
+	waitHealthy(t, b, 2*time.Second)
+	ctx := context.Background()
+	for _, id := range []int{1, 666, 2} {
+		if _, _, err := b.Publish(ctx, &Message{PkgID: id}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := rec.waitLen(t, 2, 5*time.Second); got[0].PkgID != 1 || got[1].PkgID != 2 {
+		t.Fatalf("delivered %+v, %+v", got[0], got[1])
+	}
+	waitHealthy(t, b, time.Second)
+}
+
+// TestRedisSlowDeliver: a deliver that blocks for many probe intervals makes Healthy fail but
+// does not make the watchdog drop a working subscription, so nothing is lost.
+func TestRedisSlowDeliver(t *testing.T) {
+	c := redisClient(t)
+	prefix := testPrefix(t, c)
+	set := metrics.NewSet()
+	rec := &recorder{}
+	const probe = 30 * time.Millisecond
+	b := newRedisBus(t, c, prefix, "node-a", func(m *Message) {
+		if m.PkgID == 2 {
+			time.Sleep(10 * probe)
+		}
+		rec.deliver(m)
+	}, WithProbeInterval(probe), WithMetrics(set))
+	waitHealthy(t, b, 2*time.Second)
+	w := watchHealth(b)
+	ctx := context.Background()
+	for i := 1; i <= 20; i++ {
+		if _, _, err := b.Publish(ctx, &Message{PkgID: i}, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := rec.waitLen(t, 20, 5*time.Second)
+	for i, m := range got {
+		if m.PkgID != i+1 {
+			t.Fatalf("message %d has pkg_id %d", i, m.PkgID)
+		}
+	}
+	waitHealthy(t, b, 2*time.Second)
+	if !w.end() {
+		t.Fatal("Healthy did not fail while deliver was stuck")
+	}
+	if n := counter(set, `redis_errors_total{operation="bus_subscribe"}`); n != 0 {
+		t.Fatalf("the subscription was replaced %d times", n)
+	}
+}

@@ -1,6 +1,6 @@
 package hub
 
-import "encoding/json"
+import "switchboard/store/bus"
 
 // Conn is what the hub needs from one socket (the transport's bounded writer).
 type Conn interface {
@@ -22,10 +22,5 @@ type Codec interface {
 	EncodeBroadcast(*Message) ([]byte, error)
 }
 
-// Message is one broadcast. Data is a JSON value (an object as sent by producers).
-type Message struct {
-	PkgID int             `json:"pkg_id"`
-	Data  json.RawMessage `json:"data"`
-	Topic string          `json:"topic,omitempty"`
-	Seq   uint64          `json:"seq,omitempty"`
-}
+// Message is one broadcast: the bus's message, so it crosses nodes unchanged.
+type Message = bus.Message

@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
+
+	"switchboard/store/bus"
 )
 
 // CloseSlowConsumer is the close code for a connection over its send budget (PROTOCOL.md §1.3).
@@ -130,7 +133,10 @@ func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error
 		history = h.opts.History(msg.Topic)
 	}
 	_, nodes, err = h.opts.Bus.Publish(ctx, msg, history)
-	if err != nil {
+	switch {
+	case errors.Is(err, bus.ErrInvalidArgument):
+		return 0, fmt.Errorf("%w: %w", ErrInvalidData, err)
+	case err != nil:
 		return 0, fmt.Errorf("%w: %w", ErrBusUnavailable, err)
 	}
 	return nodes, nil

@@ -202,6 +202,10 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 		}
 	}
 	nodes, err := a.cfg.Hub.Broadcast(r.Context(), &msg)
+	if errors.Is(err, hub.ErrInvalidData) {
+		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})
+		return
+	}
 	if err != nil {
 		a.cfg.Logger.Warn("broadcast not accepted", "err", err)
 		writeDetail(w, http.StatusServiceUnavailable, "Broadcast not accepted: "+err.Error())

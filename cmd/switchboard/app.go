@@ -25,20 +25,26 @@ import (
 
 // app is one running Switchboard node: every part, wired, with one shutdown order.
 type app struct {
-	cfg        config.Config
-	log        *slog.Logger
-	metrics    *metrics.Set
-	db         *store.DB
-	system     *actor.ActorSystem
-	hub        *hub.Hub
-	handlers   *actor.PID
-	cancel     context.CancelFunc // aborts in-flight handler calls
-	verifier   *auth.Verifier
-	redis      *redis.Client // nil without SWITCHBOARD_REDIS_URL
-	limiter    limits.RateLimiter
-	conns      limits.ConnCounter
-	stopConns  func() error // stops the connection counter's heartbeat
-	login      auth.Login
+	cfg       config.Config
+	node      string // this process in cluster-wide state
+	log       *slog.Logger
+	metrics   *metrics.Set
+	db        *store.DB
+	system    *actor.ActorSystem
+	hub       *hub.Hub
+	handlers  *actor.PID
+	cancel    context.CancelFunc // aborts in-flight handler calls
+	verifier  *auth.Verifier
+	redis     *redis.Client // nil without SWITCHBOARD_REDIS_URL
+	limiter   limits.RateLimiter
+	conns     limits.ConnCounter
+	stopConns func() error // stops the connection counter's heartbeat
+	login     auth.Login
+	bus       interface {
+		hub.Bus
+		Healthy(context.Context) error
+		Close() error
+	}
 	audit      *audit.Writer
 	ws         *transport.WSServer
 	http       *http.Server
@@ -48,7 +54,7 @@ type app struct {
 // newApp opens the database (retrying PostgreSQL up to the connect timeout), migrates it and
 // starts the actors. Nothing listens yet: serve does that.
 func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, err error) {
-	a = &app{cfg: cfg, log: log, metrics: metrics.NewSet()}
+	a = &app{cfg: cfg, log: log, metrics: metrics.NewSet(), node: nodeID()}
 	defer func() {
 		if err != nil {
 			a.close(context.Background())
@@ -81,9 +87,14 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		}),
 		actor.WithDeadLetterRequestLogging(false),
 	)
+	late := &lateDeliver{}
+	if err = a.openBus(late.Deliver); err != nil {
+		return nil, err
+	}
 	a.hub = hub.Start(a.system.Root, hub.Options{
-		PingInterval: cfg.WSPingInterval, History: policy.HistoryOf, Logger: log, Metrics: a.metrics,
+		PingInterval: cfg.WSPingInterval, Bus: a.bus, History: policy.HistoryOf, Logger: log, Metrics: a.metrics,
 	})
+	late.hub.Store(a.hub)
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
 	reg.MustRegister(actors.TopicRoutes(policy)...)
@@ -132,7 +143,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		Health: []transport.HealthCheck{
 			{Name: "database", Check: a.db.Ping},
 			{Name: "redis", Check: a.redisPing()},
-			{Name: "pubsub"},
+			{Name: "pubsub", Check: a.busHealthy()},
 		},
 		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra,
 	})
@@ -243,6 +254,9 @@ func (a *app) close(ctx context.Context) error {
 	}
 	if c, ok := a.login.(interface{ Close() }); ok {
 		c.Close()
+	}
+	if a.bus != nil {
+		errs = append(errs, a.bus.Close())
 	}
 	if a.stopConns != nil {
 		errs = append(errs, a.stopConns())

@@ -43,7 +43,7 @@ func (a *app) openLimits() error {
 	a.redis = redis.NewClient(opt)
 	lopts := []limits.Option{limits.WithFailOpen(true), limits.WithLogger(a.log), limits.WithMetrics(a.metrics)}
 	a.limiter = limits.NewRedisRateLimiter(a.redis, redisKeyPrefix, lopts...)
-	cc := limits.NewRedisConnCounter(a.redis, redisKeyPrefix, nodeID(), lopts...)
+	cc := limits.NewRedisConnCounter(a.redis, redisKeyPrefix, a.node, lopts...)
 	cc.Start(context.Background())
 	a.conns, a.stopConns = cc, cc.Close
 	return nil

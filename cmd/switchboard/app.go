@@ -144,11 +144,20 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 			{Name: "database", Check: a.db.Ping},
 			{Name: "redis", Check: a.redisPing()},
 			{Name: "pubsub", Check: a.busHealthy()},
+			{Name: "identity", Check: a.identityReady()},
 		},
 		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if !cfg.DevIssuer() {
+		// Warm the keys; a down issuer is logged and retried on use, never fatal.
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if err := a.verifier.Ready(rctx); err != nil {
+			log.Warn("identity provider not reachable yet; tokens verify once its keys load", "issuer", cfg.OIDCIssuer, "err", err)
+		}
+		cancel()
 	}
 	a.http = &http.Server{
 		Handler:           handler,
@@ -163,6 +172,15 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
 	return a, nil
+}
+
+// identityReady is /health's check of the external issuer's keys (loaded, or loadable now);
+// the built-in development issuer's keys are always there ("disabled").
+func (a *app) identityReady() func(context.Context) error {
+	if a.cfg.DevIssuer() {
+		return nil
+	}
+	return a.verifier.Ready
 }
 
 // newVerifier verifies tokens from the configured issuer, or from the built-in development

@@ -182,7 +182,9 @@ func (c *wsConn) drain() {
 		}
 		bufs := net.Buffers(batch)
 		_, err := bufs.WriteTo(c.raw)
-		c.m.sent.Add(len(batch))
+		if err == nil {
+			c.m.sent.Add(len(batch))
+		}
 		clear(batch)
 
 		c.mu.Lock()

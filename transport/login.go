@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"switchboard/transport/auth"
@@ -49,7 +50,8 @@ func (a *api) login(w http.ResponseWriter, r *http.Request) {
 		Password string `json:"password"`
 	}
 	_ = json.Unmarshal(body, &in)
-	if !a.limit(w, r, "login_user", in.Username, a.cfg.LoginRateLimit) {
+	// Identity providers compare user names case-insensitively; so does the limit.
+	if !a.limit(w, r, "login_user", strings.ToLower(in.Username), a.cfg.LoginRateLimit) {
 		return
 	}
 	tokens, err := a.cfg.Login.Login(r.Context(), in.Username, in.Password)

@@ -87,12 +87,17 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	token := auth.TokenFromRequest(r)
 	if token == "" {
 		s.m.rejAuth.Inc()
-		writeDetail(w, http.StatusUnauthorized, "Missing token")
+		if httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http_ip", clientIP(r), s.cfg.RatePerMinute) {
+			writeDetail(w, http.StatusUnauthorized, "Missing token")
+		}
 		return
 	}
 	claims, err := s.cfg.Verifier.Verify(r.Context(), token)
 	if err != nil {
 		s.m.rejAuth.Inc()
+		if !httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http_ip", clientIP(r), s.cfg.RatePerMinute) {
+			return
+		}
 		status := http.StatusUnauthorized
 		if errors.Is(err, auth.ErrKeysUnavailable) {
 			status = http.StatusServiceUnavailable

@@ -220,6 +220,13 @@ func (c *wsConn) finishClose(code uint16, reason string) {
 // acquire takes an in-flight slot for one request, waiting while the connection has
 // WSMaxInFlight requests unanswered; false when the connection closed meanwhile.
 func (c *wsConn) acquire() bool {
+	// A closing connection runs nothing more, even when a slot is free: select would pick at
+	// random between a free slot and done.
+	select {
+	case <-c.done:
+		return false
+	default:
+	}
 	select {
 	case c.inflight <- struct{}{}:
 		return true

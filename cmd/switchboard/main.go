@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"switchboard/config"
 	"switchboard/store"
 	"switchboard/transport/auth"
@@ -77,6 +79,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 }
 
 func serve(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	// go-redis logs every failed dial through its own global logger; during a Redis outage
+	// that is a line per attempt. The limiters and the bus already warn at most every 10 s.
+	redis.SetLogger(redisLog{log})
 	a, err := newApp(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -147,6 +152,13 @@ func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// redisLog sends go-redis's own messages to slog at debug level.
+type redisLog struct{ l *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.l.Debug("redis: " + fmt.Sprintf(format, v...))
 }
 
 func buildVersion() string {

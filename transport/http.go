@@ -128,6 +128,7 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 			return
 		}
 		u := UserOf(claims)
+		noteUser(r, u.ID)
 		rec := &auditRecord{start: time.Now(), route: ra}
 		sw := &statusWriter{ResponseWriter: w}
 		defer a.record(r, u, rec, sw)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -16,10 +17,11 @@ import (
 )
 
 // chain wraps the mux, outermost first: recover → client address from trusted proxies →
-// correlation id and security headers → metrics and access log → JSON 404/405 → mux. Size
-// limits, authentication, rate limits and RBAC run per route (readBody, api.authed).
+// correlation id and security headers → metrics and access log → request size → JSON 404/405
+// → mux. Authentication, rate limits and RBAC run per route (api.authed), then the handler.
 func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
 	var h http.Handler = jsonNotFound(mux)
+	h = limitBody(h, cfg.MaxRequestBytes)
 	h = observe(h, cfg)
 	h = headers(h)
 	h = trustedProxies(h, cfg.TrustedProxies)
@@ -100,18 +102,51 @@ func observe(next http.Handler, cfg APIConfig) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
+		info := &requestInfo{}
+		r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, info))
 		next.ServeHTTP(sw, r)
 		route := r.Pattern
 		if route == "" {
 			route = "unmatched"
 		}
 		status := sw.status
+		if status == 0 {
+			status = http.StatusOK
+		}
 		cfg.Metrics.GetOrCreateCounter(`http_requests_total{method="` + methodLabel(r.Method) + `",route="` + route +
 			`",status="` + strconv.Itoa(status) + `"}`).Inc()
 		cfg.Metrics.GetOrCreatePrometheusHistogram(`http_request_duration_seconds{method="` + methodLabel(r.Method) + `",route="` + route + `"}`).UpdateDuration(start)
 		cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
 			"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
-			"remote", r.RemoteAddr)
+			"user", info.user, "remote", r.RemoteAddr)
+	})
+}
+
+// requestInfo carries what inner handlers learn about a request (the verified user) out to
+// the access log.
+type requestInfo struct{ user string }
+
+type requestInfoKey struct{}
+
+// noteUser records the verified user of the request for the access log.
+func noteUser(r *http.Request, user string) {
+	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+		info.user = user
+	}
+}
+
+// limitBody answers 413 for a declared body over max and caps every body at max bytes, so a
+// chunked body is cut off (handlers see *http.MaxBytesError) however it is sent.
+func limitBody(next http.Handler, max int64) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > max {
+			writeDetail(w, http.StatusRequestEntityTooLarge, "Request body too large")
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = http.MaxBytesReader(w, r.Body, max)
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 
@@ -165,7 +200,7 @@ func (p *probeWriter) WriteHeader(code int) {
 }
 
 // readLimited reads the whole body, failing with *http.MaxBytesError past limit bytes whether
-// the size was declared or the body is chunked.
+// the size was declared or the body is chunked (limitBody also caps it for every route).
 func readLimited(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, &http.MaxBytesError{Limit: limit}

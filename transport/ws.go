@@ -106,6 +106,7 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	user := UserOf(claims)
+	noteUser(r, user.ID)
 	if !httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http", user.ID, s.cfg.RatePerMinute) {
 		return
 	}

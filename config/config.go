@@ -19,6 +19,7 @@ type Config struct {
 	OIDCIssuer         string        // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
 	OIDCClientID       string        // SWITCHBOARD_OIDC_CLIENT_ID
 	OIDCClientSecret   string        // SWITCHBOARD_OIDC_CLIENT_SECRET
+	OIDCRoleClaims     []string      // SWITCHBOARD_OIDC_ROLE_CLAIMS: dot paths to role lists; "{client_id}" is replaced
 	JWTLeeway          time.Duration // SWITCHBOARD_JWT_LEEWAY (at most 30s)
 	AllowedOrigins     []string      // SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; empty = any
 	RateLimitPerMinute int           // SWITCHBOARD_RATE_LIMIT_PER_MINUTE (HTTP, per user)
@@ -49,6 +50,7 @@ func Default() Config {
 	return Config{
 		Addr:               "127.0.0.1:8000",
 		OIDCClientID:       "switchboard",
+		OIDCRoleClaims:     []string{"realm_access.roles", "resource_access.{client_id}.roles"},
 		JWTLeeway:          10 * time.Second,
 		RateLimitPerMinute: 60,
 		WSMessageRateLimit: 100,
@@ -92,6 +94,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
 	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
 	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
+	p.list("SWITCHBOARD_OIDC_ROLE_CLAIMS", &c.OIDCRoleClaims)
 	p.duration("SWITCHBOARD_JWT_LEEWAY", &c.JWTLeeway)
 	p.list("SWITCHBOARD_ALLOWED_ORIGINS", &c.AllowedOrigins)
 	p.integer("SWITCHBOARD_RATE_LIMIT_PER_MINUTE", &c.RateLimitPerMinute)
@@ -143,6 +146,11 @@ func (c Config) Validate() error {
 	if c.OIDCIssuer != "" {
 		if u, err := url.Parse(c.OIDCIssuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("SWITCHBOARD_OIDC_ISSUER", "want the issuer URL, e.g. https://keycloak.example/realms/app, got %q", c.OIDCIssuer)
+		}
+	}
+	for _, path := range c.OIDCRoleClaims {
+		if strings.HasPrefix(path, ".") || strings.HasSuffix(path, ".") || strings.Contains(path, "..") {
+			bad("SWITCHBOARD_OIDC_ROLE_CLAIMS", "want dot paths such as realm_access.roles, got %q", path)
 		}
 	}
 	if c.OIDCClientID == "" {

@@ -186,7 +186,7 @@ func (a *app) identityReady() func(context.Context) error {
 // newVerifier verifies tokens from the configured issuer, or from the built-in development
 // issuer through the same code with its key set given directly.
 func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
-	vc := auth.Config{ClientID: cfg.OIDCClientID, Leeway: cfg.JWTLeeway, Logger: log}
+	vc := auth.Config{ClientID: cfg.OIDCClientID, Leeway: cfg.JWTLeeway, RoleClaimPaths: cfg.OIDCRoleClaims, Logger: log}
 	if cfg.DevIssuer() {
 		dev, err := auth.OpenDevIssuer(cfg.DataDir)
 		if err != nil {

@@ -54,6 +54,7 @@ type wsConn struct {
 	closeCode   uint16
 	closeReason string
 	done        chan struct{} // closed when closing starts
+	deadline    time.Time     // the write deadline in force (the drain moves it)
 
 	// Read side, touched by the read goroutine (and the actor through release).
 	inflight chan struct{}
@@ -172,7 +173,12 @@ func (c *wsConn) drain() {
 		c.queue = c.spare[:0]
 		c.spare = nil
 		if !c.closing {
-			_ = c.raw.SetWriteDeadline(time.Now().Add(c.wt))
+			// Moving the deadline costs a timer update; a deadline at least half a write
+			// timeout away is good enough, so most flushes skip it.
+			if now := time.Now(); c.deadline.Sub(now) < c.wt/2 {
+				c.deadline = now.Add(c.wt)
+				_ = c.raw.SetWriteDeadline(c.deadline)
+			}
 		}
 		c.mu.Unlock()
 

@@ -1,0 +1,255 @@
+// Command switchboard-bench is Switchboard's load tool (issue 6): it opens real WebSocket
+// connections to a server on 127.0.0.1 and measures connection setup, broadcast fan-out and
+// request/response, comparing fan-out with a naive gws broadcaster built into the tool.
+//
+//	switchboard-bench connect  --n 10000 --c 64 --server-pid PID
+//	switchboard-bench fanout   --n 10000 --messages 300 --size 100 [--rate 5] [--compare=false]
+//	switchboard-bench fanout   --n 1000 --messages 2000 --size 2000 --rate 200 --slow 10
+//	switchboard-bench baseline --n 10000 --messages 300 --size 100
+//	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
+//
+// Progress goes to stderr, one JSON line per result to stdout, and a table at the end. Every
+// loop is bounded by a count and by --duration/--timeout; the tool only talks to loopback.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const usage = `Usage: switchboard-bench <scenario> [flags]
+
+Scenarios:
+  connect    open --n authenticated connections at concurrency --c; conns/s, handshake
+             p50/p99, server RSS per idle connection (--server-pid, else /metrics)
+  fanout     --n subscribers, --messages broadcasts of --size bytes through POST /api/broadcast,
+             as fast as possible (--rate 0) or at --rate per second; then the same against the
+             built-in naive gws broadcaster (--compare, on by default) and the ratio
+             --slow K: the fanout twice, the second time with K connections that never read
+  baseline   the fanout run against the built-in naive gws broadcaster only
+  rpc        --n clients in a closed loop: GET_AUTHORS and CREATE_AUTHOR over WebSocket and
+             GET/POST /authors over HTTP; with --direct-dsn, the same Bun query called directly
+
+The server must accept the load: start it with raised per-user limits, e.g.
+  SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=100000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=1000000 \
+  SWITCHBOARD_WS_MESSAGE_RATE_LIMIT=100000000 switchboard serve
+(cmd/switchboard-bench/load.sh does all of it, pinned with taskset; see docs/performance.md).
+
+Flags:
+`
+
+// options are the flags shared by every scenario.
+type options struct {
+	scenario   string
+	url        string // ws://127.0.0.1:8000
+	http       string // http://127.0.0.1:8000
+	dataDir    string
+	clientID   string
+	n, c       int
+	perUser    int
+	messages   int
+	size       int
+	rate       float64
+	producers  int
+	duration   time.Duration
+	timeout    time.Duration
+	settle     time.Duration
+	serverPID  int
+	jsonOnly   bool
+	compare    bool
+	pin        string
+	readBuf    int
+	directDSN  string
+	seedRows   int
+	maxSamples int
+	slow       int
+	nofile     uint64
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "switchboard-bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		fmt.Fprint(stderr, usage)
+		newFlags(&options{}, stderr).PrintDefaults()
+		return errors.New("a scenario is required")
+	}
+	o := &options{scenario: args[0]}
+	fs := newFlags(o, stderr)
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if o.scenario == "baseline-serve" { // the child process of --pin; not for users
+		return serveBaselineChild(ctx, o, stdout)
+	}
+	if err := o.check(); err != nil {
+		return err
+	}
+	o.nofile = raiseNoFile(stderr)
+	// One cap over the whole invocation, whatever the scenario does.
+	ctx, cancel := context.WithTimeout(ctx, o.duration+o.timeout+5*time.Minute)
+	defer cancel()
+	rep := newReporter(stdout, stderr, o.jsonOnly)
+	var err error
+	switch o.scenario {
+	case "connect":
+		err = runConnect(ctx, o, rep)
+	case "fanout":
+		if o.slow > 0 {
+			err = runSlow(ctx, o, rep)
+		} else {
+			err = runFanout(ctx, o, rep, true, o.compare)
+		}
+	case "baseline":
+		err = runFanout(ctx, o, rep, false, true)
+	case "rpc":
+		err = runRPC(ctx, o, rep)
+	default:
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+		return fmt.Errorf("unknown scenario %q", o.scenario)
+	}
+	rep.table()
+	return err
+}
+
+func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(o.scenario, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.url, "url", "ws://127.0.0.1:8000", "server WebSocket base URL (the tool appends /web)")
+	fs.StringVar(&o.http, "http", "", "server HTTP base URL (default: --url with http://)")
+	fs.StringVar(&o.dataDir, "data-dir", "./data", "the server's SWITCHBOARD_DATA_DIR: the tool mints development tokens with its key")
+	fs.StringVar(&o.clientID, "client-id", "switchboard", "the server's SWITCHBOARD_OIDC_CLIENT_ID (token audience)")
+	fs.IntVar(&o.n, "n", 0, "connections (connect, fanout: default 1000) or clients (rpc: default 64)")
+	fs.IntVar(&o.c, "c", 64, "concurrent handshakes while connecting")
+	fs.IntVar(&o.perUser, "per-user", 4, "connections sharing one user (the server's per-user connection limit defaults to 5)")
+	fs.IntVar(&o.messages, "messages", 200, "fanout: broadcasts to send")
+	fs.IntVar(&o.size, "size", 100, "fanout: bytes of each broadcast's data object")
+	fs.Float64Var(&o.rate, "rate", 0, "fanout: broadcasts per second (0: as fast as possible)")
+	fs.IntVar(&o.producers, "producers", 1, "fanout: concurrent producer goroutines (each POSTs sequentially)")
+	fs.DurationVar(&o.duration, "duration", 0, "cap on one phase's sending (fanout, connect) or length of each rpc phase (default 10s for rpc, 2m otherwise)")
+	fs.DurationVar(&o.timeout, "timeout", 60*time.Second, "how long to wait for deliveries/handshakes after sending ends")
+	fs.DurationVar(&o.settle, "settle", 5*time.Second, "connect: idle time before reading the server's RSS")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "server process id: RSS and CPU from /proc (else RSS from /metrics)")
+	fs.BoolVar(&o.jsonOnly, "json-only", false, "print only the JSON lines on stdout (no table)")
+	fs.BoolVar(&o.compare, "compare", true, "fanout: also run the built-in naive gws baseline and print the ratio")
+	fs.StringVar(&o.pin, "pin", "", "baseline: run the baseline server as a child process pinned with taskset -c PIN (e.g. 0)")
+	fs.IntVar(&o.readBuf, "read-buf", 4096, "client read buffer per connection, bytes")
+	fs.StringVar(&o.directDSN, "direct-dsn", "", "rpc: postgres://… of the server's database; runs the same Bun query directly for the ratio")
+	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
+	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
+	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
+	return fs
+}
+
+// check applies per-scenario defaults and refuses anything but loopback targets.
+func (o *options) check() error {
+	if o.n == 0 {
+		o.n = 1000
+		if o.scenario == "rpc" {
+			o.n = 64
+		}
+	}
+	if o.duration == 0 {
+		o.duration = 2 * time.Minute
+		if o.scenario == "rpc" {
+			o.duration = 10 * time.Second
+		}
+	}
+	if o.http == "" {
+		o.http = "http" + strings.TrimPrefix(o.url, "ws")
+	}
+	o.url = strings.TrimSuffix(strings.TrimSuffix(o.url, "/"), "/web")
+	o.http = strings.TrimSuffix(o.http, "/")
+	switch {
+	case o.n < 1 || o.n > 100_000:
+		return fmt.Errorf("--n must be between 1 and 100000, got %d", o.n)
+	case o.c < 1 || o.c > 10_000:
+		return fmt.Errorf("--c must be between 1 and 10000, got %d", o.c)
+	case o.perUser < 1:
+		return fmt.Errorf("--per-user must be at least 1")
+	case o.messages < 1 || o.messages > 1_000_000:
+		return fmt.Errorf("--messages must be between 1 and 1000000, got %d", o.messages)
+	case o.size < 0 || o.size > 60_000:
+		return fmt.Errorf("--size must be between 0 and 60000, got %d", o.size)
+	case o.rate < 0:
+		return fmt.Errorf("--rate must not be negative")
+	case o.producers < 1 || o.producers > 64:
+		return fmt.Errorf("--producers must be between 1 and 64")
+	case o.duration <= 0 || o.timeout <= 0:
+		return fmt.Errorf("--duration and --timeout must be positive")
+	case o.slow < 0 || o.slow > 10_000:
+		return fmt.Errorf("--slow must be between 0 and 10000")
+	case o.readBuf < 512:
+		return fmt.Errorf("--read-buf must be at least 512")
+	}
+	for _, u := range []string{o.url, o.http} {
+		if err := loopbackOnly(u); err != nil {
+			return err
+		}
+	}
+	if o.directDSN != "" {
+		if err := loopbackOnly(o.directDSN); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loopbackOnly refuses URLs whose host is not a loopback address: this tool only loads a
+// server on the same machine.
+func loopbackOnly(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("bad URL %q: %w", raw, err)
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("%s: only 127.0.0.1 (loopback) targets are allowed, got host %q", u.Redacted(), host)
+}
+
+// raiseNoFile lifts RLIMIT_NOFILE to its hard limit and returns the limit in force.
+func raiseNoFile(stderr io.Writer) uint64 {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		fmt.Fprintln(stderr, "getrlimit:", err)
+		return 0
+	}
+	if rl.Cur < rl.Max {
+		rl.Cur = rl.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+			fmt.Fprintln(stderr, "setrlimit:", err)
+			_ = syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl)
+		}
+	}
+	fmt.Fprintf(stderr, "open files limit: %d (hard %d)\n", rl.Cur, rl.Max)
+	return rl.Cur
+}
+
+// progress prints a line on stderr.
+func (r *reporter) progress(format string, args ...any) {
+	fmt.Fprintf(r.stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}

@@ -37,6 +37,7 @@ type Config struct {
 	RBACFile           string        // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix
 	MetricsAddr        string        // SWITCHBOARD_METRICS_ADDR
+	PprofAddr          string        // SWITCHBOARD_PPROF_ADDR: net/http/pprof for profiling; empty = off
 	DataDir            string        // SWITCHBOARD_DATA_DIR
 	LogLevel           string        // SWITCHBOARD_LOG_LEVEL: debug|info|warn|error
 	LogFormat          string        // SWITCHBOARD_LOG_FORMAT: text|json
@@ -112,6 +113,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
 	p.str("SWITCHBOARD_METRICS_ADDR", &c.MetricsAddr)
+	p.str("SWITCHBOARD_PPROF_ADDR", &c.PprofAddr)
 	p.str("SWITCHBOARD_DATA_DIR", &c.DataDir)
 	p.str("SWITCHBOARD_LOG_LEVEL", &c.LogLevel)
 	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
@@ -134,6 +136,11 @@ func (c Config) Validate() error {
 	if c.MetricsAddr != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsAddr); err != nil {
 			bad("SWITCHBOARD_METRICS_ADDR", "want host:port such as 127.0.0.1:9100, got %q", c.MetricsAddr)
+		}
+	}
+	if c.PprofAddr != "" {
+		if _, _, err := net.SplitHostPort(c.PprofAddr); err != nil {
+			bad("SWITCHBOARD_PPROF_ADDR", "want host:port such as 127.0.0.1:6060, got %q", c.PprofAddr)
 		}
 	}
 	db := c.Database()

@@ -35,13 +35,28 @@ type topic struct {
 
 func (t *topic) snapshot() []*member {
 	if t.dirty {
-		t.snap = t.snap[:0]
-		for _, m := range t.members {
-			t.snap = append(t.snap, m)
-		}
+		t.snap = rebuild(t.snap, t.members)
 		t.dirty = false
 	}
 	return t.snap
+}
+
+// rebuild refills snap from members, reusing its array; the tail past the new length is
+// cleared so members that left are not kept alive by it.
+func rebuild(snap []*member, members map[uint64]*member) []*member {
+	old := len(snap)
+	snap = snap[:0]
+	for _, m := range members {
+		snap = append(snap, m)
+	}
+	if len(snap) < old {
+		clear(snap[len(snap):old])
+	}
+	// Let a snapshot that shrank a lot go, rather than keep its largest array forever.
+	if cap(snap) > 1024 && len(snap) < cap(snap)/4 {
+		snap = append([]*member(nil), snap...)
+	}
+	return snap
 }
 
 // hubActor owns the registry and the subscriptions. Deliveries iterate over snapshot slices
@@ -104,10 +119,7 @@ func (a *hubActor) changed() {
 
 func (a *hubActor) snapshot() []*member {
 	if a.dirty {
-		a.snap = a.snap[:0]
-		for _, m := range a.conns {
-			a.snap = append(a.snap, m)
-		}
+		a.snap = rebuild(a.snap, a.conns)
 		a.dirty = false
 	}
 	return a.snap

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -49,6 +50,7 @@ type app struct {
 	ws         *transport.WSServer
 	http       *http.Server
 	metricsSrv *http.Server
+	pprofSrv   *http.Server
 }
 
 // newApp opens the database (retrying PostgreSQL up to the connect timeout), migrates it and
@@ -171,6 +173,15 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		mux.Handle("GET /metrics", handler)
 		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
+	if cfg.PprofAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		a.pprofSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	}
 	return a, nil
 }
 
@@ -204,7 +215,7 @@ func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
 
 // serve listens on ln (and the metrics address) until ctx ends, then shuts down in order.
 func (a *app) serve(ctx context.Context, ln net.Listener) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- a.http.Serve(ln) }()
 	if a.metricsSrv != nil {
 		mln, err := listen(a.cfg.MetricsAddr)
@@ -214,6 +225,16 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 			return err
 		}
 		go func() { errc <- a.metricsSrv.Serve(mln) }()
+	}
+	if a.pprofSrv != nil {
+		pln, err := listen(a.cfg.PprofAddr)
+		if err != nil {
+			_ = ln.Close()
+			a.close(context.Background())
+			return err
+		}
+		a.log.Warn("profiling endpoints on "+pln.Addr().String()+"/debug/pprof/ — do not expose them")
+		go func() { errc <- a.pprofSrv.Serve(pln) }()
 	}
 	a.log.Info("switchboard listening", "addr", ln.Addr().String(), "database", a.db.Dialect, "version", buildVersion())
 	if a.cfg.DevIssuer() {
@@ -243,6 +264,9 @@ func (a *app) shutdown(ctx context.Context) error {
 	errs = append(errs, a.http.Shutdown(ctx))
 	if a.metricsSrv != nil {
 		errs = append(errs, a.metricsSrv.Shutdown(ctx))
+	}
+	if a.pprofSrv != nil {
+		errs = append(errs, a.pprofSrv.Shutdown(ctx))
 	}
 	errs = append(errs, a.ws.Wait(ctx))
 	errs = append(errs, a.close(ctx))

@@ -233,7 +233,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 			a.close(context.Background())
 			return err
 		}
-		a.log.Warn("profiling endpoints on "+pln.Addr().String()+"/debug/pprof/ — do not expose them")
+		a.log.Warn("profiling endpoints on " + pln.Addr().String() + "/debug/pprof/ — do not expose them")
 		go func() { errc <- a.pprofSrv.Serve(pln) }()
 	}
 	a.log.Info("switchboard listening", "addr", ln.Addr().String(), "database", a.db.Dialect, "version", buildVersion())

@@ -24,6 +24,28 @@ type sub struct {
 	since   *uint64
 	ack     func(latest uint64, recovered bool, err error) []byte
 	pending []*Message
+	// floor is the latest sequence the answer reported: messages at or below it were either
+	// replayed or predate the subscription, yet may still be on their way through the bus. They
+	// are skipped until a newer one arrives or floorUntil passes (a sequence that restarted, after
+	// a Redis restart, must not be held back for long).
+	floor      uint64
+	floorUntil time.Time
+}
+
+// floorGuardFor bounds how long after subscribing older sequence numbers are skipped: the bus
+// delivers in well under this.
+const floorGuardFor = 10 * time.Second
+
+// stale reports whether msg was already covered by the subscription's answer.
+func (s *sub) stale(msg *Message) bool {
+	if s.floor == 0 || msg.Seq == 0 {
+		return false
+	}
+	if msg.Seq > s.floor || time.Now().After(s.floorUntil) {
+		s.floor = 0
+		return false
+	}
+	return true
 }
 
 // topic is the set of members subscribed to one topic, with a snapshot for delivery.
@@ -184,6 +206,9 @@ func (a *hubActor) deliver(msg *Message) {
 		if s == nil {
 			continue // removed during this delivery
 		}
+		if s.stale(msg) {
+			continue
+		}
 		if s.loading {
 			if len(s.pending) >= a.hub.opts.MaxPending {
 				a.slow.Inc()
@@ -309,6 +334,7 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 func (a *hubActor) settle(mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
 	pending := s.pending
 	s.loading, s.pending = false, nil
+	s.floor, s.floorUntil = latest, time.Now().Add(floorGuardFor)
 	if !a.enqueue(mem, s.ack(latest, recovered, nil)) {
 		return
 	}

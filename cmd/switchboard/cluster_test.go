@@ -47,9 +47,6 @@ import (
 // clPkgID is the pkg_id of the broadcasts these tests post.
 const clPkgID = 77
 
-// clKnownBugsEnv, when set, runs the checks that are skipped because of a known bug.
-const clKnownBugsEnv = "SWITCHBOARD_TEST_KNOWN_BUGS"
-
 // clWait bounds every single wait for a frame; generous for -race on a loaded 2-core machine.
 const clWait = 20 * time.Second
 

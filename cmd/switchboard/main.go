@@ -37,6 +37,7 @@ Configuration comes from SWITCHBOARD_* environment variables (see README.md).
 `
 
 func main() {
+	smallStacks()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
 	stop()
@@ -44,6 +45,22 @@ func main() {
 		fmt.Fprintln(os.Stderr, "switchboard:", err)
 		os.Exit(1)
 	}
+}
+
+// smallStacks makes new goroutines start with the smallest stack instead of the running
+// average (GODEBUG adaptivestackstart=0, unless the environment says otherwise). Most of ours are
+// idle WebSocket read loops that need very little, while the average is set by the deep
+// request-handling goroutines; a read loop started on an 8 KiB stack keeps it while idle.
+// The runtime applies a GODEBUG change made through os.Setenv at once.
+func smallStacks() {
+	godebug := os.Getenv("GODEBUG")
+	if strings.Contains(godebug, "adaptivestackstart=") {
+		return
+	}
+	if godebug != "" {
+		godebug += ","
+	}
+	_ = os.Setenv("GODEBUG", godebug+"adaptivestackstart=0")
 }
 
 // run executes one subcommand; ctx ends on SIGINT/SIGTERM.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 const (
@@ -28,11 +29,21 @@ const (
 	cacheRefreshWindow = time.Minute
 )
 
-// keyring is an immutable snapshot of the usable signature keys, each a public key with
-// "alg" set.
+// keyring is an immutable snapshot of the usable signature keys, with the cache of the
+// tokens verified with them (dropped with the snapshot: see tokenCache).
 type keyring struct {
-	all   []jwk.Key
-	byKid map[string][]jwk.Key
+	all    []*verifyKey
+	byKid  map[string][]*verifyKey
+	tokens *tokenCache
+}
+
+// verifyKey is a public signature key ready for use: its algorithm (always the JWK's "alg",
+// declared or inferred, never a token header's), the jws.Verifier for that algorithm and the
+// raw crypto key, both resolved once per key set instead of once per token.
+type verifyKey struct {
+	alg      jwa.SignatureAlgorithm
+	verifier jws.Verifier
+	raw      any // *rsa.PublicKey, *ecdsa.PublicKey or ed25519.PublicKey
 }
 
 // newKeyring keeps the keys usable for verifying signatures: public copies of RSA, EC and
@@ -41,7 +52,7 @@ type keyring struct {
 // keys are always dropped: a JWKS is public, so an HMAC key in it would be a forgery
 // primitive.
 func newKeyring(set jwk.Set) (*keyring, error) {
-	kr := &keyring{byKid: map[string][]jwk.Key{}}
+	kr := &keyring{byKid: map[string][]*verifyKey{}, tokens: newTokenCache()}
 	for i := range set.Len() {
 		k, _ := set.Key(i)
 		if u := k.KeyUsage(); u != "" && u != jwk.ForSignature.String() {
@@ -58,8 +69,17 @@ func newKeyring(set jwk.Set) (*keyring, error) {
 		if !ok || pub.Set(jwk.AlgorithmKey, alg) != nil {
 			continue
 		}
-		kr.all = append(kr.all, pub)
-		kr.byKid[pub.KeyID()] = append(kr.byKid[pub.KeyID()], pub)
+		var raw any
+		if err := pub.Raw(&raw); err != nil {
+			continue
+		}
+		verifier, err := jws.NewVerifier(alg)
+		if err != nil {
+			continue
+		}
+		vk := &verifyKey{alg: alg, verifier: verifier, raw: raw}
+		kr.all = append(kr.all, vk)
+		kr.byKid[pub.KeyID()] = append(kr.byKid[pub.KeyID()], vk)
 	}
 	if len(kr.all) == 0 {
 		return nil, errNoUsableKeys
@@ -105,7 +125,7 @@ func signatureAlg(k jwk.Key) (jwa.SignatureAlgorithm, bool) {
 
 // lookup returns the keys for kid; a token without kid is accepted only when the set has
 // exactly one usable key.
-func (kr *keyring) lookup(kid string) ([]jwk.Key, bool) {
+func (kr *keyring) lookup(kid string) ([]*verifyKey, bool) {
 	if kid == "" {
 		return kr.all, len(kr.all) == 1
 	}
@@ -113,40 +133,41 @@ func (kr *keyring) lookup(kid string) ([]jwk.Key, bool) {
 	return ks, ok
 }
 
-// keysFor returns the keys that may verify a token with this kid and header alg, fetching
-// the JWKS again (throttled) when the kid is unknown.
-func (v *Verifier) keysFor(ctx context.Context, kid string, alg jwa.SignatureAlgorithm) ([]jwk.Key, error) {
+// keysFor returns the keys that may verify a token with this kid and header alg, and the
+// snapshot they belong to, fetching the JWKS again (throttled) when the kid is unknown.
+func (v *Verifier) keysFor(ctx context.Context, kid string, alg jwa.SignatureAlgorithm) ([]*verifyKey, *keyring, error) {
 	kr, err := v.currentKeys(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cands, ok := kr.lookup(kid)
 	if !ok && kid != "" && v.cache != nil {
 		switch err := v.reload(ctx); {
 		case err == nil:
-			cands, ok = v.keys.Load().lookup(kid)
+			kr = v.keys.Load()
+			cands, ok = kr.lookup(kid)
 		case errors.Is(err, errRefreshThrottled):
 			// A flood of forged kids ends here: at most one fetch per MinRefreshInterval.
 		default:
-			return nil, fail(ErrKeysUnavailable, "could not refresh signing keys")
+			return nil, nil, fail(ErrKeysUnavailable, "could not refresh signing keys")
 		}
 	}
 	if !ok {
 		if kid == "" {
-			return nil, fail(ErrInvalidSignature, "token has no key id")
+			return nil, nil, fail(ErrInvalidSignature, "token has no key id")
 		}
-		return nil, fail(ErrInvalidSignature, "unknown signing key")
+		return nil, nil, fail(ErrInvalidSignature, "unknown signing key")
 	}
-	var out []jwk.Key
+	var out []*verifyKey
 	for _, k := range cands {
-		if k.Algorithm().String() == alg.String() {
+		if k.alg == alg {
 			out = append(out, k)
 		}
 	}
 	if len(out) == 0 {
-		return nil, fail(ErrInvalidSignature, "token algorithm does not match the signing key")
+		return nil, nil, fail(ErrInvalidSignature, "token algorithm does not match the signing key")
 	}
-	return out, nil
+	return out, kr, nil
 }
 
 // currentKeys returns the loaded keys, loading them first if there are none yet.

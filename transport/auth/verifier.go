@@ -3,11 +3,12 @@ package auth
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,14 +17,16 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
-	"github.com/lestrrat-go/jwx/v2/jwt"
 )
 
 // maxTokenBytes bounds the work an unauthenticated caller can cause; real access tokens
 // are a few KiB, Keycloak's with hundreds of groups a few tens.
 const maxTokenBytes = 64 << 10
 
-// Claims is the verified identity carried by an access token.
+// Claims is the verified identity carried by an access token. Verify returns a fresh Claims
+// each time, but results for the same token share Roles and Raw (the verified-token cache,
+// see the package doc): treat them as read-only. Roles has no spare capacity, so an append
+// copies.
 type Claims struct {
 	Subject   string    // sub
 	Username  string    // preferred_username, or sub when absent
@@ -114,6 +117,8 @@ func (v *Verifier) Ready(ctx context.Context) error {
 
 // Verify checks token's signature, times, issuer and audience, and returns its claims.
 // Errors wrap exactly one of the package's Err* sentinels and never contain the token.
+// The returned Claims may share Roles and Raw with earlier results for the same token (see
+// Claims): read them, never modify them.
 func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if token == "" {
 		return nil, fail(ErrMissingToken, "")
@@ -121,86 +126,190 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if len(token) > maxTokenBytes || strings.Count(token, ".") != 2 {
 		return nil, fail(ErrMalformedToken, "not a compact JWS")
 	}
-	msg, err := jws.Parse([]byte(token), jws.WithCompact())
+	if kr := v.keys.Load(); kr != nil {
+		if c, ok := kr.tokens.get(token, time.Now(), v.cfg.Leeway); ok {
+			return c, nil
+		}
+	}
+	buf := []byte(token)
+	msg, err := jws.Parse(buf, jws.WithCompact())
 	if err != nil || len(msg.Signatures()) != 1 {
 		return nil, fail(ErrMalformedToken, "undecodable token")
 	}
-	hdr := msg.Signatures()[0].ProtectedHeaders()
+	sig := msg.Signatures()[0]
+	hdr := sig.ProtectedHeaders()
 	alg := hdr.Algorithm()
 	if alg == "" || alg == jwa.NoSignature {
 		return nil, fail(ErrInvalidSignature, "unsigned tokens are not accepted")
 	}
-	keys, err := v.keysFor(ctx, hdr.KeyID(), alg)
+	keys, kr, err := v.keysFor(ctx, hdr.KeyID(), alg)
 	if err != nil {
 		return nil, err
 	}
-	var payload []byte
+	// The token was parsed once: the signature is checked over its signing input as sent
+	// (the exact bytes before the last dot, which the issuer signed), with the algorithm of
+	// the JWK (equal to the header's, checked in keysFor; the header alone never selects
+	// it, so HS256-with-the-public-key cannot verify).
+	input := buf[:strings.LastIndexByte(token, '.')]
+	verified := false
 	for _, k := range keys {
-		// The algorithm is the JWK's (equal to the header's, checked in keysFor); the
-		// header alone never selects it, so HS256-with-the-public-key cannot verify.
-		keyAlg := jwa.SignatureAlgorithm(k.Algorithm().String())
-		if payload, err = jws.Verify([]byte(token), jws.WithKey(keyAlg, k), jws.WithCompact()); err == nil {
+		if k.verifier.Verify(input, sig.Signature(), k.raw) == nil {
+			verified = true
 			break
 		}
 	}
-	if err != nil {
+	if !verified {
 		return nil, fail(ErrInvalidSignature, "")
 	}
-	return v.claims(payload)
+	now := time.Now()
+	c, times, err := v.claims(msg.Payload(), now)
+	if err != nil {
+		return nil, err
+	}
+	kr.tokens.put(token, c, times, now)
+	out := *c // the cached Claims itself is never handed out
+	return &out, nil
 }
 
-// claims validates the verified payload: times first (so a client can tell it must
-// refresh), then issuer and audience.
-func (v *Verifier) claims(payload []byte) (*Claims, error) {
+// claims validates the verified payload, decoded once: times first (so a client can tell
+// it must refresh), then issuer and audience. The registered claims are read as the jwx
+// jwt package read them (wrong types are malformed), except that a NumericDate must be a
+// JSON number, as RFC 7519 says (jwx also took numeric and RFC 3339 strings).
+func (v *Verifier) claims(payload []byte, now time.Time) (*Claims, timeClaims, error) {
 	var raw map[string]any
 	if err := json.Unmarshal(payload, &raw); err != nil || raw == nil {
-		return nil, fail(ErrMalformedToken, "claims are not a JSON object")
+		return nil, timeClaims{}, fail(ErrMalformedToken, "claims are not a JSON object")
 	}
-	tok := jwt.New()
-	if err := json.Unmarshal(payload, tok); err != nil {
-		return nil, fail(ErrMalformedToken, "invalid registered claims")
+	iss, okIss := stringClaim(raw, "iss")
+	sub, okSub := stringClaim(raw, "sub")
+	_, okJTI := stringClaim(raw, "jti")
+	inAud, okAud := audienceContains(raw, v.cfg.ClientID)
+	var times timeClaims
+	var okExp, okNbf, okIat bool
+	times.exp, okExp = numericDate(raw, "exp")
+	times.nbf, okNbf = numericDate(raw, "nbf")
+	times.iat, okIat = numericDate(raw, "iat")
+	if !okIss || !okSub || !okJTI || !okAud || !okExp || !okNbf || !okIat {
+		return nil, timeClaims{}, fail(ErrMalformedToken, "invalid registered claims")
 	}
-	if exp := tok.Expiration(); exp.Unix() <= 0 {
-		return nil, fail(ErrMalformedToken, "token has no expiry")
+	if times.exp.Unix() <= 0 {
+		return nil, timeClaims{}, fail(ErrMalformedToken, "token has no expiry")
 	}
-	err := jwt.Validate(tok, jwt.WithAcceptableSkew(v.cfg.Leeway))
-	switch {
-	case err == nil:
-	case errors.Is(err, jwt.ErrTokenExpired()):
-		return nil, fail(ErrTokenExpired, "")
-	case errors.Is(err, jwt.ErrTokenNotYetValid()):
-		return nil, fail(ErrTokenNotYetValid, "")
-	case errors.Is(err, jwt.ErrInvalidIssuedAt()):
-		return nil, fail(ErrTokenNotYetValid, "issued in the future")
-	default:
-		return nil, fail(ErrMalformedToken, "invalid time claims")
+	if err := times.check(now, v.cfg.Leeway); err != nil {
+		return nil, timeClaims{}, err
 	}
-	if tok.Issuer() != v.cfg.Issuer {
-		return nil, fail(ErrInvalidIssuer, "")
+	if iss != v.cfg.Issuer {
+		return nil, timeClaims{}, fail(ErrInvalidIssuer, "")
 	}
 	azp, _ := raw["azp"].(string)
-	if !slices.Contains(tok.Audience(), v.cfg.ClientID) && azp != v.cfg.ClientID {
-		return nil, fail(ErrInvalidAudience, "")
+	if !inAud && azp != v.cfg.ClientID {
+		return nil, timeClaims{}, fail(ErrInvalidAudience, "")
 	}
 	// Keycloak marks its ID tokens "ID" and access tokens "Bearer": an ID token (same aud and
 	// signature) must not pass as an access token. Issuers without "typ" are unaffected.
 	if typ, ok := raw["typ"].(string); ok && !strings.EqualFold(typ, "Bearer") {
-		return nil, fail(ErrMalformedToken, "not an access token")
+		return nil, timeClaims{}, fail(ErrMalformedToken, "not an access token")
 	}
-	if tok.Subject() == "" {
-		return nil, fail(ErrMalformedToken, "token has no subject")
+	if sub == "" {
+		return nil, timeClaims{}, fail(ErrMalformedToken, "token has no subject")
 	}
 	username, _ := raw["preferred_username"].(string)
 	if username == "" {
-		username = tok.Subject()
+		username = sub
 	}
 	return &Claims{
-		Subject:   tok.Subject(),
+		Subject:   sub,
 		Username:  username,
 		Roles:     rolesAt(raw, v.rolePaths),
-		ExpiresAt: tok.Expiration(),
+		ExpiresAt: times.exp,
 		Raw:       raw,
-	}, nil
+	}, times, nil
+}
+
+// timeClaims are a token's exp, nbf and iat; the zero time stands for an absent claim.
+type timeClaims struct {
+	exp, nbf, iat time.Time
+}
+
+// check applies exp, nbf and iat at now with the given leeway, exactly as jwt.Validate with
+// jwt.WithAcceptableSkew did: at whole seconds, iat first, a claim at the zero time or the
+// Unix epoch counting as absent.
+func (tc timeClaims) check(now time.Time, leeway time.Duration) error {
+	now = now.Truncate(time.Second)
+	present := func(t time.Time) bool { return !t.IsZero() && t.Unix() != 0 }
+	switch {
+	case present(tc.iat) && now.Before(tc.iat.Add(-leeway)):
+		return fail(ErrTokenNotYetValid, "issued in the future")
+	case present(tc.exp) && !now.Before(tc.exp.Add(leeway)):
+		return fail(ErrTokenExpired, "")
+	case present(tc.nbf) && now.Before(tc.nbf.Add(-leeway)):
+		return fail(ErrTokenNotYetValid, "")
+	}
+	return nil
+}
+
+// stringClaim reads a string claim; absent and null read as "" (as jwx decoded them), any
+// other type is invalid.
+func stringClaim(raw map[string]any, name string) (string, bool) {
+	switch s := raw[name].(type) {
+	case nil:
+		return "", true
+	case string:
+		return s, true
+	default:
+		return "", false
+	}
+}
+
+// audienceContains reports whether "aud" (a string or an array of strings; absent is an
+// empty audience) names id. Any other type, null included, is invalid.
+func audienceContains(raw map[string]any, id string) (found, valid bool) {
+	aud, ok := raw["aud"]
+	if !ok {
+		return false, true
+	}
+	switch aud := aud.(type) {
+	case string:
+		return aud == id, true
+	case []any:
+		for _, e := range aud {
+			s, ok := e.(string)
+			if !ok {
+				return false, false
+			}
+			found = found || s == id
+		}
+		return found, true
+	default:
+		return false, false
+	}
+}
+
+// numericDate reads a NumericDate claim: absent is the zero time; otherwise it must be a
+// JSON number (decoded as float64), read as jwx read it: formatted with %.9f, the part before
+// the point parsed as an int64. A negative number (-0 included: its "-" made jwx try RFC 3339)
+// or one beyond int64 is invalid.
+func numericDate(raw map[string]any, name string) (time.Time, bool) {
+	v, ok := raw[name]
+	if !ok {
+		return time.Time{}, true
+	}
+	f, ok := v.(float64)
+	if !ok {
+		return time.Time{}, false
+	}
+	var buf [48]byte
+	var n int64
+	for _, d := range strconv.AppendFloat(buf[:0], f, 'f', 9, 64) {
+		if d == '.' {
+			break
+		}
+		if d < '0' || d > '9' || n > (math.MaxInt64-int64(d-'0'))/10 {
+			return time.Time{}, false
+		}
+		n = n*10 + int64(d-'0')
+	}
+	return time.Unix(n, 0).UTC(), true
 }
 
 // rolesAt collects the string arrays found at the given paths; anything else is ignored.
@@ -224,5 +333,6 @@ func rolesAt(raw map[string]any, paths [][]string) []string {
 		}
 	}
 	slices.Sort(roles)
-	return slices.Compact(roles)
+	// Clipped: Claims of a cached token share it, and an append must not write into it.
+	return slices.Clip(slices.Compact(roles))
 }

@@ -34,6 +34,13 @@ func (a *api) handleFacade(mux *http.ServeMux, pattern string, rt facadeRoute) {
 
 func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *actors.User) {
 	return func(w http.ResponseWriter, r *http.Request, u *actors.User) {
+		// Roles first, as over WebSocket: a caller without them learns nothing from validation.
+		// (The pipeline checks them again; this only orders the answers.)
+		if missing, listed := a.cfg.Policy.PkgMissing(rt.pkgID, u); !listed || len(missing) > 0 {
+			writeFailure(w, &actors.Response{Status: actors.StatusPermissionDenied, Kind: actors.ErrDenied,
+				Data: actors.MissingRoles{Missing: missing}})
+			return
+		}
 		data, ok := rt.data(w, r)
 		if !ok {
 			return
@@ -125,7 +132,11 @@ func (q *queryData) int(name string, filter bool) {
 	v := q.r.URL.Query().Get(name)
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		q.errs = append(q.errs, actors.FieldError{Path: "/" + name, Message: "must be an integer, got " + quoteShort(v)})
+		path := "/" + name
+		if filter {
+			path = "/filters/" + name // paths point into the data the pipeline sees
+		}
+		q.errs = append(q.errs, actors.FieldError{Path: path, Message: "must be an integer, got " + quoteShort(v)})
 		return
 	}
 	q.put(name, n, filter)

@@ -17,11 +17,10 @@ import (
 )
 
 // chain wraps the mux, outermost first: recover → client address from trusted proxies →
-// correlation id and security headers → metrics and access log → request size → JSON 404/405
-// → mux. Authentication, rate limits and RBAC run per route (api.authed), then the handler.
+// correlation id and security headers → metrics and access log → routing with the request size
+// check and JSON 404/405 → handler. Authentication, rate limits and RBAC run per route (api.authed), then the handler.
 func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
-	var h http.Handler = jsonNotFound(mux)
-	h = limitBody(h, cfg.MaxRequestBytes)
+	var h http.Handler = route(mux, cfg.MaxRequestBytes)
 	h = observe(h, cfg)
 	h = headers(h)
 	h = trustedProxies(h, cfg.TrustedProxies)
@@ -135,34 +134,21 @@ func noteUser(r *http.Request, user string) {
 	}
 }
 
-// limitBody answers 413 for a declared body over max and caps every body at max bytes, so a
-// chunked body is cut off (handlers see *http.MaxBytesError) however it is sent.
-func limitBody(next http.Handler, max int64) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength > max {
-			writeDetail(w, http.StatusRequestEntityTooLarge, "Request body too large")
-			return
-		}
-		if r.Body != nil && r.Body != http.NoBody {
-			r.Body = http.MaxBytesReader(w, r.Body, max)
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-func methodLabel(m string) string {
-	switch m {
-	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead, http.MethodOptions:
-		return m
-	}
-	return "other"
-}
-
-// jsonNotFound answers unknown routes 404 and wrong methods 405 as JSON; the mux's own answers
-// are plain text.
-func jsonNotFound(mux *http.ServeMux) http.Handler {
+// route dispatches to the mux after two checks the mux cannot make: a body over max is
+// answered 413 (declared sizes at once; chunked bodies are capped and fail when read), and
+// unknown routes and wrong methods are answered 404 and 405 as JSON (the mux's own answers are
+// plain text).
+func route(mux *http.ServeMux, max int64) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, pattern := mux.Handler(r); pattern != "" {
+			if r.ContentLength > max {
+				r.Pattern = pattern // for the metrics and the access log
+				writeDetail(w, http.StatusRequestEntityTooLarge, "Request body too large")
+				return
+			}
+			if r.Body != nil && r.Body != http.NoBody {
+				r.Body = http.MaxBytesReader(w, r.Body, max)
+			}
 			mux.ServeHTTP(w, r)
 			return
 		}
@@ -200,10 +186,18 @@ func (p *probeWriter) WriteHeader(code int) {
 }
 
 // readLimited reads the whole body, failing with *http.MaxBytesError past limit bytes whether
-// the size was declared or the body is chunked (limitBody also caps it for every route).
+// the size was declared or the body is chunked (route also caps it for every route).
 func readLimited(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
 	if r.ContentLength > limit {
 		return nil, &http.MaxBytesError{Limit: limit}
 	}
 	return io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+}
+
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete, http.MethodPatch, http.MethodHead, http.MethodOptions:
+		return m
+	}
+	return "other"
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -53,6 +54,7 @@ type WSServer struct {
 	upgrader *gws.Upgrader
 	m        *wsMetrics
 	nextID   atomic.Uint64
+	flushers flushers
 	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
 	// under mu while closing is false, so BeginShutdown's caller can rely on the hub closing
 	// every socket that Wait then waits for.
@@ -63,7 +65,7 @@ type WSServer struct {
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
 func NewWSServer(cfg WSConfig) *WSServer {
-	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics)}
+	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics), flushers: newFlushers()}
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, &gws.ServerOption{
 		ReadMaxPayloadSize: cfg.MaxMessageBytes,
 		// Reads go through a small buffer: idle connections dominate memory, and frames larger
@@ -153,16 +155,23 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
+	id := s.nextID.Add(1)
 	c := &wsConn{
-		id:       s.nextID.Add(1),
+		id:       id,
 		ws:       socket,
 		raw:      socket.NetConn(),
+		fl:       s.flushers.forConn(id),
 		budget:   s.cfg.SendQueueBytes,
 		wt:       s.cfg.WriteTimeout,
 		m:        s.m,
 		done:     make(chan struct{}),
 		inflight: make(chan struct{}, s.cfg.MaxInFlight),
 		user:     user,
+	}
+	if sc, ok := c.raw.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			c.rc = rc
+		}
 	}
 	c.pid = s.cfg.Root.SpawnPrefix(actors.NewConnProps(actors.ConnConfig{
 		User: user, Outbox: c, Conn: c, Topics: s.cfg.Hub, Encoder: c.codec, Handlers: s.cfg.Handlers, Leeway: s.cfg.TokenLeeway,
@@ -210,12 +219,14 @@ func (s *WSServer) BeginShutdown() {
 	s.mu.Unlock()
 }
 
-// Wait blocks until every read loop has ended (and its connection actor stopped), or ctx ends.
+// Wait blocks until every read loop has ended (and its connection actor stopped), or ctx
+// ends, then stops the flushers.
 func (s *WSServer) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
 	select {
 	case <-done:
+		s.flushers.close()
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

@@ -1,8 +1,10 @@
 package transport
 
 import (
+	"errors"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -27,11 +29,11 @@ const closeGrace = time.Second
 
 var pingFrame = controlFrame(opPing, nil)
 
-// wsConn is one socket's bounded writer. Frames are queued without blocking; one drain
-// goroutine at a time takes everything queued and writes it with a single writev, so a
-// connection with many frames waiting costs one syscall instead of one per frame (each frame
-// stays its own WebSocket frame). Queued bytes over the budget close the connection as a slow
-// consumer.
+// wsConn is one socket's bounded writer. Frames are queued without blocking; whoever writes
+// next — the connection's flusher (flusher.go), or a drain goroutine of its own while the peer
+// reads slowly — takes everything queued and writes it with a single writev, so a connection
+// with many frames waiting costs one syscall instead of one per frame (each frame stays its own
+// WebSocket frame). Queued bytes over the budget close the connection as a slow consumer.
 //
 // Frames are written to the raw net.Conn, not through gws: gws itself only writes close and
 // error frames, and a net.Conn serialises whole Write calls, so frames never interleave.
@@ -39,6 +41,8 @@ type wsConn struct {
 	id     uint64
 	ws     *gws.Conn
 	raw    net.Conn
+	rc     syscall.RawConn // for non-blocking writes; nil: always write from a drain goroutine
+	fl     *flusher
 	codec  jsonCodec
 	budget int
 	wt     time.Duration // write timeout of one flush
@@ -48,7 +52,7 @@ type wsConn struct {
 	queue       [][]byte
 	spare       [][]byte
 	queued      int // bytes queued or being written
-	draining    bool
+	state       writeState
 	closing     bool
 	flushFirst  bool // on close, write what is queued before the close frame
 	closeCode   uint16
@@ -64,6 +68,15 @@ type wsConn struct {
 	// remote and userAgent come from the handshake, for limits and the audit log.
 	remote, userAgent string
 }
+
+// writeState says who writes a connection's queue next; exactly one of them at a time.
+type writeState uint8
+
+const (
+	writeIdle      writeState = iota // nothing queued, nobody writing
+	writeScheduled                   // on the flusher's list, or being written by it
+	writeDraining                    // a drain goroutine owns the socket's writes
+)
 
 var (
 	_ hub.Conn      = (*wsConn)(nil)
@@ -95,13 +108,103 @@ func (c *wsConn) Enqueue(frame []byte) bool {
 	}
 	c.queue = append(c.queue, frame)
 	c.queued += len(frame)
-	start := !c.draining
-	c.draining = true
-	c.mu.Unlock()
-	if start {
-		go c.drain()
+	if c.state != writeIdle {
+		c.mu.Unlock()
+		return true
 	}
+	c.schedule()
 	return true
+}
+
+// schedule hands an idle connection's writes to its flusher (or, without one, to a drain
+// goroutine). Called with c.mu held; unlocks it.
+func (c *wsConn) schedule() {
+	if c.rc == nil || c.fl == nil {
+		c.state = writeDraining
+		c.mu.Unlock()
+		go c.drain()
+		return
+	}
+	c.state = writeScheduled
+	c.mu.Unlock()
+	c.fl.push(c)
+}
+
+// flush runs on the flusher: it writes everything queued without waiting for the socket.
+// When the socket is full, or the connection is closing, a drain goroutine takes over.
+func (c *wsConn) flush() {
+	c.mu.Lock()
+	if c.closing {
+		c.state = writeDraining
+		c.mu.Unlock()
+		go c.drain() // the close frame may have to wait for the socket
+		return
+	}
+	if len(c.queue) == 0 {
+		c.state = writeIdle
+		c.queue, c.spare = nil, nil
+		c.mu.Unlock()
+		return
+	}
+	batch := c.queue
+	c.queue = c.spare[:0]
+	c.spare = nil
+	c.mu.Unlock()
+
+	total := 0
+	for _, f := range batch {
+		total += len(f)
+	}
+	n, err := writevNow(c.rc, batch)
+	if err == nil {
+		c.m.sent.Add(len(batch))
+		clear(batch)
+		c.mu.Lock()
+		c.queued -= total
+		if c.spare == nil {
+			c.spare = batch[:0]
+		}
+		switch {
+		case c.closing:
+			c.state = writeDraining
+			c.mu.Unlock()
+			go c.drain()
+		case len(c.queue) > 0:
+			c.mu.Unlock()
+			c.fl.push(c) // still scheduled: back of the line, behind the others
+		default:
+			c.state = writeIdle
+			c.queue, c.spare = nil, nil
+			c.mu.Unlock()
+		}
+		return
+	}
+	if !errors.Is(err, errWouldBlock) {
+		c.fail()
+		return
+	}
+	// The socket is full: a goroutine of its own waits for it, with the rest first in line.
+	rest := unwritten(batch, n)
+	c.m.sent.Add(len(batch) - len(rest))
+	c.mu.Lock()
+	c.queued -= n
+	c.queue = append(rest, c.queue...)
+	c.state = writeDraining
+	c.mu.Unlock()
+	go c.drain()
+}
+
+// fail handles a write error: the peer is gone, no close frame can get through.
+func (c *wsConn) fail() {
+	c.mu.Lock()
+	if !c.closing {
+		c.closing = true
+		close(c.done)
+	}
+	c.state = writeDraining // nobody writes any more
+	c.queue, c.spare = nil, nil
+	c.mu.Unlock()
+	c.finishClose(0, "")
 }
 
 // Close starts closing: frames already queued are written first (within the close grace), then
@@ -128,12 +231,13 @@ func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 	}
 	close(c.done)
 	_ = c.raw.SetWriteDeadline(time.Now().Add(closeGrace))
-	start := !c.draining
-	c.draining = true
-	c.mu.Unlock()
-	if start {
-		go c.drain()
+	if c.state != writeIdle {
+		c.mu.Unlock() // the flusher hands over to a drain, or the drain sees closing
+		return
 	}
+	c.state = writeDraining
+	c.mu.Unlock()
+	go c.drain()
 }
 
 // markClosed records that the socket is gone (read loop ended) so nothing more is queued.
@@ -149,8 +253,9 @@ func (c *wsConn) markClosed() {
 	c.mu.Unlock()
 }
 
-// drain writes batches until the queue is empty, then exits; when closing, it finishes with
-// the close frame. Only one drain runs per connection (c.draining).
+// drain writes batches with blocking writes until the queue is empty, then exits; when
+// closing, it finishes with the close frame. It runs only in the writeDraining state, so it is
+// the connection's only writer.
 func (c *wsConn) drain() {
 	for {
 		c.mu.Lock()
@@ -163,7 +268,7 @@ func (c *wsConn) drain() {
 			return
 		}
 		if len(c.queue) == 0 {
-			c.draining = false
+			c.state = writeIdle
 			// Idle connections keep no buffers.
 			c.queue, c.spare = nil, nil
 			c.mu.Unlock()
@@ -200,15 +305,8 @@ func (c *wsConn) drain() {
 		}
 		c.mu.Unlock()
 		if err != nil {
-			// The peer is gone or stalled past the deadline: no close frame can get through.
-			c.mu.Lock()
-			if !c.closing {
-				c.closing = true
-				close(c.done)
-			}
-			c.queue, c.spare = nil, nil
-			c.mu.Unlock()
-			c.finishClose(0, "")
+			// The peer is gone or stalled past the deadline.
+			c.fail()
 			return
 		}
 	}

@@ -90,6 +90,8 @@ func (m *minter) userTokens(ctx context.Context, prefix string, n, perUser int, 
 // dialer opens gws client connections with small buffers.
 type dialer struct {
 	url     string // ws://host:port/web
+	alt     string // a second node's ws://host:port/web: dials alternate between url and alt
+	turn    atomic.Uint32
 	readBuf int
 	noRead  bool // slow consumers: never start the read loop, so nothing is read
 	next    atomic.Uint32
@@ -124,8 +126,12 @@ func (tinySession) Range(func(string, any) bool) {}
 func newTinySession() gws.SessionStorage         { return tinySession{} }
 func bearer(token string) http.Header            { return http.Header{"Authorization": {"Bearer " + token}} }
 func (d *dialer) option(h http.Header) *gws.ClientOption {
+	addr := d.url
+	if d.alt != "" && d.turn.Add(1)%2 == 0 {
+		addr = d.alt
+	}
 	return &gws.ClientOption{
-		Addr:               d.url,
+		Addr:               addr,
 		RequestHeader:      h,
 		ReadBufferSize:     d.readBuf,
 		ReadMaxPayloadSize: 1 << 20,

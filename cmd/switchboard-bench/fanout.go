@@ -17,6 +17,7 @@ import (
 type target struct {
 	name      string // switchboard | baseline
 	ws        string // ws://…/web
+	ws2       string // a second node's ws://…/web (subscribers alternate); "" for one node
 	http      string // http://… (POST /api/broadcast)
 	subHeader func(i int) http.Header
 	producer  http.Header
@@ -107,7 +108,12 @@ func switchboardTarget(ctx context.Context, o *options, rep *reporter, n int) (*
 	if err != nil {
 		return nil, err
 	}
-	return &target{name: "switchboard", ws: o.url + "/web", http: o.http, pid: o.serverPID,
+	name := "switchboard"
+	var ws2 string
+	if o.url2 != "" {
+		name, ws2 = "switchboard-2nodes", o.url2+"/web"
+	}
+	return &target{name: name, ws: o.url + "/web", ws2: ws2, http: o.http, pid: o.serverPID,
 		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producer: bearer(ptok)}, nil
 }
 
@@ -138,7 +144,7 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 		subs[i] = &subscriber{baseHandler: baseHandler{closed: &closed, codes: &codes}, complete: &complete, sampleEvery: sampleEvery,
 			d: newDelivery(b, o.producers, b/sampleEvery+1)}
 	}
-	d := &dialer{url: tg.ws, readBuf: o.readBuf}
+	d := &dialer{url: tg.ws, alt: tg.ws2, readBuf: o.readBuf}
 	rep.progress("[%s] opening %d subscribers to %s", tg.name, n, tg.ws)
 	p := openPool(ctx, rep, d, n, o.c, o.duration, func(i int) gws.Event { return subs[i] }, tg.subHeader)
 	defer p.close()

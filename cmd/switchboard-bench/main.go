@@ -52,6 +52,7 @@ Flags:
 type options struct {
 	scenario   string
 	url        string // ws://127.0.0.1:8000
+	url2       string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
 	http       string // http://127.0.0.1:8000
 	dataDir    string
 	clientID   string
@@ -136,6 +137,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.url, "url", "ws://127.0.0.1:8000", "server WebSocket base URL (the tool appends /web)")
 	fs.StringVar(&o.http, "http", "", "server HTTP base URL (default: --url with http://)")
+	fs.StringVar(&o.url2, "url2", "", "fanout: a second node's WebSocket base URL (same Redis); subscribers alternate between the nodes, the producer posts to --http")
 	fs.StringVar(&o.dataDir, "data-dir", "./data", "the server's SWITCHBOARD_DATA_DIR: the tool mints development tokens with its key")
 	fs.StringVar(&o.clientID, "client-id", "switchboard", "the server's SWITCHBOARD_OIDC_CLIENT_ID (token audience)")
 	fs.IntVar(&o.n, "n", 0, "connections (connect, fanout: default 1000) or clients (rpc: default 64)")
@@ -178,6 +180,7 @@ func (o *options) check() error {
 		o.http = "http" + strings.TrimPrefix(o.url, "ws")
 	}
 	o.url = strings.TrimSuffix(strings.TrimSuffix(o.url, "/"), "/web")
+	o.url2 = strings.TrimSuffix(strings.TrimSuffix(o.url2, "/"), "/web")
 	o.http = strings.TrimSuffix(o.http, "/")
 	switch {
 	case o.n < 1 || o.n > 100_000:
@@ -201,7 +204,10 @@ func (o *options) check() error {
 	case o.readBuf < 512:
 		return fmt.Errorf("--read-buf must be at least 512")
 	}
-	for _, u := range []string{o.url, o.http} {
+	for _, u := range []string{o.url, o.http, o.url2} {
+		if u == "" {
+			continue
+		}
 		if err := loopbackOnly(u); err != nil {
 			return err
 		}

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -17,6 +18,7 @@ import (
 // over GOMAXPROCS flushers, and no goroutine per connection; when broadcasts come faster than
 // the flushers write, frames pile up per connection and leave together.
 type flusher struct {
+	w       *nbWriter // used by run alone
 	mu      sync.Mutex
 	pending []*wsConn
 	wake    chan struct{} // capacity 1: "the list is not empty"
@@ -25,7 +27,7 @@ type flusher struct {
 }
 
 func newFlusher() *flusher {
-	f := &flusher{wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	f := &flusher{w: newNBWriter(), wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go f.run()
 	return f
 }
@@ -58,7 +60,7 @@ func (f *flusher) run() {
 				break
 			}
 			for i, c := range batch {
-				c.flush()
+				c.flush(f.w)
 				batch[i] = nil
 			}
 		}
@@ -94,42 +96,80 @@ func (fs flushers) close() {
 // errWouldBlock means the socket took only part of a batch: its send buffer is full.
 var errWouldBlock = errors.New("socket send buffer full")
 
-// writevNow writes bufs to the socket without waiting for it: it returns how many bytes the
-// kernel took, and errWouldBlock when that was not all of them.
-func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
-	written := 0
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for len(bufs) > 0 {
-			chunk := bufs[:min(len(bufs), 1024)] // IOV_MAX
-			want := 0
+// nbWriter writes batches without waiting for the socket. It belongs to one flusher (it is not
+// safe for concurrent use) and reuses its iovec array and its callback, so a write allocates
+// nothing.
+type nbWriter struct {
+	iov  []unix.Iovec
+	bufs [][]byte
+	n    int
+	err  error
+	fn   func(fd uintptr) bool
+}
+
+func newNBWriter() *nbWriter {
+	w := &nbWriter{iov: make([]unix.Iovec, 0, 64)}
+	w.fn = w.write
+	return w
+}
+
+// writev writes bufs to the socket behind rc: it returns how many bytes the kernel took, and
+// errWouldBlock when that was not all of them.
+func (w *nbWriter) writev(rc syscall.RawConn, bufs [][]byte) (int, error) {
+	w.bufs, w.n, w.err = bufs, 0, nil
+	err := rc.Write(w.fn)
+	w.bufs = nil
+	clear(w.iov[:cap(w.iov)]) // keep no frame alive
+	if err != nil {
+		return w.n, err
+	}
+	return w.n, w.err
+}
+
+// write runs with the socket's write lock held; it never asks to wait for writability (that is
+// the drain goroutine's job).
+func (w *nbWriter) write(fd uintptr) bool {
+	for len(w.bufs) > 0 {
+		chunk := w.bufs[:min(len(w.bufs), 1024)] // IOV_MAX
+		want, n := 0, 0
+		var errno syscall.Errno
+		if len(chunk) == 1 {
+			want = len(chunk[0])
+			r, _, e := unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(unsafe.SliceData(chunk[0]))), uintptr(want))
+			n, errno = int(r), e
+		} else {
+			w.iov = w.iov[:0]
 			for _, b := range chunk {
+				if len(b) == 0 {
+					continue
+				}
+				v := unix.Iovec{Base: &b[0]}
+				v.SetLen(len(b))
+				w.iov = append(w.iov, v)
 				want += len(b)
 			}
-			n, err := unix.Writev(int(fd), chunk)
-			switch {
-			case err == unix.EINTR:
-				continue
-			case err == unix.EAGAIN:
-				werr = errWouldBlock
-				return true
-			case err != nil:
-				werr = err
-				return true
-			}
-			written += n
-			if n < want {
-				werr = errWouldBlock
-				return true
-			}
-			bufs = bufs[len(chunk):]
+			r, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(unsafe.SliceData(w.iov))), uintptr(len(w.iov)))
+			n, errno = int(r), e
 		}
-		return true // never wait for writability here: that is the drain goroutine's job
-	})
-	if err != nil {
-		return written, err
+		switch errno {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			w.err = errWouldBlock
+			return true
+		default:
+			w.err = errno
+			return true
+		}
+		w.n += n
+		if n < want {
+			w.err = errWouldBlock
+			return true
+		}
+		w.bufs = w.bufs[len(chunk):]
 	}
-	return written, werr
+	return true
 }
 
 // unwritten returns the part of bufs after the first n bytes (frames are never modified; the

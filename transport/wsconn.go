@@ -132,7 +132,7 @@ func (c *wsConn) schedule() {
 
 // flush runs on the flusher: it writes everything queued without waiting for the socket.
 // When the socket is full, or the connection is closing, a drain goroutine takes over.
-func (c *wsConn) flush() {
+func (c *wsConn) flush(w *nbWriter) {
 	c.mu.Lock()
 	if c.closing {
 		c.state = writeDraining
@@ -155,7 +155,7 @@ func (c *wsConn) flush() {
 	for _, f := range batch {
 		total += len(f)
 	}
-	n, err := writevNow(c.rc, batch)
+	n, err := w.writev(c.rc, batch)
 	if err == nil {
 		c.m.sent.Add(len(batch))
 		clear(batch)

@@ -70,7 +70,7 @@ func NewWSServer(cfg WSConfig) *WSServer {
 		ReadMaxPayloadSize: cfg.MaxMessageBytes,
 		// Reads go through a small buffer: idle connections dominate memory, and frames larger
 		// than the buffer are still read whole.
-		ReadBufferSize:   1024,
+		ReadBufferSize:   512,
 		HandshakeTimeout: 5 * time.Second,
 		Logger:           gwsLogger{cfg.Logger},
 		Recovery:         gws.Recovery,

@@ -142,7 +142,7 @@ func (c *wsConn) flush(w *nbWriter) {
 	}
 	if len(c.queue) == 0 {
 		c.state = writeIdle
-		c.queue, c.spare = nil, nil
+		c.keepSmallBuffers()
 		c.mu.Unlock()
 		return
 	}
@@ -174,7 +174,7 @@ func (c *wsConn) flush(w *nbWriter) {
 			c.fl.push(c) // still scheduled: back of the line, behind the others
 		default:
 			c.state = writeIdle
-			c.queue, c.spare = nil, nil
+			c.keepSmallBuffers()
 			c.mu.Unlock()
 		}
 		return
@@ -192,6 +192,20 @@ func (c *wsConn) flush(w *nbWriter) {
 	c.state = writeDraining
 	c.mu.Unlock()
 	go c.drain()
+}
+
+// keepSmallBuffers is for a connection going idle: small queue arrays are kept, so the next
+// frame (a broadcast every few seconds, say) is queued without allocating; large ones left by
+// a burst are let go. The arrays hold no frames here (written batches are cleared). Called with
+// c.mu held.
+func (c *wsConn) keepSmallBuffers() {
+	const small = 4
+	if cap(c.queue) > small {
+		c.queue = nil
+	}
+	if cap(c.spare) > small {
+		c.spare = nil
+	}
 }
 
 // fail handles a write error: the peer is gone, no close frame can get through.
@@ -269,8 +283,7 @@ func (c *wsConn) drain() {
 		}
 		if len(c.queue) == 0 {
 			c.state = writeIdle
-			// Idle connections keep no buffers.
-			c.queue, c.spare = nil, nil
+			c.keepSmallBuffers()
 			c.mu.Unlock()
 			return
 		}

@@ -146,9 +146,7 @@ func (c *wsConn) flush(w *nbWriter) {
 		c.mu.Unlock()
 		return
 	}
-	batch := c.queue
-	c.queue = c.spare[:0]
-	c.spare = nil
+	batch := c.takeLocked()
 	c.mu.Unlock()
 
 	total := 0
@@ -160,10 +158,7 @@ func (c *wsConn) flush(w *nbWriter) {
 		c.m.sent.Add(len(batch))
 		clear(batch)
 		c.mu.Lock()
-		c.queued -= total
-		if c.spare == nil {
-			c.spare = batch[:0]
-		}
+		c.wroteLocked(batch, total)
 		switch {
 		case c.closing:
 			c.state = writeDraining
@@ -192,6 +187,23 @@ func (c *wsConn) flush(w *nbWriter) {
 	c.state = writeDraining
 	c.mu.Unlock()
 	go c.drain()
+}
+
+// takeLocked moves everything queued out for writing; new frames go to the spare array.
+func (c *wsConn) takeLocked() [][]byte {
+	batch := c.queue
+	c.queue = c.spare[:0]
+	c.spare = nil
+	return batch
+}
+
+// wroteLocked accounts for a written batch (already cleared) of n bytes and keeps its array
+// as the next spare.
+func (c *wsConn) wroteLocked(batch [][]byte, n int) {
+	c.queued -= n
+	if c.spare == nil {
+		c.spare = batch[:0]
+	}
 }
 
 // keepSmallBuffers is for a connection going idle: small queue arrays are kept, so the next
@@ -287,9 +299,7 @@ func (c *wsConn) drain() {
 			c.mu.Unlock()
 			return
 		}
-		batch := c.queue
-		c.queue = c.spare[:0]
-		c.spare = nil
+		batch := c.takeLocked()
 		if !c.closing {
 			// Moving the deadline costs a timer update; a deadline at least half a write
 			// timeout away is good enough, so most flushes skip it.
@@ -312,10 +322,7 @@ func (c *wsConn) drain() {
 		clear(batch)
 
 		c.mu.Lock()
-		c.queued -= n
-		if c.spare == nil {
-			c.spare = batch[:0]
-		}
+		c.wroteLocked(batch, n)
 		c.mu.Unlock()
 		if err != nil {
 			// The peer is gone or stalled past the deadline.

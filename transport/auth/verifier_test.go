@@ -66,8 +66,15 @@ func TestVerifyTable(t *testing.T) {
 	segs := strings.Split(valid, ".")
 	forgedPayload := base64.RawURLEncoding.EncodeToString(
 		[]byte(fmt.Sprintf(`{"sub":"admin","iss":%q,"aud":"switchboard","exp":%d,"realm_access":{"roles":["admin"]}}`, iss.URL(), now.Add(time.Hour).Unix())))
+	// Change one character of the signature to another valid base64url character, so the token
+	// stays well-formed and only the signature is wrong (flipping a bit could yield a character
+	// outside the alphabet, which is a malformed token instead).
 	sig := []byte(segs[2])
-	sig[10] ^= 1
+	if sig[10] == 'A' {
+		sig[10] = 'B'
+	} else {
+		sig[10] = 'A'
+	}
 
 	cases := []struct {
 		name   string

@@ -213,6 +213,29 @@ func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
 	return auth.NewVerifier(context.Background(), vc)
 }
 
+// newLogin answers POST /login: the OIDC password grant against the configured issuer, or the
+// development users file (created with demo users on first start, printed once).
+func newLogin(cfg config.Config, log *slog.Logger) (auth.Login, error) {
+	if !cfg.DevIssuer() {
+		return auth.NewPasswordGrant(auth.PasswordGrantConfig{
+			Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: cfg.OIDCClientSecret, Logger: log,
+		}), nil
+	}
+	dev, err := auth.OpenDevIssuer(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	users, created, err := auth.OpenDevUsers(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range created {
+		log.Warn("DEVELOPMENT USER created (shown once; stored as a bcrypt hash in "+users.Path()+")",
+			"username", u.Username, "password", u.Password, "roles", u.Roles)
+	}
+	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, nil
+}
+
 // serve listens on ln (and the metrics address) until ctx ends, then shuts down in order.
 func (a *app) serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 3)
@@ -278,6 +301,11 @@ func (a *app) shutdown(ctx context.Context) error {
 // close stops the actors and releases what newApp opened; it tolerates a partly built app.
 func (a *app) close(ctx context.Context) error {
 	var errs []error
+	if a.hub != nil {
+		// Normally stopped already by shutdown (a second Stop is a no-op); here for a newApp
+		// that failed half-way.
+		_, _ = a.hub.Stop(ctx, transport.CloseGoingAway, "server shutting down")
+	}
 	if a.cancel != nil {
 		a.cancel()
 	}

@@ -4,21 +4,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"log/slog"
 	"os"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"switchboard/actors"
-	"switchboard/config"
-	"switchboard/hub"
 	"switchboard/store/limits"
 	"switchboard/store/sessions"
 	"switchboard/transport"
-	"switchboard/transport/auth"
 )
 
 // redisKeyPrefix namespaces every key Switchboard writes (sessions excepted: PROTOCOL names them).
@@ -81,48 +76,4 @@ type wsLimiter struct {
 func (l wsLimiter) Allow(ctx context.Context, userID string) (actors.Decision, error) {
 	d, err := l.rl.Allow(ctx, "ws", userID, l.limit, time.Minute)
 	return actors.Decision{Allowed: d.Allowed, Limit: d.Limit, Remaining: d.Remaining, RetryAfter: d.RetryAfter}, err
-}
-
-// newLogin answers POST /login: the OIDC password grant against the configured issuer, or the
-// development users file (created with demo users on first start, printed once).
-func newLogin(cfg config.Config, log *slog.Logger) (auth.Login, error) {
-	if !cfg.DevIssuer() {
-		return auth.NewPasswordGrant(auth.PasswordGrantConfig{
-			Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: cfg.OIDCClientSecret, Logger: log,
-		}), nil
-	}
-	dev, err := auth.OpenDevIssuer(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	users, created, err := auth.OpenDevUsers(cfg.DataDir)
-	if err != nil {
-		return nil, err
-	}
-	for _, u := range created {
-		log.Warn("DEVELOPMENT USER created (shown once; stored as a bcrypt hash in "+users.Path()+")",
-			"username", u.Username, "password", u.Password, "roles", u.Roles)
-	}
-	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, nil
-}
-
-// hubPublisher publishes the handlers' domain events through the hub (and so the bus). It runs
-// on the handler's goroutine after the write committed; a failure is logged, never returned.
-type hubPublisher struct {
-	hub *hub.Hub
-	log *slog.Logger
-}
-
-func (p hubPublisher) Publish(ctx context.Context, topic string, pkgID int, data any) {
-	b, err := json.Marshal(data)
-	if err != nil {
-		p.log.Error("domain event: encode", "topic", topic, "err", err)
-		return
-	}
-	// The request may be cancelled the moment it is answered; the event must still go out.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	if _, err := p.hub.Broadcast(ctx, &hub.Message{PkgID: pkgID, Data: b, Topic: topic}); err != nil {
-		p.log.Warn("domain event not published", "topic", topic, "pkg_id", pkgID, "err", err)
-	}
 }

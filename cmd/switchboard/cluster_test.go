@@ -23,18 +23,12 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,6 +36,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"switchboard/config"
+	"switchboard/store/redistest"
 )
 
 // clPkgID is the pkg_id of the broadcasts these tests post.
@@ -49,136 +44,6 @@ const clPkgID = 77
 
 // clWait bounds every single wait for a frame; generous for -race on a loaded 2-core machine.
 const clWait = 20 * time.Second
-
-// clSkipOrFail skips the test, or fails it under CI=true.
-func clSkipOrFail(t testing.TB, msg string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-func clRandHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A redis-server of the test's own.
-
-// clRedisServer is a redis-server child process on a random port of 127.0.0.1, which the test
-// may kill and start again on the same port. It is killed at cleanup.
-type clRedisServer struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// startClRedis starts a redis-server of the test's own (skips, or fails under CI=true, without
-// the binary). Call it before startServer, so that it is killed after the servers stopped.
-func startClRedis(t testing.TB) *clRedisServer {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		clSkipOrFail(t, "redis-server is not installed (needed for a Redis of the test's own): "+err.Error())
-	}
-	r := &clRedisServer{t: t, bin: bin, dir: t.TempDir()}
-	t.Cleanup(r.kill)
-	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		r.port = ln.Addr().(*net.TCPAddr).Port
-		_ = ln.Close()
-		if lastErr = r.launch(); lastErr == nil {
-			return r
-		}
-	}
-	t.Fatalf("start redis-server: %v", lastErr)
-	return nil
-}
-
-func (r *clRedisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
-func (r *clRedisServer) url() string  { return "redis://" + r.addr() + "/0" }
-
-// launch runs redis-server on r.port and waits until it answers PING.
-func (r *clRedisServer) launch() error {
-	cmd := exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	r.mu.Lock()
-	r.cmd, r.done = cmd, done
-	r.mu.Unlock()
-	c := redis.NewClient(&redis.Options{Addr: r.addr(), DialTimeout: time.Second, MaxRetries: -1})
-	defer c.Close()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case <-done:
-			r.mu.Lock()
-			r.cmd = nil
-			r.mu.Unlock()
-			return fmt.Errorf("redis-server on port %d exited at start (port taken?)", r.port)
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			r.kill()
-			return fmt.Errorf("redis-server on port %d does not answer PING: %v", r.port, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// restart starts redis-server again on the same port (after kill).
-func (r *clRedisServer) restart() {
-	r.t.Helper()
-	if err := r.launch(); err != nil {
-		r.t.Fatal(err)
-	}
-}
-
-// kill sends SIGKILL (no shutdown, no save) and waits for the process to exit.
-func (r *clRedisServer) kill() {
-	r.mu.Lock()
-	cmd, done := r.cmd, r.done
-	r.cmd = nil
-	r.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		r.t.Errorf("redis-server (pid %d) did not exit after SIGKILL", cmd.Process.Pid)
-	}
-}
-
-// admin returns a client of the test's own Redis, closed at cleanup.
-func (r *clRedisServer) admin() *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.addr(), DialTimeout: time.Second, ContextTimeoutEnabled: true})
-	r.t.Cleanup(func() { _ = c.Close() })
-	return c
-}
 
 // ---------------------------------------------------------------------------------------------
 // The shared Redis.
@@ -188,24 +53,9 @@ func (r *clRedisServer) admin() *redis.Client {
 // startServer, so that the keys are deleted after the servers stopped.
 func clSharedRedis(t testing.TB, tag string, topics ...string) string {
 	t.Helper()
-	url := os.Getenv("SWITCHBOARD_TEST_REDIS_URL")
-	if url == "" {
-		url = "redis://127.0.0.1:6379/0"
-	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("SWITCHBOARD_TEST_REDIS_URL: %v", err)
-	}
-	opt.ContextTimeoutEnabled = true
-	c := redis.NewClient(opt)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		clSkipOrFail(t, "shared Redis at "+opt.Addr+" is unreachable ("+err.Error()+"); set SWITCHBOARD_TEST_REDIS_URL")
-	}
+	c := redistest.Client(t)
+	url := redistest.URL(t)
 	t.Cleanup(func() {
-		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var keys []string
@@ -605,19 +455,19 @@ func clFanout(t *testing.T, nodes []*testServer, tag, topic string, untopiced, n
 
 func TestClusterBroadcastExactlyOnceInOrder(t *testing.T) {
 	t.Run("own-redis", func(t *testing.T) {
-		rs := startClRedis(t)
-		nodes := clNodes(t, 2, rs.url())
-		tag := clRandHex(5)
+		rs := redistest.StartServer(t)
+		nodes := clNodes(t, 2, rs.URL())
+		tag := limRandomHex(5)
 		clFanout(t, nodes, tag, "dashboards.cl"+tag, true, false, func(n int) bool { return n == 2 })
 		// Exactly the two nodes listen on the bus: no node subscribed twice.
-		subs, err := rs.admin().PubSubNumSub(context.Background(), redisKeyPrefix+"bus").Result()
+		subs, err := rs.Client().PubSubNumSub(context.Background(), redisKeyPrefix+"bus").Result()
 		if err != nil || subs[redisKeyPrefix+"bus"] != 2 {
 			t.Fatalf("PUBSUB NUMSUB %sbus = %v %v, want 2", redisKeyPrefix, subs, err)
 		}
 	})
 	t.Run("shared-redis", func(t *testing.T) {
 		// Topic only: untopiced broadcasts would reach everybody's nodes on the shared channel.
-		tag := clRandHex(5)
+		tag := limRandomHex(5)
 		topic := "dashboards.cl" + tag
 		url := clSharedRedis(t, tag, topic)
 		nodes := clNodes(t, 2, url)
@@ -631,7 +481,7 @@ func TestClusterBroadcastExactlyOnceInOrder(t *testing.T) {
 // clOutageRig is two nodes on the test's own Redis with an untopiced subscriber on each.
 type clOutageRig struct {
 	t       *testing.T
-	rs      *clRedisServer
+	rs      *redistest.Server
 	admin   *redis.Client
 	nodes   []*testServer
 	prod    string
@@ -710,11 +560,11 @@ func (r *clOutageRig) busErrors() (float64, float64) {
 }
 
 func TestClusterBusOutageRecovers(t *testing.T) {
-	rs := startClRedis(t)
-	nodes := clNodes(t, 2, rs.url())
-	tag := clRandHex(5)
+	rs := redistest.StartServer(t)
+	nodes := clNodes(t, 2, rs.URL())
+	tag := limRandomHex(5)
 	viewer := nodes[0].token(t, "cl-viewer-"+tag)
-	admin := rs.admin()
+	admin := rs.Client()
 	r := &clOutageRig{
 		t: t, rs: rs, admin: admin, nodes: nodes, tag: tag,
 		prod:    nodes[0].token(t, "cl-producer-"+tag, "broadcast"),
@@ -772,7 +622,7 @@ func TestClusterBusOutageRecovers(t *testing.T) {
 	r.exactRound("bus allowed back", 20)
 
 	// 3. Redis killed and started again on the same port.
-	rs.kill()
+	rs.Kill()
 	clWaitHealth(t, 30*time.Second, "Redis killed", http.StatusServiceUnavailable, "unhealthy", nodes...)
 	for i, s := range nodes {
 		if status, body, err := clHealth(s); err != nil || body["redis"] != "unhealthy" || body["status"] != "unhealthy" {
@@ -783,7 +633,7 @@ func TestClusterBusOutageRecovers(t *testing.T) {
 	if status, nodesN, raw, err := clPost(nodes[0], r.prod, clBroadcastBody("", "lost-"+tag, 0)); err == nil && status == http.StatusAccepted && nodesN != 0 {
 		t.Errorf("broadcast with Redis down: %d %s, want 503 or delivered_to_nodes 0", status, raw)
 	}
-	rs.restart()
+	rs.Restart()
 	r.awaitFlow("Redis restarted", 45*time.Second)
 	clWaitHealth(t, 30*time.Second, "Redis restarted", http.StatusOK, "healthy", nodes...)
 	r.exactRound("Redis restarted", 20)
@@ -968,11 +818,11 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 func TestClusterTopicRecovery(t *testing.T) {
 	t.Run("single-node-in-process", func(t *testing.T) {
 		s := clNodes(t, 1, "")[0]
-		tag := clRandHex(5)
+		tag := limRandomHex(5)
 		clRecovery(t, s, s, tag, "dashboards.cl"+tag, false, func(n int) bool { return n == 1 })
 	})
 	t.Run("two-nodes-shared-redis", func(t *testing.T) {
-		tag := clRandHex(5)
+		tag := limRandomHex(5)
 		topic := "dashboards.cl" + tag
 		url := clSharedRedis(t, tag, topic)
 		nodes := clNodes(t, 2, url)
@@ -992,10 +842,10 @@ type clAuthorEvent struct {
 }
 
 func TestClusterAuthorEventsAcrossNodes(t *testing.T) {
-	rs := startClRedis(t) // own Redis: `authors` is one topic for everybody on the shared one
-	nodes := clNodes(t, 2, rs.url())
+	rs := redistest.StartServer(t) // own Redis: `authors` is one topic for everybody on the shared one
+	nodes := clNodes(t, 2, rs.URL())
 	a, b := nodes[0], nodes[1]
-	tag := clRandHex(5)
+	tag := limRandomHex(5)
 
 	readers := []struct {
 		who string

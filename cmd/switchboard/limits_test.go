@@ -15,11 +15,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
-	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,10 +27,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"switchboard/config"
+	"switchboard/store/redistest"
 )
-
-// limRedisURLEnv names the Redis these tests use (the same variable as store/limits' tests).
-const limRedisURLEnv = "SWITCHBOARD_TEST_REDIS_URL"
 
 // limKeyPrefix is the server's fixed key prefix (redisKeyPrefix in limits.go).
 const limKeyPrefix = redisKeyPrefix
@@ -55,31 +50,9 @@ type limRedis struct {
 // (and released its connection slots).
 func newLimRedis(t testing.TB) *limRedis {
 	t.Helper()
-	url := os.Getenv(limRedisURLEnv)
-	if url == "" {
-		url = "redis://127.0.0.1:6379/0"
-	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		t.Fatalf("%s: %v", limRedisURLEnv, err)
-	}
-	opt.ContextTimeoutEnabled = true
-	c := redis.NewClient(opt)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		_ = c.Close()
-		msg := "Redis at " + opt.Addr + " is unreachable (" + err.Error() + "); start it with: " +
-			`redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no` +
-			" or set " + limRedisURLEnv
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	r := &limRedis{url: url, client: c, tag: limRandomHex(6)}
+	c := redistest.Client(t)
+	r := &limRedis{url: redistest.URL(t), client: c, tag: limRandomHex(6)}
 	t.Cleanup(func() {
-		defer c.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		r.mu.Lock()
@@ -701,92 +674,13 @@ func TestLimitsRedisUnreachable(t *testing.T) {
 	}
 }
 
-// ownRedis is a redis-server of the test's own on a random port, which the test may kill and
-// start again (the shared Redis is never touched).
-type ownRedis struct {
-	t    testing.TB
-	bin  string
-	port int
-	dir  string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func newOwnRedis(t testing.TB) *ownRedis {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		msg := "redis-server is not installed: " + err.Error()
-		if os.Getenv("CI") == "true" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	_ = ln.Close()
-	o := &ownRedis{t: t, bin: bin, port: port, dir: t.TempDir()}
-	t.Cleanup(o.stop)
-	return o
-}
-
-func (o *ownRedis) url() string { return fmt.Sprintf("redis://127.0.0.1:%d/0", o.port) }
-
-// start runs redis-server and waits until it answers PING.
-func (o *ownRedis) start() {
-	o.t.Helper()
-	cmd := exec.Command(o.bin, "--port", strconv.Itoa(o.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", o.dir, "--daemonize", "no", "--loglevel", "warning")
-	if err := cmd.Start(); err != nil {
-		o.t.Fatalf("start redis-server: %v", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	o.mu.Lock()
-	o.cmd, o.done = cmd, done
-	o.mu.Unlock()
-	c := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", o.port), DialTimeout: time.Second, MaxRetries: -1})
-	defer c.Close()
-	eventually(o.t, 20*time.Second, "own redis-server to answer PING", func() bool {
-		select {
-		case <-done:
-			o.t.Fatalf("redis-server on port %d exited at start (port taken?)", o.port)
-		default:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		return c.Ping(ctx).Err() == nil
-	})
-}
-
-// stop kills redis-server (no shutdown, no save) and waits for it to exit.
-func (o *ownRedis) stop() {
-	o.mu.Lock()
-	cmd, done := o.cmd, o.done
-	o.cmd = nil
-	o.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		o.t.Errorf("redis-server (pid %d) did not exit after SIGKILL", cmd.Process.Pid)
-	}
-}
-
 // Redis down at start, up, killed, up again: limits fail open while it is down and apply again,
 // without a restart, when it answers.
 func TestLimitsRedisRecovery(t *testing.T) {
-	o := newOwnRedis(t)
+	o := redistest.StartServer(t)
+	o.Kill() // down at start
 	s := startServer(t, func(c *config.Config) {
-		c.RedisURL = o.url()
+		c.RedisURL = o.URL()
 		c.RateLimitPerMinute = 3
 		c.WSMaxConnsPerUser = 1
 	})
@@ -831,12 +725,12 @@ func TestLimitsRedisRecovery(t *testing.T) {
 	connTok := s.token(t, "recovering-conn", "get-authors")
 	early := expectConnAdmitted(t, s, connTok)
 
-	o.start()
+	o.Restart()
 	eventually(t, 30*time.Second, "/health to report Redis healthy after it started", healthy(true))
 	limitsApply("Redis started")
 	// The heartbeat (every few seconds) counts the early connection in Redis, after which the
 	// user's limit of one connection holds again.
-	rc := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", o.port)})
+	rc := redis.NewClient(&redis.Options{Addr: o.Addr()})
 	defer rc.Close()
 	eventually(t, 30*time.Second, "the heartbeat to count the early connection in Redis", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -847,11 +741,11 @@ func TestLimitsRedisRecovery(t *testing.T) {
 	expectConnLimited(t, s, connTok)
 	expectStatus(t, early.call(1, nil), 0, "")
 
-	o.stop()
+	o.Kill()
 	eventually(t, 30*time.Second, "/health to report Redis unhealthy after it was killed", healthy(false))
 	failsOpen("Redis killed")
 
-	o.start()
+	o.Restart()
 	eventually(t, 30*time.Second, "/health to report Redis healthy after the restart", healthy(true))
 	limitsApply("Redis restarted")
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"switchboard/store/redistest"
 )
 
 // cluster is what the shared tests run against: publishers (two Redis nodes, or the one Memory
@@ -30,8 +32,8 @@ var setups = []struct {
 		return cluster{pubs: []Bus{b, b}, recs: []*recorder{rec}}
 	}},
 	{"redis", func(t *testing.T, opts ...Option) cluster {
-		c := redisClient(t)
-		prefix := testPrefix(t, c)
+		c := redistest.Client(t)
+		prefix := redistest.Prefix(t, c)
 		ra, rb := &recorder{}, &recorder{}
 		a := newRedisBus(t, c, prefix, "node-a", ra.deliver, opts...)
 		b := newRedisBus(t, c, prefix, "node-b", rb.deliver, opts...)

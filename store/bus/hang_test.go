@@ -3,56 +3,20 @@ package bus
 import (
 	"context"
 	"errors"
-	"net"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-)
 
-// blackHole accepts TCP connections and never answers: a Redis that hangs.
-func blackHole(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		done  = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
+	"switchboard/store/redistest"
+)
 
 // TestRedisHangingServer: a Redis that accepts connections and never answers. NewRedis returns
 // after its timeout, calls fail within theirs, and Close is bounded by the client's own dial and
 // read timeouts (a reconnect in progress inside go-redis cannot be interrupted).
 func TestRedisHangingServer(t *testing.T) {
 	const dial, read = 200 * time.Millisecond, 200 * time.Millisecond
-	c := redis.NewClient(&redis.Options{Addr: blackHole(t), ContextTimeoutEnabled: true,
+	c := redis.NewClient(&redis.Options{Addr: redistest.BlackHole(t), ContextTimeoutEnabled: true,
 		DialTimeout: dial, ReadTimeout: read, MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	start := time.Now()

@@ -10,14 +10,16 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
+
+	"switchboard/store/redistest"
 )
 
 func counter(s *metrics.Set, name string) uint64 { return s.GetOrCreateCounter(name).Get() }
 
 // TestRedisProbe: probes come back, set the lag gauge and Healthy, and are never delivered.
 func TestRedisProbe(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	set := metrics.NewSet()
 	ra, rb := &recorder{}, &recorder{}
 	a := newRedisBus(t, c, prefix, "node-a", ra.deliver, WithProbeInterval(20*time.Millisecond), WithMetrics(set))
@@ -49,8 +51,8 @@ func TestRedisProbe(t *testing.T) {
 // TestRedisUndecodable: garbage on the channel is counted, logged once and skipped; the bus keeps
 // delivering.
 func TestRedisUndecodable(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	set, logs := metrics.NewSet(), &logBuffer{}
 	rec := &recorder{}
 	b := newRedisBus(t, c, prefix, "node-a", rec.deliver, WithMetrics(set), WithLogger(logs.logger()))
@@ -80,8 +82,8 @@ func TestRedisUndecodable(t *testing.T) {
 // TestRedisKeys: the keys are where the contract says, hold JSON of the Message with seq,
 // and expire with WithHistoryTTL.
 func TestRedisKeys(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	b := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver, WithHistoryTTL(time.Hour))
 	ctx := context.Background()
 	for range 3 {
@@ -118,8 +120,8 @@ func TestRedisKeys(t *testing.T) {
 // TestRedisSeqKeyLost: if the counter disappears but the history survives, seqs continue after
 // the last kept entry instead of starting again at 1.
 func TestRedisSeqKeyLost(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	rec := &recorder{}
 	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
 	ctx := context.Background()
@@ -214,8 +216,8 @@ func TestNewRedisArguments(t *testing.T) {
 // TestRedisOddNodeIDAndPanic: a node id that needs JSON escaping still gets its probes back, and
 // a deliver that panics on one message does not stop delivery.
 func TestRedisOddNodeIDAndPanic(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	rec := &recorder{}
 	b := newRedisBus(t, c, prefix, "nöde \"a\"\t\\x01", func(m *Message) {
 		if m.PkgID == 666 {
@@ -239,8 +241,8 @@ func TestRedisOddNodeIDAndPanic(t *testing.T) {
 // TestRedisSlowDeliver: a deliver that blocks for many probe intervals makes Healthy fail but
 // does not make the watchdog drop a working subscription, so nothing is lost.
 func TestRedisSlowDeliver(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	set := metrics.NewSet()
 	rec := &recorder{}
 	const probe = 30 * time.Millisecond

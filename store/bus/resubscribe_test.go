@@ -13,6 +13,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
+
+	"switchboard/store/redistest"
 )
 
 const testProbe = 100 * time.Millisecond
@@ -72,8 +74,8 @@ func deliversAgain(t *testing.T, pub Bus, rec *recorder, tag string) {
 // TestResubscribeAfterClientKill: CLIENT KILL TYPE pubsub drops the subscription; the bus
 // notices (Healthy fails, bus_subscribe counted), resubscribes by itself and delivers again.
 func TestResubscribeAfterClientKill(t *testing.T) {
-	srv := newPrivateRedis(t)
-	c, admin := srv.client(), srv.client()
+	srv := redistest.StartServer(t)
+	c, admin := privateClient(srv), privateClient(srv)
 	set := metrics.NewSet()
 	ra, rb := &recorder{}, &recorder{}
 	a := newRedisBus(t, c, "sbtest:kill:", "node-a", ra.deliver, WithProbeInterval(testProbe), WithMetrics(set))
@@ -111,8 +113,8 @@ func TestResubscribeAfterClientKill(t *testing.T) {
 // fails within a few probe intervals, then delivery resumes by itself and Healthy recovers.
 // History restarts empty (the test server keeps no data), which History reports.
 func TestResubscribeAfterRestart(t *testing.T) {
-	srv := newPrivateRedis(t)
-	c := srv.client()
+	srv := redistest.StartServer(t)
+	c := privateClient(srv)
 	ra, rb := &recorder{}, &recorder{}
 	a := newRedisBus(t, c, "sbtest:restart:", "node-a", ra.deliver, WithProbeInterval(testProbe))
 	b := newRedisBus(t, c, "sbtest:restart:", "node-b", rb.deliver, WithProbeInterval(testProbe))
@@ -123,7 +125,7 @@ func TestResubscribeAfterRestart(t *testing.T) {
 	}
 
 	for round := range 2 {
-		srv.stop()
+		srv.Kill()
 		down := time.Now()
 		if !waitFor((unhealthyAfter+2)*testProbe, func() bool { return a.Healthy(ctx) != nil && b.Healthy(ctx) != nil }) {
 			t.Fatalf("round %d: Healthy still nil %s after Redis died", round, time.Since(down))
@@ -135,7 +137,7 @@ func TestResubscribeAfterRestart(t *testing.T) {
 		if a.Healthy(ctx) == nil {
 			t.Fatal("Healthy while Redis is down")
 		}
-		srv.start()
+		srv.Restart()
 		up := time.Now()
 		waitHealthy(t, a, 10*time.Second)
 		waitHealthy(t, b, 10*time.Second)
@@ -163,12 +165,12 @@ func TestResubscribeAfterRestart(t *testing.T) {
 // (a half-open TCP connection, a frozen proxy). The watchdog replaces the subscription, and
 // delivery resumes once the network does.
 func TestResubscribeSilentConnection(t *testing.T) {
-	srv := newPrivateRedis(t)
-	px := newFreezeProxy(t, srv.addr())
+	srv := redistest.StartServer(t)
+	px := newFreezeProxy(t, srv.Addr())
 	c := redis.NewClient(&redis.Options{Addr: px.addr(), ContextTimeoutEnabled: true,
 		DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
-	direct := srv.client()
+	direct := privateClient(srv)
 	ra, rb := &recorder{}, &recorder{}
 	set := metrics.NewSet()
 	a := newRedisBus(t, c, "sbtest:silent:", "node-a", ra.deliver,

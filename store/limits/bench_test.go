@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"switchboard/store/redistest"
 )
 
 // benchCallers matches redis-benchmark -c 64 in bench.sh.
@@ -64,8 +66,8 @@ func benchLimiter(b *testing.B, lim RateLimiter) {
 }
 
 func BenchmarkRedisRateLimiter(b *testing.B) {
-	c := redisClient(b, func(o *redis.Options) { o.PoolSize = benchCallers })
-	lim := NewRedisRateLimiter(c, testPrefix(b, c), WithTimeout(time.Second))
+	c := redistest.Client(b, func(o *redis.Options) { o.PoolSize = benchCallers })
+	lim := NewRedisRateLimiter(c, redistest.Prefix(b, c), WithTimeout(time.Second))
 	benchLimiter(b, lim)
 }
 

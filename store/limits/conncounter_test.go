@@ -9,6 +9,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
+
+	"switchboard/store/redistest"
 )
 
 const (
@@ -33,8 +35,8 @@ func mustAcquire(t *testing.T, c ConnCounter, user, conn string, limit int, want
 }
 
 func TestConnCounterAcrossNodes(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	a, b := node(t, c, prefix, "node-a"), node(t, c, prefix, "node-b")
 	ctx := context.Background()
 
@@ -64,8 +66,8 @@ func TestConnCounterAcrossNodes(t *testing.T) {
 }
 
 func TestConnCounterDeadNodeFreesSlots(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	a, b := node(t, c, prefix, "node-a"), node(t, c, prefix, "node-b")
 	mustAcquire(t, a, "u1", "c1", 2, true)
 	mustAcquire(t, a, "u1", "c2", 2, true)
@@ -100,8 +102,8 @@ func TestConnCounterDeadNodeFreesSlots(t *testing.T) {
 }
 
 func TestConnCounterHeartbeatReregisters(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	a := node(t, c, prefix, "node-a")
 	mustAcquire(t, a, "u1", "c1", 5, true)
 	mustAcquire(t, a, "u2", "c1", 5, true)
@@ -117,8 +119,8 @@ func TestConnCounterHeartbeatReregisters(t *testing.T) {
 }
 
 func TestConnCounterReleaseRacesHeartbeat(t *testing.T) {
-	c := redisClient(t)
-	prefix := testPrefix(t, c)
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
 	// A heartbeat every millisecond collides with the releases below as often as possible.
 	a := NewRedisConnCounter(c, prefix, "node-a", WithConnTTL(time.Minute, time.Millisecond))
 	a.Start(context.Background())
@@ -140,9 +142,9 @@ func TestConnCounterReleaseRacesHeartbeat(t *testing.T) {
 }
 
 func TestConnCounterCloseStopsHeartbeat(t *testing.T) {
-	c := redisClient(t)
+	c := redistest.Client(t)
 	ignore := goleak.IgnoreCurrent()
-	a := NewRedisConnCounter(c, testPrefix(t, c), "node-a")
+	a := NewRedisConnCounter(c, redistest.Prefix(t, c), "node-a")
 	_ = a.Close() // before Start: a no-op
 	a.Start(context.Background())
 	a.Start(context.Background())

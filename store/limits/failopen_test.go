@@ -9,6 +9,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/redis/go-redis/v9"
+
+	"switchboard/store/redistest"
 )
 
 func counter(s *metrics.Set, name string) uint64 { return s.GetOrCreateCounter(name).Get() }
@@ -23,7 +25,7 @@ func downClient(t *testing.T, addr string) *redis.Client {
 func TestFailOpen(t *testing.T) {
 	for _, tc := range []struct{ name, addr string }{
 		{"closed port", "127.0.0.1:1"},
-		{"hanging server", blackHole(t)},
+		{"hanging server", redistest.BlackHole(t)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			const timeout = 100 * time.Millisecond
@@ -114,8 +116,8 @@ func TestFailOpen(t *testing.T) {
 // is down and apply again when it is back, with no restart of the limiter; the fresh server
 // knows no scripts (NOSCRIPT) and holds no connections until the heartbeat restores them.
 func TestRedisRestart(t *testing.T) {
-	srv := newPrivateRedis(t)
-	c := downClient(t, srv.addr())
+	srv := redistest.StartServer(t)
+	c := downClient(t, srv.Addr())
 	set := metrics.NewSet()
 	opts := []Option{WithFailOpen(true), WithTimeout(200 * time.Millisecond), WithMetrics(set)}
 	lim := NewRedisRateLimiter(c, "", opts...)
@@ -135,7 +137,7 @@ func TestRedisRestart(t *testing.T) {
 	}
 	mustAcquire(t, a, "alice", "c1", 2, true)
 
-	srv.stop()
+	srv.Kill()
 	for range 3 {
 		if d, err := lim.Allow(ctx, "http", "during", 2, time.Minute); err != nil || !d.Allowed {
 			t.Fatalf("Redis down: Allow = %+v, %v; want allowed", d, err)
@@ -146,7 +148,7 @@ func TestRedisRestart(t *testing.T) {
 	}
 	mustAcquire(t, a, "alice", "c2", 2, true) // failed open, kept locally
 
-	srv.start()
+	srv.Restart()
 	attempt := 0
 	if !waitFor(5*time.Second, func() bool { attempt++; return limited("after-" + strconv.Itoa(attempt)) }) {
 		t.Fatal("limit not applied again after Redis came back")

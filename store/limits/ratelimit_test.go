@@ -9,13 +9,15 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"switchboard/store/redistest"
 )
 
 // limiters runs f against both implementations.
 func limiters(t *testing.T, f func(t *testing.T, lim RateLimiter)) {
 	t.Run("redis", func(t *testing.T) {
-		c := redisClient(t)
-		f(t, NewRedisRateLimiter(c, testPrefix(t, c)))
+		c := redistest.Client(t)
+		f(t, NewRedisRateLimiter(c, redistest.Prefix(t, c)))
 	})
 	t.Run("memory", func(t *testing.T) {
 		lim := NewMemoryRateLimiter()
@@ -119,8 +121,8 @@ func TestRateLimiterConcurrent(t *testing.T) {
 
 func TestRateLimiterSameInstant(t *testing.T) {
 	t.Run("redis", func(t *testing.T) {
-		c := redisClient(t)
-		prefix := testPrefix(t, c)
+		c := redistest.Client(t)
+		prefix := redistest.Prefix(t, c)
 		lim := NewRedisRateLimiter(c, prefix)
 		const burst = 200
 		var wg sync.WaitGroup

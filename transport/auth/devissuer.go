@@ -104,8 +104,9 @@ func newDevIssuer(path string, key *rsa.PrivateKey) (*DevIssuer, error) {
 	return &DevIssuer{path: path, priv: priv, pub: set, jwks: jwks}, nil
 }
 
-// loadDevKey reads and checks the PEM key at path; fs.ErrNotExist when there is none.
-func loadDevKey(path string) (*rsa.PrivateKey, error) {
+// readPrivateFile reads at most limit+1 bytes of a regular file that only its owner may read;
+// the os error (fs.ErrNotExist) when there is none.
+func readPrivateFile(path string, limit int64) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -121,9 +122,18 @@ func loadDevKey(path string) (*rsa.PrivateKey, error) {
 	if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
 		return nil, fmt.Errorf("auth: %s is accessible by other users (mode %04o); run: chmod 600 %s", path, perm, path)
 	}
-	data, err := io.ReadAll(io.LimitReader(f, maxKeyFileLen))
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, fmt.Errorf("auth: read %s: %w", path, err)
+	}
+	return data, nil
+}
+
+// loadDevKey reads and checks the PEM key at path; fs.ErrNotExist when there is none.
+func loadDevKey(path string) (*rsa.PrivateKey, error) {
+	data, err := readPrivateFile(path, maxKeyFileLen)
+	if err != nil {
+		return nil, err
 	}
 	block, _ := pem.Decode(data)
 	if block == nil {

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -97,24 +96,9 @@ func OpenDevUsers(dataDir string) (users *DevUsers, created []DemoUser, err erro
 }
 
 func readUsersFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	data, err := readPrivateFile(path, maxUsersFileLen)
 	if err != nil {
 		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("auth: %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&0o077 != 0 && runtime.GOOS != "windows" {
-		return nil, fmt.Errorf("auth: %s is accessible by other users (mode %04o); run: chmod 600 %s", path, perm, path)
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxUsersFileLen+1))
-	if err != nil {
-		return nil, fmt.Errorf("auth: read %s: %w", path, err)
 	}
 	if len(data) > maxUsersFileLen {
 		return nil, fmt.Errorf("auth: %s is larger than %d bytes", path, maxUsersFileLen)

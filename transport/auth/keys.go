@@ -290,27 +290,40 @@ func (v *Verifier) publish(_ string, set jwk.Set) (jwk.Set, error) {
 }
 
 func (v *Verifier) discover(ctx context.Context) (string, error) {
-	body, err := v.fetch.document(ctx, strings.TrimSuffix(v.cfg.Issuer, "/")+discoveryPath)
+	doc, err := discover(ctx, v.fetch, v.cfg.Issuer, v.log)
 	if err != nil {
 		return "", err
-	}
-	var doc struct {
-		Issuer  string `json:"issuer"`
-		JWKSURI string `json:"jwks_uri"`
-	}
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return "", fmt.Errorf("decode discovery document: %w", err)
-	}
-	if doc.Issuer != v.cfg.Issuer {
-		v.log.Error("auth: OIDC discovery names another issuer; fix the configured issuer",
-			"configured", v.cfg.Issuer, "discovered", doc.Issuer)
-		return "", errDiscoveryMismatch
 	}
 	u, err := url.Parse(doc.JWKSURI)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return "", fmt.Errorf("discovery document has no usable jwks_uri (%q)", doc.JWKSURI)
 	}
 	return doc.JWKSURI, nil
+}
+
+// discoveryDoc is the part of an issuer's openid-configuration Switchboard reads.
+type discoveryDoc struct {
+	Issuer        string `json:"issuer"`
+	JWKSURI       string `json:"jwks_uri"`
+	TokenEndpoint string `json:"token_endpoint"`
+}
+
+// discover fetches issuer's discovery document and checks that it names the same issuer.
+func discover(ctx context.Context, f *fetcher, issuer string, log *slog.Logger) (discoveryDoc, error) {
+	var doc discoveryDoc
+	body, err := f.document(ctx, strings.TrimSuffix(issuer, "/")+discoveryPath)
+	if err != nil {
+		return doc, err
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return doc, fmt.Errorf("decode discovery document: %w", err)
+	}
+	if doc.Issuer != issuer {
+		log.Error("auth: OIDC discovery names another issuer; fix the configured issuer",
+			"configured", issuer, "discovered", doc.Issuer)
+		return doc, errDiscoveryMismatch
+	}
+	return doc, nil
 }
 
 // fetcher performs every HTTP request of a Verifier. As the jwk.Cache's HTTP client (Get)

@@ -260,21 +260,9 @@ func (p *PasswordGrant) tokenEndpoint(ctx context.Context) (string, error) {
 }
 
 func (p *PasswordGrant) discover(ctx context.Context) (string, error) {
-	body, err := p.fetch.document(ctx, strings.TrimSuffix(p.cfg.Issuer, "/")+discoveryPath)
+	doc, err := discover(ctx, p.fetch, p.cfg.Issuer, p.log)
 	if err != nil {
 		return "", err
-	}
-	var doc struct {
-		Issuer        string `json:"issuer"`
-		TokenEndpoint string `json:"token_endpoint"`
-	}
-	if err := json.Unmarshal(body, &doc); err != nil {
-		return "", fmt.Errorf("decode discovery document: %w", err)
-	}
-	if doc.Issuer != p.cfg.Issuer {
-		p.log.Error("auth: OIDC discovery names another issuer; fix the configured issuer",
-			"configured", p.cfg.Issuer, "discovered", doc.Issuer)
-		return "", errDiscoveryMismatch
 	}
 	if !isHTTPURL(doc.TokenEndpoint) {
 		return "", fmt.Errorf("discovery document has no usable token_endpoint (%q)", doc.TokenEndpoint)

@@ -11,18 +11,18 @@ import (
 	"switchboard/hub"
 )
 
-// Outbox is the connection's bounded writer, as the connection actor sees it.
-type Outbox interface {
+// Socket is a connection's edge as its actor sees it: the bounded writer, the hub's handle
+// on the same socket, the connection's codec and its in-flight accounting.
+type Socket interface {
+	hub.Conn
 	// Send queues one complete frame without blocking; false means the connection is over its
-	// send budget or closed (the outbox closes itself in that case).
+	// send budget or closed (the socket closes itself in that case).
 	Send(frame []byte) bool
-	// Close starts closing the connection with a close frame; it does not wait.
-	Close(code uint16, reason string)
-}
-
-// Encoder turns a Response into one complete frame in the connection's codec.
-type Encoder interface {
+	// EncodeResponse turns a Response into one complete frame in the connection's codec.
 	EncodeResponse(*Response) ([]byte, error)
+	// RequestDone is called once per request when its answer has been queued (or dropped), so
+	// the socket's read side can admit the next one (in-flight cap).
+	RequestDone()
 }
 
 // CloseTokenExpired is the close code for a connection whose token expired (PROTOCOL.md §3).
@@ -34,20 +34,13 @@ type Topics interface {
 	Unsubscribe(connID uint64, topic string)
 }
 
-// ConnConfig is what a connection actor owns.
-type ConnConfig struct {
-	User     *User
-	Outbox   Outbox
-	Conn     hub.Conn // the same socket, as the hub addresses it
+// ConnDeps is what every connection actor shares; one value serves all connections.
+type ConnDeps struct {
 	Topics   Topics
-	Encoder  Encoder
 	Handlers *actor.PID // the handler pool
 	// Leeway is added to the token's expiry before the connection is closed, matching the
 	// clock skew the verifier allows.
 	Leeway time.Duration
-	// Done is called once per request when its answer has been queued (or dropped), so the
-	// socket's read side can admit the next one (in-flight cap).
-	Done   func()
 	Logger *slog.Logger
 }
 
@@ -55,33 +48,51 @@ type ConnConfig struct {
 // for, so a timer that lost the race with a refresh is ignored.
 type tokenExpired struct{ exp time.Time }
 
+// connStart hands a freshly spawned connection actor its socket and user; StartConn sends it
+// before anyone else knows the actor's PID, so it is the first message the actor handles.
+type connStart struct {
+	sock Socket
+	user *User
+}
+
 // connActor is the actor behind one socket: it owns the user (replaced by REFRESH_TOKEN) and
 // the token's expiry timer, asks the handler pool, and queues the encoded answers on the
-// socket's writer.
+// socket's writer. It is kept small: thousands of idle connections each hold one.
 type connActor struct {
-	cfg   ConnConfig
+	deps  *ConnDeps
+	sock  Socket
 	user  *User
 	timer *time.Timer
 }
 
-// NewConnProps returns the props of a connection actor.
-func NewConnProps(cfg ConnConfig) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &connActor{cfg: cfg, user: cfg.User} })
+// ConnProps returns the props every connection actor is spawned from (build it once): the
+// actors share deps, and their mailboxes start without a preallocated ring.
+func ConnProps(deps *ConnDeps) *actor.Props {
+	return actor.PropsFromProducer(func() actor.Actor { return &connActor{deps: deps} },
+		actor.WithMailbox(actor.UnboundedLockfree()))
+}
+
+// StartConn spawns the connection actor of sock for user from props (ConnProps).
+func StartConn(root *actor.RootContext, props *actor.Props, sock Socket, user *User) *actor.PID {
+	pid := root.SpawnPrefix(props, "conn")
+	root.Send(pid, &connStart{sock: sock, user: user})
+	return pid
 }
 
 func (a *connActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *actor.Started:
+	case *connStart:
+		a.sock, a.user = m.sock, m.user
 		a.schedule(ctx)
 	case *actor.Stopping:
 		if a.timer != nil {
 			a.timer.Stop()
 		}
-	case *actor.Stopped, *actor.Restarting:
+	case *actor.Started, *actor.Stopped, *actor.Restarting:
 	case *Request:
 		// The read side built m; the user is the connection's, whatever the frame said.
 		m.User = a.user
-		ctx.Request(a.cfg.Handlers, m)
+		ctx.Request(a.deps.Handlers, m)
 	case *Response:
 		if m.Status == StatusOK {
 			if m.Refreshed != nil {
@@ -93,16 +104,16 @@ func (a *connActor) Receive(ctx actor.Context) {
 				a.subscribe(m, e)
 				return
 			case *UnsubscribeIntent:
-				a.cfg.Topics.Unsubscribe(a.cfg.Conn.ID(), e.Topic)
+				a.deps.Topics.Unsubscribe(a.sock.ID(), e.Topic)
 			}
 		}
 		a.deliver(m)
 	case *tokenExpired:
 		if a.user.ExpiresAt.Equal(m.exp) {
-			a.cfg.Outbox.Close(CloseTokenExpired, "token expired")
+			a.sock.Close(CloseTokenExpired, "token expired")
 		}
 	default:
-		a.cfg.Logger.Warn("connection actor: unexpected message", "type", typeName(m))
+		a.deps.Logger.Warn("connection actor: unexpected message", "type", typeName(m))
 	}
 }
 
@@ -116,14 +127,14 @@ func (a *connActor) schedule(ctx actor.Context) {
 		return
 	}
 	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.timer = time.AfterFunc(time.Until(exp.Add(a.cfg.Leeway)), func() { root.Send(self, &tokenExpired{exp: exp}) })
+	a.timer = time.AfterFunc(time.Until(exp.Add(a.deps.Leeway)), func() { root.Send(self, &tokenExpired{exp: exp}) })
 }
 
 // subscribe hands the subscription to the hub, which queues the answer (built by ack once the
 // topic's latest sequence is known), the recovered messages and then live ones, in that order.
 func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
-	defer a.cfg.Done()
-	enc, log := a.cfg.Encoder, a.cfg.Logger
+	defer a.sock.RequestDone()
+	sock, log := a.sock, a.deps.Logger
 	ack := func(latest uint64, recovered bool, err error) []byte {
 		ans := &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusOK,
 			Data: subscribed{Topic: in.Topic, Seq: latest, Recovered: recovered}}
@@ -135,13 +146,13 @@ func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
 			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusError, Kind: ErrInternal,
 				Msg: "Topic history unavailable"}
 		}
-		f, err := enc.EncodeResponse(ans)
+		f, err := sock.EncodeResponse(ans)
 		if err != nil {
 			log.Error("encode subscribe answer", "err", err)
 		}
 		return f
 	}
-	a.cfg.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.cfg.Conn, Topic: in.Topic, Since: in.Since, Ack: ack})
+	a.deps.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.sock, Topic: in.Topic, Since: in.Since, Ack: ack})
 }
 
 // subscribed is SUBSCRIBE's answer data.
@@ -154,16 +165,16 @@ type subscribed struct {
 // deliver encodes and queues an answer. Answers that the read side produced without a handler
 // (bad envelopes) come here too, so every frame leaves through one path in order.
 func (a *connActor) deliver(r *Response) {
-	defer a.cfg.Done()
-	frame, err := a.cfg.Encoder.EncodeResponse(r)
+	defer a.sock.RequestDone()
+	frame, err := a.sock.EncodeResponse(r)
 	if err != nil {
-		a.cfg.Logger.Error("encode response", "pkg_id", r.PkgID, "err", err)
-		frame, err = a.cfg.Encoder.EncodeResponse(&Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusError, Msg: "Internal error", Kind: ErrInternal})
+		a.deps.Logger.Error("encode response", "pkg_id", r.PkgID, "err", err)
+		frame, err = a.sock.EncodeResponse(&Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusError, Msg: "Internal error", Kind: ErrInternal})
 		if err != nil {
 			return
 		}
 	}
-	a.cfg.Outbox.Send(frame)
+	a.sock.Send(frame)
 }
 
 func typeName(v any) string { return fmt.Sprintf("%T", v) }

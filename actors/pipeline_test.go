@@ -141,7 +141,7 @@ func TestHandlerPoolSurvivesPanics(t *testing.T) {
 		if i%2 == 1 {
 			pkg, data = 1, `{"v":1}`
 		}
-		res, err := sys.Root.RequestFuture(pool, req(pkg, data, "r"), 5*time.Second).Result()
+		res, err := sys.Root.RequestFuture(pool.PID, req(pkg, data, "r"), 5*time.Second).Result()
 		if err != nil {
 			t.Fatalf("request %d: %v", i, err)
 		}
@@ -150,7 +150,7 @@ func TestHandlerPoolSurvivesPanics(t *testing.T) {
 			t.Fatalf("request %d: %+v", i, r)
 		}
 	}
-	if err := sys.Root.PoisonFuture(pool).Wait(); err != nil {
+	if err := pool.Stop(sys.Root); err != nil {
 		t.Fatal(err)
 	}
 }

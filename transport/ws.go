@@ -55,6 +55,8 @@ type WSServer struct {
 	m        *wsMetrics
 	nextID   atomic.Uint64
 	flushers flushers
+	// connProps spawns every connection actor; they share its dependencies.
+	connProps *actor.Props
 	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
 	// under mu while closing is false, so BeginShutdown's caller can rely on the hub closing
 	// every socket that Wait then waits for.
@@ -65,7 +67,8 @@ type WSServer struct {
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
 func NewWSServer(cfg WSConfig) *WSServer {
-	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics), flushers: newFlushers()}
+	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics), flushers: newFlushers(),
+		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, &gws.ServerOption{
 		ReadMaxPayloadSize: cfg.MaxMessageBytes,
 		// Reads go through a small buffer: idle connections dominate memory, and frames larger
@@ -173,10 +176,7 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
 			c.rc = rc
 		}
 	}
-	c.pid = s.cfg.Root.SpawnPrefix(actors.NewConnProps(actors.ConnConfig{
-		User: user, Outbox: c, Conn: c, Topics: s.cfg.Hub, Encoder: c.codec, Handlers: s.cfg.Handlers, Leeway: s.cfg.TokenLeeway,
-		Done: c.release, Logger: s.cfg.Logger,
-	}), "conn")
+	c.pid = actors.StartConn(s.cfg.Root, s.connProps, c, user)
 	return c
 }
 

@@ -80,11 +80,14 @@ const (
 
 var (
 	_ hub.Conn      = (*wsConn)(nil)
-	_ actors.Outbox = (*wsConn)(nil)
+	_ actors.Socket = (*wsConn)(nil)
 )
 
 func (c *wsConn) ID() uint64       { return c.id }
 func (c *wsConn) Codec() hub.Codec { return c.codec }
+
+// EncodeResponse encodes an answer in the connection's codec (actors.Socket).
+func (c *wsConn) EncodeResponse(r *actors.Response) ([]byte, error) { return c.codec.EncodeResponse(r) }
 
 // Send queues a frame addressed to this connection only (a response).
 func (c *wsConn) Send(frame []byte) bool { return c.Enqueue(frame) }
@@ -359,8 +362,8 @@ func (c *wsConn) acquire() bool {
 	}
 }
 
-// release frees an in-flight slot; the connection actor calls it once an answer is queued.
-func (c *wsConn) release() {
+// RequestDone frees an in-flight slot; the connection actor calls it once an answer is queued.
+func (c *wsConn) RequestDone() {
 	select {
 	case <-c.inflight:
 	default:

@@ -33,7 +33,7 @@ type app struct {
 	db        *store.DB
 	system    *actor.ActorSystem
 	hub       *hub.Hub
-	handlers  *actor.PID
+	handlers  *actors.HandlerPool
 	cancel    context.CancelFunc // aborts in-flight handler calls
 	verifier  *auth.Verifier
 	redis     *redis.Client // nil without SWITCHBOARD_REDIS_URL
@@ -120,7 +120,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	a.cancel = cancel
 	a.handlers = actors.SpawnHandlerPool(a.system.Root, pipeline, base, cfg.HandlerPoolSize)
 	a.ws = transport.NewWSServer(transport.WSConfig{
-		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers,
+		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers.PID,
 		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,
 		SendQueueBytes: cfg.WSSendQueueBytes, MaxInFlight: cfg.WSMaxInFlight,
 		PingInterval: cfg.WSPingInterval, WriteTimeout: cfg.WSWriteTimeout, TokenLeeway: cfg.JWTLeeway,
@@ -139,7 +139,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	}
 	handler, err := transport.NewHandler(transport.APIConfig{
 		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
-		Root: a.system.Root, Handlers: a.handlers, HandlerTimeout: cfg.HandlerTimeout, Registry: reg, Auditor: a.audit,
+		Root: a.system.Root, Handlers: a.handlers.PID, HandlerTimeout: cfg.HandlerTimeout, Registry: reg, Auditor: a.audit,
 		RateLimiter: a.limiter, RatePerMinute: cfg.RateLimitPerMinute, LoginRateLimit: cfg.LoginRateLimit,
 		Login: a.login, Sessions: a.sessions(), TrustedProxies: cfg.TrustedProxies,
 		Health: []transport.HealthCheck{
@@ -311,7 +311,7 @@ func (a *app) close(ctx context.Context) error {
 	}
 	if a.system != nil {
 		if a.handlers != nil {
-			errs = append(errs, a.system.Root.PoisonFuture(a.handlers).Wait())
+			errs = append(errs, a.handlers.Stop(a.system.Root))
 		}
 		a.system.Shutdown()
 	}

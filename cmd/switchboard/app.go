@@ -343,8 +343,12 @@ func (a *app) close(ctx context.Context) error {
 	return nil
 }
 
+// listen opens the server's socket without TCP keep-alive probes: WebSocket peers are pinged
+// (SWITCHBOARD_WS_PING_INTERVAL) and idle HTTP connections time out, so the probes would only
+// cost every accepted connection four more setsockopt calls.
 func listen(addr string) (net.Listener, error) {
-	ln, err := net.Listen("tcp", addr)
+	lc := net.ListenConfig{KeepAlive: -1}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}

@@ -53,6 +53,10 @@ type PipelineConfig struct {
 // always returns a Response: a panic or an error becomes a status code, never a crash.
 type Pipeline struct {
 	cfg PipelineConfig
+	// durations holds ws_message_processing_duration_seconds per registered pkg_id, so a
+	// request does not build the series name; unknown ones share one series.
+	durations map[int]*metrics.PrometheusHistogram
+	unknown   *metrics.PrometheusHistogram
 }
 
 // NewPipeline checks cfg and returns a Pipeline.
@@ -68,7 +72,12 @@ func NewPipeline(cfg PipelineConfig) (*Pipeline, error) {
 			cfg.Logger.Warn("pkg_id has no RBAC entry and is denied to everyone", "pkg_id", id, "name", cfg.Registry.Name(id))
 		}
 	}
-	return &Pipeline{cfg: cfg}, nil
+	p := &Pipeline{cfg: cfg, durations: map[int]*metrics.PrometheusHistogram{},
+		unknown: cfg.Metrics.GetOrCreatePrometheusHistogram(durationSeries("unknown"))}
+	for _, id := range cfg.Registry.PkgIDs() {
+		p.durations[id] = cfg.Metrics.GetOrCreatePrometheusHistogram(durationSeries(strconv.Itoa(id)))
+	}
+	return p, nil
 }
 
 // Registry returns the registry the pipeline serves.
@@ -84,8 +93,7 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 		if req.Transport != "ws" {
 			return // the HTTP façade logs and measures its requests itself
 		}
-		p.cfg.Metrics.GetOrCreatePrometheusHistogram(`ws_message_processing_duration_seconds{pkg_id="` +
-			p.pkgLabel(req.PkgID) + `"}`).UpdateDuration(start)
+		p.duration(req.PkgID).UpdateDuration(start)
 		p.audit(req, resp, start)
 		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
 			user := ""
@@ -164,11 +172,19 @@ func (p *Pipeline) fail(req *Request, f *Failure) *Response {
 	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: f.Status, Msg: f.Msg, Kind: f.Kind, Data: f.Data}
 }
 
-func (p *Pipeline) pkgLabel(pkgID int) string {
-	if _, ok := p.cfg.Registry.lookup(pkgID); ok {
-		return strconv.Itoa(pkgID)
+// duration is the processing-time histogram of pkgID.
+func (p *Pipeline) duration(pkgID int) *metrics.PrometheusHistogram {
+	if h, ok := p.durations[pkgID]; ok {
+		return h
 	}
-	return "unknown"
+	if _, ok := p.cfg.Registry.lookup(pkgID); ok { // registered after NewPipeline
+		return p.cfg.Metrics.GetOrCreatePrometheusHistogram(durationSeries(strconv.Itoa(pkgID)))
+	}
+	return p.unknown
+}
+
+func durationSeries(label string) string {
+	return `ws_message_processing_duration_seconds{pkg_id="` + label + `"}`
 }
 
 // audit records a WebSocket request (the writer redacts the data and never blocks).

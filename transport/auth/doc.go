@@ -9,17 +9,19 @@
 // waits for the fetches the Verifier started; call it once the Verifier is no longer used
 // (again is a no-op). A DevIssuer is immutable after OpenDevIssuer and safe for concurrent use.
 //
-// Cost: Verify parses a token once (the signature is checked over the signing input as sent,
-// with the algorithm and the raw public key of the JWK, both resolved when the key set is
-// loaded) and decodes its claims once. A token that passed every check is then remembered,
-// keyed by its exact text, for at most a minute and never past its exp; while remembered,
-// Verify answers it with a map lookup and a new check of exp, nbf and iat against the clock
-// (with Leeway), so a client reconnecting or holding several connections pays the RSA
-// operation about once a minute. The cache belongs to the key set snapshot: any change of
-// the keys (a refresh, a rotation, a removed key) empties it, so a token never verifies from
-// the cache with a key the Verifier no longer has. It holds at most 4096 tokens and 8 MiB of
-// token text, dropping arbitrary entries when full; failures are never cached. Results for
-// the same token share Claims.Roles and Claims.Raw, which callers must not modify.
+// Cost: Verify parses a token once, itself rather than with the generic jws.Parse (the
+// signature is checked over the signing input as sent, with the algorithm and the raw public
+// key of the JWK, both resolved when the key set is loaded), and of its claims decodes only
+// those it uses. A token that passed every check is then remembered, keyed by the SHA-256
+// digest of its exact text, for at most a minute and never past its exp; while remembered,
+// Verify answers it with a hash, a map lookup and a new check of exp, nbf and iat against
+// the clock (with Leeway), so a client reconnecting or holding several connections pays the
+// RSA operation about once a minute. The cache keeps only the Claims and the time claims,
+// never the token or its other claims (a few hundred bytes a token). It belongs to the key
+// set snapshot: any change of the keys (a refresh, a rotation, a removed key) empties it, so
+// a token never verifies from the cache with a key the Verifier no longer has. It holds at
+// most 4096 tokens and about 4 MiB, dropping arbitrary entries when full; failures are never
+// cached. Results for the same token share Claims.Roles, which callers must not modify.
 //
 // Login (POST /login) has two implementations: PasswordGrant, the OIDC password grant
 // against the issuer's token endpoint, and DevLogin, the development users file with the

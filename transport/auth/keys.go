@@ -158,10 +158,13 @@ func (v *Verifier) keysFor(ctx context.Context, kid string, alg jwa.SignatureAlg
 		}
 		return nil, nil, fail(ErrInvalidSignature, "unknown signing key")
 	}
-	var out []*verifyKey
-	for _, k := range cands {
-		if k.alg == alg {
-			out = append(out, k)
+	out := cands // read only: no copy when every candidate has the algorithm
+	if slices.ContainsFunc(cands, func(k *verifyKey) bool { return k.alg != alg }) {
+		out = nil
+		for _, k := range cands {
+			if k.alg == alg {
+				out = append(out, k)
+			}
 		}
 	}
 	if len(out) == 0 {

@@ -1,82 +1,120 @@
 package auth
 
 import (
-	"strings"
+	"crypto/sha256"
 	"sync"
 	"time"
+	"unsafe"
 )
 
 const (
 	// tokenCacheTTL bounds how long a verified token is answered from the cache; its own
 	// expiry (without leeway) bounds it further.
 	tokenCacheTTL = time.Minute
-	// The cache holds at most this many tokens and this much token text (the decoded claims
-	// are of the same order of size).
+	// The cache holds at most this many tokens, and at most this many bytes of entries as
+	// counted by entrySize (a few hundred bytes for a token with a handful of roles, so the
+	// byte bound only matters for tokens carrying many roles).
 	tokenCacheMaxEntries = 4096
-	tokenCacheMaxBytes   = 8 << 20
+	tokenCacheMaxBytes   = 4 << 20
 )
 
-// tokenCache remembers tokens that passed every check, keyed by the exact token string, so
-// a client presenting the same token again (reconnects, several connections, the HTTP API)
-// costs a map lookup instead of a parse, an RSA operation and a JSON decode. Each keyring
-// snapshot has its own, so a change of the key set (a removed key above all) empties it: an
-// entry only ever answers for the keys it was verified with. Entries live at most
-// tokenCacheTTL and never past the token's exp; the time claims are checked again on every
-// hit, as Verify would. Only successes are cached.
+// tokenKey identifies a token in the cache: the SHA-256 digest of its exact text. A hit
+// skips the signature check, so the key must be collision resistant: two different tokens
+// never share an entry.
+type tokenKey [sha256.Size]byte
+
+// tokenKeyOf returns token's key. The token is hashed through a buffer on the stack, so the
+// hit path does not copy it to the heap.
+func tokenKeyOf(token string) tokenKey {
+	var buf [512]byte
+	h := sha256.New()
+	for len(token) > 0 {
+		n := copy(buf[:], token)
+		h.Write(buf[:n])
+		token = token[n:]
+	}
+	var k tokenKey
+	h.Sum(k[:0])
+	return k
+}
+
+// tokenCache remembers tokens that passed every check, keyed by the digest of the exact
+// token text, so a client presenting the same token again (reconnects, several connections,
+// the HTTP API) costs a hash and a map lookup instead of a parse, an RSA operation and a
+// JSON decode. It keeps only what Verify returns (the Claims) and the time claims it checks
+// again, never the token or its other claims. Each keyring snapshot has its own, so a
+// change of the key set (a removed key above all) empties it: an entry only ever answers
+// for the keys it was verified with. Entries live at most tokenCacheTTL and never past the
+// token's exp; the time claims are checked again on every hit, as Verify would. Only
+// successes are cached.
 type tokenCache struct {
 	mu    sync.Mutex
-	m     map[string]*cachedToken
-	bytes int // sum of len(key)
+	m     map[tokenKey]*cachedToken
+	bytes int // sum of entrySize
 }
 
 type cachedToken struct {
-	claims *Claims // shared: handed out as shallow copies only
+	claims Claims // handed out as copies; Roles is shared
 	times  timeClaims
 	until  time.Time // carries a monotonic reading: immune to wall clock steps
 }
 
-func newTokenCache() *tokenCache {
-	return &tokenCache{m: map[string]*cachedToken{}}
+// entryOverhead approximates the fixed cost of an entry: its map slot (key and pointer,
+// with the table's spare room) and the cachedToken.
+const entryOverhead = 2*(sha256.Size+8) + int(unsafe.Sizeof(cachedToken{}))
+
+// entrySize is the memory an entry holds, approximately: the fixed part and the strings and
+// role slice of its Claims (Username may share Subject's bytes; it is counted anyway).
+func entrySize(c *Claims) int {
+	n := entryOverhead + len(c.Subject) + len(c.Username) + cap(c.Roles)*int(unsafe.Sizeof(""))
+	for _, r := range c.Roles {
+		n += len(r)
+	}
+	return n
 }
 
-// get returns a copy of the cached claims of token if it is still valid at now.
-func (c *tokenCache) get(token string, now time.Time, leeway time.Duration) (*Claims, bool) {
+func newTokenCache() *tokenCache {
+	return &tokenCache{m: map[tokenKey]*cachedToken{}}
+}
+
+// get returns a copy of the cached claims of the token with key k if it is still valid at now.
+func (c *tokenCache) get(k tokenKey, now time.Time, leeway time.Duration) (*Claims, bool) {
 	c.mu.Lock()
-	e, ok := c.m[token]
+	e, ok := c.m[k]
 	if ok && (!now.Before(e.until) || e.times.check(now, leeway) != nil) {
-		c.remove(token, e)
+		c.remove(k, e)
 		ok = false
 	}
 	c.mu.Unlock()
 	if !ok {
 		return nil, false
 	}
-	claims := *e.claims
+	claims := e.claims
 	return &claims, true
 }
 
-// put caches claims for token, verified at now, unless its exp is already past (a token
-// accepted within the leeway is verified afresh every time).
-func (c *tokenCache) put(token string, claims *Claims, times timeClaims, now time.Time) {
-	ttl := min(tokenCacheTTL, times.exp.Sub(now))
-	if ttl <= 0 || len(token) > tokenCacheMaxBytes/64 {
+// put caches claims for the token with key k, verified at now, unless its exp is already
+// past (a token accepted within the leeway is verified afresh every time).
+func (c *tokenCache) put(k tokenKey, claims Claims, times timeClaims, now time.Time) {
+	ttl := min(tokenCacheTTL, time.Unix(times.exp, 0).Sub(now))
+	size := entrySize(&claims)
+	if ttl <= 0 || size > tokenCacheMaxBytes/64 {
 		return
 	}
 	e := &cachedToken{claims: claims, times: times, until: now.Add(ttl)}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if old, ok := c.m[token]; ok {
-		c.remove(token, old)
+	if old, ok := c.m[k]; ok {
+		c.remove(k, old)
 	}
-	if len(c.m) >= tokenCacheMaxEntries || c.bytes+len(token) > tokenCacheMaxBytes {
-		c.evict(now, len(token))
+	if len(c.m) >= tokenCacheMaxEntries || c.bytes+size > tokenCacheMaxBytes {
+		c.evict(now, size)
 	}
-	// A private copy: the caller's token may be a slice of a much larger string.
-	c.m[strings.Clone(token)] = e
-	c.bytes += len(token)
+	c.m[k] = e
+	c.bytes += size
 }
 
-// evict makes room for a token of n bytes: first by dropping the entries past their time,
+// evict makes room for an entry of n bytes: first by dropping the entries past their time,
 // then arbitrary ones down to 3/4 of the limits, so that a full cache of live tokens is
 // swept once per quarter of its size, not on every insertion.
 func (c *tokenCache) evict(now time.Time, n int) {
@@ -93,10 +131,10 @@ func (c *tokenCache) evict(now time.Time, n int) {
 	}
 }
 
-func (c *tokenCache) remove(k string, e *cachedToken) {
+func (c *tokenCache) remove(k tokenKey, e *cachedToken) {
 	if c.m[k] == e {
 		delete(c.m, k)
-		c.bytes -= len(k)
+		c.bytes -= entrySize(&e.claims)
 	}
 }
 

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,7 +17,6 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
-	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
 // maxTokenBytes bounds the work an unauthenticated caller can cause; real access tokens
@@ -24,15 +24,13 @@ import (
 const maxTokenBytes = 64 << 10
 
 // Claims is the verified identity carried by an access token. Verify returns a fresh Claims
-// each time, but results for the same token share Roles and Raw (the verified-token cache,
-// see the package doc): treat them as read-only. Roles has no spare capacity, so an append
-// copies.
+// each time, but results for the same token share Roles (the verified-token cache, see the
+// package doc): treat it as read-only. Roles has no spare capacity, so an append copies.
 type Claims struct {
 	Subject   string    // sub
 	Username  string    // preferred_username, or sub when absent
 	Roles     []string  // from the configured claim paths, deduplicated and sorted
 	ExpiresAt time.Time // exp
-	Raw       map[string]any
 }
 
 // Verifier checks access tokens against an issuer's keys. See the package doc for its
@@ -117,8 +115,8 @@ func (v *Verifier) Ready(ctx context.Context) error {
 
 // Verify checks token's signature, times, issuer and audience, and returns its claims.
 // Errors wrap exactly one of the package's Err* sentinels and never contain the token.
-// The returned Claims may share Roles and Raw with earlier results for the same token (see
-// Claims): read them, never modify them.
+// The returned Claims may share Roles with earlier results for the same token (see Claims):
+// read it, never modify it.
 func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if token == "" {
 		return nil, fail(ErrMissingToken, "")
@@ -126,23 +124,20 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	if len(token) > maxTokenBytes || strings.Count(token, ".") != 2 {
 		return nil, fail(ErrMalformedToken, "not a compact JWS")
 	}
+	key := tokenKeyOf(token)
 	if kr := v.keys.Load(); kr != nil {
-		if c, ok := kr.tokens.get(token, time.Now(), v.cfg.Leeway); ok {
+		if c, ok := kr.tokens.get(key, time.Now(), v.cfg.Leeway); ok {
 			return c, nil
 		}
 	}
-	buf := []byte(token)
-	msg, err := jws.Parse(buf, jws.WithCompact())
-	if err != nil || len(msg.Signatures()) != 1 {
+	tok, err := parseCompact(token)
+	if err != nil {
 		return nil, fail(ErrMalformedToken, "undecodable token")
 	}
-	sig := msg.Signatures()[0]
-	hdr := sig.ProtectedHeaders()
-	alg := hdr.Algorithm()
-	if alg == "" || alg == jwa.NoSignature {
+	if tok.alg == "" || tok.alg == jwa.NoSignature {
 		return nil, fail(ErrInvalidSignature, "unsigned tokens are not accepted")
 	}
-	keys, kr, err := v.keysFor(ctx, hdr.KeyID(), alg)
+	keys, kr, err := v.keysFor(ctx, tok.kid, tok.alg)
 	if err != nil {
 		return nil, err
 	}
@@ -150,10 +145,9 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 	// (the exact bytes before the last dot, which the issuer signed), with the algorithm of
 	// the JWK (equal to the header's, checked in keysFor; the header alone never selects
 	// it, so HS256-with-the-public-key cannot verify).
-	input := buf[:strings.LastIndexByte(token, '.')]
 	verified := false
 	for _, k := range keys {
-		if k.verifier.Verify(input, sig.Signature(), k.raw) == nil {
+		if k.verifier.Verify(tok.input, tok.signature, k.raw) == nil {
 			verified = true
 			break
 		}
@@ -162,73 +156,191 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 		return nil, fail(ErrInvalidSignature, "")
 	}
 	now := time.Now()
-	c, times, err := v.claims(msg.Payload(), now)
+	c, times, err := v.claims(tok.payload, now)
 	if err != nil {
 		return nil, err
 	}
-	kr.tokens.put(token, c, times, now)
-	out := *c // the cached Claims itself is never handed out
-	return &out, nil
+	kr.tokens.put(key, c, times, now)
+	return &c, nil
 }
 
-// claims validates the verified payload, decoded once: times first (so a client can tell
-// it must refresh), then issuer and audience. The registered claims are read as the jwx
-// jwt package read them (wrong types are malformed), except that a NumericDate must be a
-// JSON number, as RFC 7519 says (jwx also took numeric and RFC 3339 strings).
-func (v *Verifier) claims(payload []byte, now time.Time) (*Claims, timeClaims, error) {
-	var raw map[string]any
-	if err := json.Unmarshal(payload, &raw); err != nil || raw == nil {
-		return nil, timeClaims{}, fail(ErrMalformedToken, "claims are not a JSON object")
+// claims validates the verified payload, read once: times first (so a client can tell it
+// must refresh), then issuer and audience. The registered claims are read as the jwx jwt
+// package read them (wrong types are malformed), except that a NumericDate must be a JSON
+// number, as RFC 7519 says (jwx also took numeric and RFC 3339 strings). Only the claims
+// used here are decoded, each exactly as json.Unmarshal into a map[string]any decoded it,
+// and the payload is rejected exactly when that json.Unmarshal failed (see jsonscan.go).
+func (v *Verifier) claims(payload []byte, now time.Time) (Claims, timeClaims, error) {
+	var raw claimValues
+	if !v.readClaims(payload, &raw) {
+		return Claims{}, timeClaims{}, fail(ErrMalformedToken, "claims are not a JSON object")
 	}
-	iss, okIss := stringClaim(raw, "iss")
-	sub, okSub := stringClaim(raw, "sub")
-	_, okJTI := stringClaim(raw, "jti")
-	inAud, okAud := audienceContains(raw, v.cfg.ClientID)
+	iss, okIss := stringClaim(raw.reg[claimIss])
+	sub, okSub := stringClaim(raw.reg[claimSub])
+	_, okJTI := stringClaim(raw.reg[claimJTI])
+	inAud, okAud := audienceContains(raw.reg[claimAud], v.cfg.ClientID)
 	var times timeClaims
 	var okExp, okNbf, okIat bool
-	times.exp, okExp = numericDate(raw, "exp")
-	times.nbf, okNbf = numericDate(raw, "nbf")
-	times.iat, okIat = numericDate(raw, "iat")
+	times.exp, okExp = numericDate(raw.reg[claimExp])
+	times.nbf, okNbf = numericDate(raw.reg[claimNbf])
+	times.iat, okIat = numericDate(raw.reg[claimIat])
 	if !okIss || !okSub || !okJTI || !okAud || !okExp || !okNbf || !okIat {
-		return nil, timeClaims{}, fail(ErrMalformedToken, "invalid registered claims")
+		return Claims{}, timeClaims{}, fail(ErrMalformedToken, "invalid registered claims")
 	}
-	if times.exp.Unix() <= 0 {
-		return nil, timeClaims{}, fail(ErrMalformedToken, "token has no expiry")
+	if times.exp <= 0 {
+		return Claims{}, timeClaims{}, fail(ErrMalformedToken, "token has no expiry")
 	}
 	if err := times.check(now, v.cfg.Leeway); err != nil {
-		return nil, timeClaims{}, err
+		return Claims{}, timeClaims{}, err
 	}
-	if iss != v.cfg.Issuer {
-		return nil, timeClaims{}, fail(ErrInvalidIssuer, "")
+	if string(iss) != v.cfg.Issuer {
+		return Claims{}, timeClaims{}, fail(ErrInvalidIssuer, "")
 	}
-	azp, _ := raw["azp"].(string)
-	if !inAud && azp != v.cfg.ClientID {
-		return nil, timeClaims{}, fail(ErrInvalidAudience, "")
+	azp, _ := jsonString(raw.reg[claimAzp])
+	if !inAud && string(azp) != v.cfg.ClientID {
+		return Claims{}, timeClaims{}, fail(ErrInvalidAudience, "")
 	}
 	// Keycloak marks its ID tokens "ID" and access tokens "Bearer": an ID token (same aud and
 	// signature) must not pass as an access token. Issuers without "typ" are unaffected.
-	if typ, ok := raw["typ"].(string); ok && !strings.EqualFold(typ, "Bearer") {
-		return nil, timeClaims{}, fail(ErrMalformedToken, "not an access token")
+	if typ, ok := jsonString(raw.reg[claimTyp]); ok && !bytes.EqualFold(typ, []byte("Bearer")) {
+		return Claims{}, timeClaims{}, fail(ErrMalformedToken, "not an access token")
 	}
-	if sub == "" {
-		return nil, timeClaims{}, fail(ErrMalformedToken, "token has no subject")
+	if len(sub) == 0 {
+		return Claims{}, timeClaims{}, fail(ErrMalformedToken, "token has no subject")
 	}
-	username, _ := raw["preferred_username"].(string)
-	if username == "" {
-		username = sub
+	subject := string(sub) // a copy: nothing kept points into the payload
+	username := subject
+	if u, _ := jsonString(raw.reg[claimUsername]); len(u) > 0 {
+		username = string(u)
 	}
-	return &Claims{
-		Subject:   sub,
+	return Claims{
+		Subject:   subject,
 		Username:  username,
-		Roles:     rolesAt(raw, v.rolePaths),
-		ExpiresAt: times.exp,
-		Raw:       raw,
+		Roles:     v.roles(&raw),
+		ExpiresAt: time.Unix(times.exp, 0).UTC(),
 	}, times, nil
 }
 
-// timeClaims are a token's exp, nbf and iat; the zero time stands for an absent claim.
+// The claims read besides the roles, by their index in claimValues.reg.
+const (
+	claimIss = iota
+	claimSub
+	claimAud
+	claimExp
+	claimNbf
+	claimIat
+	claimJTI
+	claimAzp
+	claimTyp
+	claimUsername
+	numClaims
+)
+
+// claimIndex returns the index of the claim name, or -1 for one not read (or a role root).
+func claimIndex(name []byte) int {
+	switch string(name) {
+	case "iss":
+		return claimIss
+	case "sub":
+		return claimSub
+	case "aud":
+		return claimAud
+	case "exp":
+		return claimExp
+	case "nbf":
+		return claimNbf
+	case "iat":
+		return claimIat
+	case "jti":
+		return claimJTI
+	case "azp":
+		return claimAzp
+	case "typ":
+		return claimTyp
+	case "preferred_username":
+		return claimUsername
+	}
+	return -1
+}
+
+// claimValues holds the values of the claims read, as they stand in the payload: the
+// registered ones and, for each role path, the value of its first segment (nil: absent).
+type claimValues struct {
+	reg   [numClaims][]byte
+	roots [][]byte // by role path
+	buf   [4][]byte
+}
+
+// readClaims finds the values of the claims read in payload (the last one when a name is
+// repeated, as json.Unmarshal did); false when payload is not a JSON object, or when
+// json.Unmarshal into a map[string]any would have failed on it.
+func (v *Verifier) readClaims(payload []byte, raw *claimValues) bool {
+	if !json.Valid(payload) {
+		return false
+	}
+	m, ok := openObject(payload)
+	if !ok {
+		return false
+	}
+	raw.roots = raw.buf[:0]
+	if len(v.rolePaths) > len(raw.buf) {
+		raw.roots = make([][]byte, 0, len(v.rolePaths))
+	}
+	raw.roots = raw.roots[:len(v.rolePaths)]
+	for {
+		name, val, ok, err := m.next()
+		if err != nil {
+			return false
+		}
+		if !ok {
+			return true
+		}
+		if i := claimIndex(name); i >= 0 {
+			raw.reg[i] = val
+		}
+		for i, p := range v.rolePaths {
+			if string(name) == p[0] {
+				raw.roots[i] = val
+			}
+		}
+	}
+}
+
+// roles collects the strings of the arrays found at the role paths (anything else is
+// ignored), deduplicated and sorted.
+func (v *Verifier) roles(raw *claimValues) []string {
+	var buf [16]string
+	roles := buf[:0]
+	for i, path := range v.rolePaths {
+		node := raw.roots[i]
+		for _, seg := range path[1:] {
+			if node = lastMember(node, seg); node == nil {
+				break
+			}
+		}
+		list, ok := openArray(node)
+		if !ok {
+			continue
+		}
+		for e, ok := list.next(); ok; e, ok = list.next() {
+			if s, ok := jsonString(e); ok && len(s) > 0 {
+				roles = append(roles, string(s))
+			}
+		}
+	}
+	slices.Sort(roles)
+	roles = slices.Compact(roles)
+	// Exactly as long as needed (never nil): Claims of a cached token share it, and an
+	// append must not write into it.
+	out := make([]string, len(roles))
+	copy(out, roles)
+	return out
+}
+
+// timeClaims are a token's exp, nbf and iat in Unix seconds; 0 stands for an absent claim
+// (a NumericDate is never negative, and the Unix epoch counts as absent).
 type timeClaims struct {
-	exp, nbf, iat time.Time
+	exp, nbf, iat int64
 }
 
 // check applies exp, nbf and iat at now with the given leeway, exactly as jwt.Validate with
@@ -236,13 +348,13 @@ type timeClaims struct {
 // Unix epoch counting as absent.
 func (tc timeClaims) check(now time.Time, leeway time.Duration) error {
 	now = now.Truncate(time.Second)
-	present := func(t time.Time) bool { return !t.IsZero() && t.Unix() != 0 }
+	at := func(sec int64) time.Time { return time.Unix(sec, 0) }
 	switch {
-	case present(tc.iat) && now.Before(tc.iat.Add(-leeway)):
+	case tc.iat != 0 && now.Before(at(tc.iat).Add(-leeway)):
 		return fail(ErrTokenNotYetValid, "issued in the future")
-	case present(tc.exp) && !now.Before(tc.exp.Add(leeway)):
+	case tc.exp != 0 && !now.Before(at(tc.exp).Add(leeway)):
 		return fail(ErrTokenExpired, "")
-	case present(tc.nbf) && now.Before(tc.nbf.Add(-leeway)):
+	case tc.nbf != 0 && now.Before(at(tc.nbf).Add(-leeway)):
 		return fail(ErrTokenNotYetValid, "")
 	}
 	return nil
@@ -250,53 +362,64 @@ func (tc timeClaims) check(now time.Time, leeway time.Duration) error {
 
 // stringClaim reads a string claim; absent and null read as "" (as jwx decoded them), any
 // other type is invalid.
-func stringClaim(raw map[string]any, name string) (string, bool) {
-	switch s := raw[name].(type) {
-	case nil:
-		return "", true
-	case string:
-		return s, true
-	default:
-		return "", false
+func stringClaim(val []byte) ([]byte, bool) {
+	if val == nil || isJSONNull(val) {
+		return nil, true
 	}
+	return jsonString(val)
 }
 
 // audienceContains reports whether "aud" (a string or an array of strings; absent is an
 // empty audience) names id. Any other type, null included, is invalid.
-func audienceContains(raw map[string]any, id string) (found, valid bool) {
-	aud, ok := raw["aud"]
-	if !ok {
+func audienceContains(aud []byte, id string) (found, valid bool) {
+	if aud == nil {
 		return false, true
 	}
-	switch aud := aud.(type) {
-	case string:
-		return aud == id, true
-	case []any:
-		for _, e := range aud {
-			s, ok := e.(string)
-			if !ok {
-				return false, false
-			}
-			found = found || s == id
-		}
-		return found, true
-	default:
+	if s, ok := jsonString(aud); ok {
+		return string(s) == id, true
+	}
+	list, ok := openArray(aud)
+	if !ok {
 		return false, false
 	}
+	for e, ok := list.next(); ok; e, ok = list.next() {
+		s, ok := jsonString(e)
+		if !ok {
+			return false, false
+		}
+		found = found || string(s) == id
+	}
+	return found, true
 }
 
-// numericDate reads a NumericDate claim: absent is the zero time; otherwise it must be a
+// numericDate reads a NumericDate claim in Unix seconds: absent is 0; otherwise it must be a
 // JSON number (decoded as float64), read as jwx read it: formatted with %.9f, the part before
 // the point parsed as an int64. A negative number (-0 included: its "-" made jwx try RFC 3339)
 // or one beyond int64 is invalid.
-func numericDate(raw map[string]any, name string) (time.Time, bool) {
-	v, ok := raw[name]
-	if !ok {
-		return time.Time{}, true
+func numericDate(val []byte) (int64, bool) {
+	if val == nil {
+		return 0, true
 	}
-	f, ok := v.(float64)
-	if !ok {
-		return time.Time{}, false
+	if !isJSONNumber(val) {
+		return 0, false
+	}
+	// An integer of up to 15 digits is exact as a float64, and formats as itself.
+	if len(val) <= 15 {
+		var n int64
+		for _, d := range val {
+			if d < '0' || d > '9' {
+				n = -1
+				break
+			}
+			n = n*10 + int64(d-'0')
+		}
+		if n >= 0 {
+			return n, true
+		}
+	}
+	f, err := strconv.ParseFloat(string(val), 64)
+	if err != nil {
+		return 0, false
 	}
 	var buf [48]byte
 	var n int64
@@ -305,34 +428,9 @@ func numericDate(raw map[string]any, name string) (time.Time, bool) {
 			break
 		}
 		if d < '0' || d > '9' || n > (math.MaxInt64-int64(d-'0'))/10 {
-			return time.Time{}, false
+			return 0, false
 		}
 		n = n*10 + int64(d-'0')
 	}
-	return time.Unix(n, 0).UTC(), true
-}
-
-// rolesAt collects the string arrays found at the given paths; anything else is ignored.
-func rolesAt(raw map[string]any, paths [][]string) []string {
-	roles := []string{}
-	for _, path := range paths {
-		var node any = raw
-		for _, seg := range path {
-			m, ok := node.(map[string]any)
-			if !ok {
-				node = nil
-				break
-			}
-			node = m[seg]
-		}
-		list, _ := node.([]any)
-		for _, r := range list {
-			if s, ok := r.(string); ok && s != "" {
-				roles = append(roles, s)
-			}
-		}
-	}
-	slices.Sort(roles)
-	// Clipped: Claims of a cached token share it, and an append must not write into it.
-	return slices.Clip(slices.Compact(roles))
+	return n, true
 }

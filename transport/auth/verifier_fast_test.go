@@ -68,8 +68,33 @@ func legacyClaims(cfg Config, paths [][]string, payload []byte, now time.Time) (
 	if username == "" {
 		username = tok.Subject()
 	}
-	return &Claims{Subject: tok.Subject(), Username: username, Roles: rolesAt(raw, paths),
-		ExpiresAt: tok.Expiration(), Raw: raw}, nil
+	return &Claims{Subject: tok.Subject(), Username: username, Roles: legacyRolesAt(raw, paths),
+		ExpiresAt: tok.Expiration()}, nil
+}
+
+// legacyRolesAt is the role collection Verify had when it decoded the whole payload into a
+// map: the string arrays found at the given paths; anything else is ignored.
+func legacyRolesAt(raw map[string]any, paths [][]string) []string {
+	roles := []string{}
+	for _, path := range paths {
+		var node any = raw
+		for _, seg := range path {
+			m, ok := node.(map[string]any)
+			if !ok {
+				node = nil
+				break
+			}
+			node = m[seg]
+		}
+		list, _ := node.([]any)
+		for _, r := range list {
+			if s, ok := r.(string); ok && s != "" {
+				roles = append(roles, s)
+			}
+		}
+	}
+	slices.Sort(roles)
+	return slices.Compact(roles)
 }
 
 // claimsVerifier is enough of a Verifier for its claims method.
@@ -404,17 +429,25 @@ func TestTokenCacheForgetsRemovedKeys(t *testing.T) {
 func TestTokenCacheBounded(t *testing.T) {
 	c := newTokenCache()
 	now := time.Now()
-	times := timeClaims{exp: now.Add(time.Hour)}
-	claims := &Claims{Subject: "s"}
+	times := timeClaims{exp: now.Add(time.Hour).Unix()}
+	claims := Claims{Subject: "s"}
 	for i := range 3 * tokenCacheMaxEntries {
-		c.put(fmt.Sprintf("tok-%d", i), claims, times, now)
+		c.put(tokenKeyOf(fmt.Sprintf("tok-%d", i)), claims, times, now)
 		if n := c.size(); n > tokenCacheMaxEntries {
 			t.Fatalf("%d entries after %d insertions", n, i+1)
 		}
 	}
-	big := strings.Repeat("x", maxTokenBytes)
-	for i := range 2 * tokenCacheMaxBytes / maxTokenBytes {
-		c.put(fmt.Sprint(i)+big, claims, times, now)
+	// What an entry holds beyond its fixed part are the claims' strings: claims with many
+	// roles fill the byte bound long before the entry bound.
+	big := Claims{Subject: "s", Roles: make([]string, 200)}
+	for i := range big.Roles {
+		big.Roles[i] = fmt.Sprintf("%0100d", i)
+	}
+	if n := entrySize(&big); n < tokenCacheMaxBytes/tokenCacheMaxEntries*4 || n > tokenCacheMaxBytes/64 {
+		t.Fatalf("entrySize(big) = %d: the test needs big entries that are still cached", n)
+	}
+	for i := range 2 * tokenCacheMaxBytes / entrySize(&big) {
+		c.put(tokenKeyOf(fmt.Sprint(i, "big")), big, times, now)
 		c.mu.Lock()
 		b := c.bytes
 		c.mu.Unlock()
@@ -422,16 +455,16 @@ func TestTokenCacheBounded(t *testing.T) {
 			t.Fatalf("%d bytes cached", b)
 		}
 	}
-	if _, ok := c.get("0"+big, now.Add(tokenCacheTTL), 0); ok {
+	if _, ok := c.get(tokenKeyOf("0big"), now.Add(tokenCacheTTL), 0); ok {
 		t.Fatal("an entry outlived tokenCacheTTL")
 	}
 	// Nothing is cached past exp.
 	c.clear()
-	c.put("short", claims, timeClaims{exp: now.Add(10 * time.Second)}, now)
-	if _, ok := c.get("short", now.Add(9*time.Second), 0); !ok {
+	c.put(tokenKeyOf("short"), claims, timeClaims{exp: now.Add(10 * time.Second).Unix()}, now)
+	if _, ok := c.get(tokenKeyOf("short"), now.Add(9*time.Second), 0); !ok {
 		t.Fatal("miss before exp")
 	}
-	if _, ok := c.get("short", now.Add(10*time.Second), time.Minute); ok {
+	if _, ok := c.get(tokenKeyOf("short"), now.Add(10*time.Second), time.Minute); ok {
 		t.Fatal("hit at exp")
 	}
 }

@@ -95,6 +95,11 @@ stop_server
 start_server connect-max
 bench connect --n "$CONNECT_N" --c 64
 stop_server
+# Every connection with a token the server has never seen: each handshake pays a full RS256
+# verification (the verified-token cache cannot help).
+start_server connect-distinct
+bench connect --n "$N" --c 64 --per-user 1
+stop_server
 
 start_server fanout
 bench fanout --n "$N" --messages "$MESSAGES" --size 100 --producers 1 --pin "$SERVER_CPU"

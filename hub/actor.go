@@ -21,38 +21,43 @@ type member struct {
 // and no duplicate (messages at or below the loaded sequence are dropped from pending).
 type sub struct {
 	loading bool
+	gen     uint64 // the load this subscription waits for; answers of older loads are ignored
 	since   *uint64
 	ack     func(latest uint64, recovered bool, err error) []byte
 	pending []*Message
-	// floor is the latest sequence the answer reported: messages at or below it were either
-	// replayed or predate the subscription, yet may still be on their way through the bus. They
-	// are skipped until a newer one arrives or floorUntil passes (a sequence that restarted, after
-	// a Redis restart, must not be held back for long).
-	floor      uint64
-	floorUntil time.Time
-}
-
-// floorGuardFor bounds how long after subscribing older sequence numbers are skipped: the bus
-// delivers in well under this.
-const floorGuardFor = 10 * time.Second
-
-// stale reports whether msg was already covered by the subscription's answer.
-func (s *sub) stale(msg *Message) bool {
-	if s.floor == 0 || msg.Seq == 0 {
-		return false
-	}
-	if msg.Seq > s.floor || time.Now().After(s.floorUntil) {
-		s.floor = 0
-		return false
-	}
-	return true
+	// pos is, on a topic with history, the last sequence this subscriber was given or that its
+	// answer covered (replayed, or older than the subscription). A message at or below it is a
+	// duplicate for this subscriber (still on its way through the bus when the history was read,
+	// or already filled in from the history) and is skipped.
+	pos uint64
 }
 
 // topic is the set of members subscribed to one topic, with a snapshot for delivery.
+//
+// On a topic with history (tracked), the hub also watches the sequence numbers coming off the
+// bus, so that a subscriber never gets a hole: the bus loses what is published while this node's
+// subscription is down (Redis pub/sub keeps nothing for an absent subscriber). See gap.go.
 type topic struct {
 	members map[uint64]*member
 	snap    []*member
 	dirty   bool
+
+	tracked bool // the topic keeps history and there is a bus to read it from
+	// known: seq is meaningful. seq is a lower bound of the pos of every settled subscriber, so
+	// a live message seq+1 leaves no settled subscriber with a gap, and one above it might.
+	known bool
+	seq   uint64
+	// live is the sequence of the last message that came live off the bus (0: none yet). The bus
+	// delivers a topic in increasing order, so one at or below it means the counter restarted.
+	live uint64
+	// While filling, the missed messages after fillSince are being read from the history; live
+	// messages wait in held. again asks for another fill when this one is done (the bus
+	// resubscribed meanwhile, or a subscriber settled below fillSince).
+	filling   bool
+	again     bool
+	fillID    uint64
+	fillSince uint64
+	held      []*Message
 }
 
 func (t *topic) snapshot() []*member {
@@ -94,6 +99,16 @@ type hubActor struct {
 	log                  *slog.Logger
 	total, dropped, slow *metrics.Counter
 	dur                  *metrics.PrometheusHistogram
+	// fills: history fills that completed (filledOK) or could not (fillLost); gapClosed:
+	// connections closed because their subscription missed messages for good.
+	filledOK, fillLost, gapClosed *metrics.Counter
+
+	ids uint64 // source of subscription load generations and fill ids
+}
+
+func (a *hubActor) nextID() uint64 {
+	a.ids++
+	return a.ids
 }
 
 func (a *hubActor) Receive(ctx actor.Context) {
@@ -116,6 +131,10 @@ func (a *hubActor) Receive(ctx actor.Context) {
 		}
 	case *historyLoaded:
 		a.historyLoaded(m)
+	case *resync:
+		a.resync()
+	case *filled:
+		a.filled(m)
 	case *pingAll:
 		for _, mem := range a.snapshot() {
 			mem.conn.Ping()
@@ -183,12 +202,13 @@ func (a *hubActor) enqueue(mem *member, frame []byte) bool {
 }
 
 // deliver sends msg to every connection (no topic) or to the topic's subscribers, encoding it
-// once per codec.
+// once per codec. A message with a sequence on a topic with history passes the topic's gap check
+// first (deliverSeq).
 func (a *hubActor) deliver(msg *Message) {
 	start := time.Now()
 	a.total.Inc()
-	enc := encoder{a: a, msg: msg}
 	if msg.Topic == "" {
+		enc := encoder{a: a, msg: msg}
 		for _, mem := range a.snapshot() {
 			if f := enc.frame(mem.conn.Codec()); f != nil {
 				a.enqueue(mem, f)
@@ -201,13 +221,24 @@ func (a *hubActor) deliver(msg *Message) {
 	if t == nil {
 		return
 	}
+	if t.tracked && msg.Seq != 0 {
+		a.deliverSeq(msg.Topic, t, msg, false)
+	} else {
+		a.fanOut(t, msg)
+	}
+	a.dur.UpdateDuration(start)
+}
+
+// fanOut hands msg to the topic's subscribers: held for those whose history still loads,
+// skipped by those that already have it (a sequence at or below their pos), queued for the
+// others.
+func (a *hubActor) fanOut(t *topic, msg *Message) {
+	enc := encoder{a: a, msg: msg}
+	seq := t.tracked && msg.Seq != 0
 	for _, mem := range t.snapshot() {
 		s := mem.topics[msg.Topic]
 		if s == nil {
 			continue // removed during this delivery
-		}
-		if s.stale(msg) {
-			continue
 		}
 		if s.loading {
 			if len(s.pending) >= a.hub.opts.MaxPending {
@@ -219,11 +250,16 @@ func (a *hubActor) deliver(msg *Message) {
 			s.pending = append(s.pending, msg)
 			continue
 		}
+		if seq {
+			if msg.Seq <= s.pos {
+				continue
+			}
+			s.pos = msg.Seq
+		}
 		if f := enc.frame(mem.conn.Codec()); f != nil {
 			a.enqueue(mem, f)
 		}
 	}
-	a.dur.UpdateDuration(start)
 }
 
 // encoder caches one frame per codec for one message: almost always one or two codecs, so a
@@ -278,30 +314,40 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 		a.enqueue(mem, req.Ack(0, false, ErrTooManyTopics))
 		return
 	}
+	t := a.topics[req.Topic]
 	if !again {
 		s = &sub{}
 		if mem.topics == nil {
 			mem.topics = make(map[string]*sub)
 		}
 		mem.topics[req.Topic] = s
-		t := a.topics[req.Topic]
 		if t == nil {
-			t = &topic{members: make(map[uint64]*member)}
+			t = &topic{
+				members: make(map[uint64]*member),
+				tracked: a.hub.opts.Bus != nil && a.hub.opts.History(req.Topic) > 0,
+			}
 			a.topics[req.Topic] = t
 		}
 		t.members[mem.conn.ID()] = mem
 		t.dirty = true
 	}
 	s.loading, s.since, s.ack, s.pending = true, req.Since, req.Ack, nil
-	if a.hub.opts.Bus == nil || a.hub.opts.History(req.Topic) == 0 {
-		a.settle(mem, s, nil, 0, false) // nothing kept, nothing recovered
+	if !t.tracked {
+		a.settle(req.Topic, mem, s, nil, 0, false) // nothing kept, nothing recovered
 		return
 	}
+	a.load(mem, req.Topic, s)
+}
+
+// load (re)starts the history load of a subscription; the answer of an earlier load, if one is
+// still on its way, is ignored.
+func (a *hubActor) load(mem *member, name string, s *sub) {
+	s.gen = a.nextID()
 	since := uint64(math.MaxUint64) // only the latest sequence is wanted
-	if req.Since != nil {
-		since = *req.Since
+	if s.since != nil {
+		since = *s.since
 	}
-	a.hub.loadHistory(mem.conn.ID(), req.Topic, since)
+	a.hub.loadHistory(mem.conn.ID(), name, since, s.gen)
 }
 
 func (a *hubActor) historyLoaded(h *historyLoaded) {
@@ -310,7 +356,7 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 		return
 	}
 	s, ok := mem.topics[h.topic]
-	if !ok || !s.loading {
+	if !ok || !s.loading || s.gen != h.gen {
 		return
 	}
 	if h.err != nil {
@@ -326,15 +372,17 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 	if s.since != nil && h.complete {
 		msgs, recovered = h.msgs, true
 	}
-	a.settle(mem, s, msgs, h.latest, recovered)
+	a.settle(h.topic, mem, s, msgs, h.latest, recovered)
 }
 
 // settle finishes a subscription: the answer, then the recovered messages, then the live
-// messages held meanwhile that are newer than latest (older ones were in the history).
-func (a *hubActor) settle(mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
+// messages held meanwhile that are newer than latest (older ones were in the history, or predate
+// the subscription). On a topic with history the held messages must follow latest without a
+// gap; one that skips some (the bus lost them while the history loaded) stops there, and the
+// topic fills the rest in from the history.
+func (a *hubActor) settle(name string, mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
 	pending := s.pending
-	s.loading, s.pending = false, nil
-	s.floor, s.floorUntil = latest, time.Now().Add(floorGuardFor)
+	s.loading, s.pending, s.pos = false, nil, latest
 	if !a.enqueue(mem, s.ack(latest, recovered, nil)) {
 		return
 	}
@@ -343,13 +391,26 @@ func (a *hubActor) settle(mem *member, s *sub, history []*Message, latest uint64
 			return
 		}
 	}
+	t := a.topics[name]
+	tracked := t != nil && t.tracked
+	gap := false
 	for _, msg := range pending {
-		if msg.Seq != 0 && msg.Seq <= latest {
-			continue
+		if tracked && msg.Seq != 0 {
+			if msg.Seq <= s.pos {
+				continue
+			}
+			if msg.Seq > s.pos+1 {
+				gap = true
+				break
+			}
+			s.pos = msg.Seq
 		}
 		if !a.enqueueOne(mem, msg) {
 			return
 		}
+	}
+	if tracked {
+		a.settled(name, t, s.pos, gap)
 	}
 }
 

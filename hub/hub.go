@@ -27,6 +27,16 @@ type Bus interface {
 	History(ctx context.Context, topic string, since uint64) (msgs []*Message, latest uint64, complete bool, err error)
 }
 
+// Resubscriber is implemented by a Bus that misses the messages published while its
+// subscription is down (store/bus.Redis: Redis pub/sub keeps nothing for an absent subscriber).
+// Start registers the hub with it, and after every (re)subscription the hub reads back from the
+// history what the subscribers of topics with history missed (see gap.go). f is called before
+// any message received through the new subscription is handed to Deliver, from the same
+// goroutine.
+type Resubscriber interface {
+	OnSubscribed(f func()) (remove func())
+}
+
 // Options configure a Hub.
 type Options struct {
 	PingInterval time.Duration // keepalive pings; 0 disables them
@@ -51,8 +61,14 @@ type Hub struct {
 	active  atomic.Int64
 	stopped atomic.Bool
 	stop    chan struct{}
+	ctx     context.Context // history reads; cancelled by Stop
+	cancel  context.CancelFunc
 	bg      sync.WaitGroup // the ticker and history loads
 	log     *slog.Logger
+	// fillSlots bounds the history fills running at once (a resubscription starts one per
+	// topic with subscribers).
+	fillSlots chan struct{}
+	unhook    func() // removes the hub from the bus's OnSubscribed
 }
 
 // Start spawns the hub actor and its keepalive ticker.
@@ -66,7 +82,9 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 10000
 	}
-	h := &Hub{root: root, opts: opts, stop: make(chan struct{}), log: opts.Logger}
+	h := &Hub{root: root, opts: opts, stop: make(chan struct{}), log: opts.Logger,
+		fillSlots: make(chan struct{}, maxFills), unhook: func() {}}
+	h.ctx, h.cancel = context.WithCancel(context.Background())
 	a := &hubActor{
 		hub:     h,
 		conns:   make(map[uint64]*member),
@@ -76,9 +94,20 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 		dur:     opts.Metrics.GetOrCreatePrometheusHistogram("ws_broadcast_duration_seconds"),
 		dropped: opts.Metrics.GetOrCreateCounter(`ws_broadcast_encode_errors_total`),
 		slow:    opts.Metrics.GetOrCreateCounter("ws_slow_consumer_disconnects_total"),
+
+		filledOK:  opts.Metrics.GetOrCreateCounter(`ws_topic_fills_total{result="recovered"}`),
+		fillLost:  opts.Metrics.GetOrCreateCounter(`ws_topic_fills_total{result="lost"}`),
+		gapClosed: opts.Metrics.GetOrCreateCounter("ws_topic_gap_disconnects_total"),
 	}
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
 	h.pid = root.SpawnPrefix(actor.PropsFromProducer(func() actor.Actor { return a }), "hub")
+	if rs, ok := opts.Bus.(Resubscriber); ok {
+		h.unhook = rs.OnSubscribed(func() {
+			if !h.stopped.Load() {
+				h.root.Send(h.pid, &resync{})
+			}
+		})
+	}
 	if opts.PingInterval > 0 {
 		h.bg.Add(1)
 		go h.tick(opts.PingInterval)
@@ -172,11 +201,13 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 		return 0, nil
 	}
 	close(h.stop)
+	h.unhook()
 	timeout := time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = max(time.Until(dl), time.Millisecond)
 	}
 	res, err := h.root.RequestFuture(h.pid, &closeAll{code: code, reason: reason}, timeout).Result()
+	h.cancel() // history reads still running are of no use now
 	if err != nil {
 		return 0, fmt.Errorf("hub: close connections: %w", err)
 	}
@@ -188,13 +219,54 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 }
 
 // loadHistory fetches a subscription's history off the actor and reports back to it.
-func (h *Hub) loadHistory(id uint64, topic string, since uint64) {
+func (h *Hub) loadHistory(id uint64, topic string, since, gen uint64) {
 	h.bg.Add(1)
 	go func() {
 		defer h.bg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
 		defer cancel()
 		msgs, latest, complete, err := h.opts.Bus.History(ctx, topic, since)
-		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, msgs: msgs, latest: latest, complete: complete, err: err})
+		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, gen: gen, msgs: msgs, latest: latest, complete: complete, err: err})
+	}()
+}
+
+const (
+	historyTimeout = 5 * time.Second
+	// maxFills history fills run at once; the others wait for a slot.
+	maxFills = 8
+)
+
+// fillRetry are the pauses between the attempts of a fill: a fill that fails costs the topic's
+// subscribers their connections, so a passing error is tried again.
+var fillRetry = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond}
+
+// fill reads the history of topic after since for a gap, off the actor, and reports back to it.
+func (h *Hub) fill(topic string, since, id uint64) {
+	h.bg.Add(1)
+	go func() {
+		defer h.bg.Done()
+		select {
+		case h.fillSlots <- struct{}{}:
+		case <-h.stop:
+			return
+		}
+		defer func() { <-h.fillSlots }()
+		res := &filled{topic: topic, id: id, since: since}
+		for attempt := 0; ; attempt++ {
+			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
+			res.msgs, res.latest, res.complete, res.err = h.opts.Bus.History(ctx, topic, since)
+			cancel()
+			if res.err == nil || attempt == len(fillRetry) || errors.Is(res.err, bus.ErrInvalidArgument) {
+				break
+			}
+			t := time.NewTimer(fillRetry[attempt])
+			select {
+			case <-t.C:
+			case <-h.stop:
+				t.Stop()
+				return
+			}
+		}
+		h.root.Send(h.pid, res)
 	}()
 }

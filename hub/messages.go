@@ -16,6 +16,19 @@ type (
 	historyLoaded struct {
 		id       uint64
 		topic    string
+		gen      uint64
+		msgs     []*Message
+		latest   uint64
+		complete bool
+		err      error
+	}
+	// resync: the bus resubscribed; what was published while it was down never came.
+	resync struct{}
+	// filled is the answer to fill: the history of topic after since.
+	filled struct {
+		topic    string
+		id       uint64
+		since    uint64
 		msgs     []*Message
 		latest   uint64
 		complete bool

@@ -1,7 +1,8 @@
 // Package bus carries Switchboard's broadcasts between nodes (Redis pub/sub, one channel per
 // deployment prefix) and keeps each history topic's sequence numbers and last messages, so that
-// every node delivers every broadcast once, in the same order, and a client can catch up after a
-// reconnect; Memory is the same contract for the single-node embedded default.
+// every node delivers every broadcast at most once, in the same order (exactly once while its
+// subscription stays up), and a node or a client can catch up from the history after missing
+// some; Memory is the same contract for the single-node embedded default.
 // Publish assigns a topic's seq, stores the history entry and publishes in one atomic step, so
 // delivery order equals seq order on every node.
 //
@@ -13,11 +14,20 @@
 //   - Redis: its receive goroutine, in the order Redis delivered the messages (seq order per
 //     topic). While deliver runs nothing more is read from Redis, so deliver must return quickly
 //     (hand the message to an actor); a subscriber that falls far behind is disconnected by Redis
-//     (client-output-buffer-limit pubsub) and resubscribes, losing what was in between. A second
-//     goroutine publishes the liveness probe and watches the subscription for silence.
+//     (client-output-buffer-limit pubsub) and resubscribes. A second goroutine publishes the
+//     liveness probe and watches the subscription for silence.
 //   - Memory: its delivery goroutine, fed by an unbounded FIFO queue in publish order, so a
 //     publisher that holds locks deliver also takes cannot deadlock. The queue grows only while
 //     deliver is slower than the publishers.
+//
+// Redis pub/sub keeps nothing for an absent subscriber: whatever is published while a node's
+// subscription is down (connection lost, Redis restarting, the watchdog replacing a silent
+// connection) is never delivered to that node. The Redis bus does not hide this: after every
+// confirmed (re)subscription it calls the functions registered with OnSubscribed, on the receive
+// goroutine and before deliver sees any message received through the new subscription, and a
+// consumer reads the missed messages of history topics back with History (the hub does; see
+// package hub). Messages without history published meanwhile are lost for that node. Memory
+// never misses a message and has no OnSubscribed.
 //
 // A deliver that panics is logged and the message skipped. Messages handed to deliver and
 // returned by History are shared and must be treated as read-only.

@@ -109,6 +109,10 @@ type Redis struct {
 
 	psMu sync.Mutex
 	ps   *redis.PubSub // current subscription; nil = make a new one
+
+	subMu   sync.Mutex
+	onSub   map[uint64]func() // OnSubscribed callbacks
+	onSubID uint64
 }
 
 // NewRedis subscribes to <prefix>bus (prefix "" means "switchboard:") and calls deliver for

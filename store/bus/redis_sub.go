@@ -77,6 +77,7 @@ func (r *Redis) receive() {
 			if v.Channel == r.channel && v.Kind == "subscribe" {
 				backoff = minBackoff
 				r.up()
+				r.subscribedAgain()
 			}
 		case *redis.Message:
 			r.handle(v.Payload)
@@ -96,6 +97,56 @@ func (r *Redis) up() {
 	select {
 	case r.kick <- struct{}{}:
 	default:
+	}
+}
+
+// OnSubscribed registers f, called each time the bus's subscription is confirmed: the first time
+// and after every resubscription (go-redis reconnecting after a connection error, or the watchdog
+// replacing a silent subscription). Redis pub/sub keeps nothing for a subscriber that is away, so
+// the messages published while the subscription was down are never delivered; a consumer that
+// keeps history topics reads them back with History, and f is its cue to do so.
+//
+// f runs on the receive goroutine before deliver sees any message that came through the new
+// subscription, so a consumer that hands both to one queue (an actor's mailbox) sees the
+// notification exactly between the messages received before the outage and those received after.
+// Like deliver, f must return quickly; a panic in it is logged and ignored. Calling the returned
+// function removes f (f may still be running, or about to be called once, when it returns).
+func (r *Redis) OnSubscribed(f func()) (remove func()) {
+	if f == nil {
+		return func() {}
+	}
+	r.subMu.Lock()
+	defer r.subMu.Unlock()
+	if r.onSub == nil {
+		r.onSub = make(map[uint64]func())
+	}
+	r.onSubID++
+	id := r.onSubID
+	r.onSub[id] = f
+	return func() {
+		r.subMu.Lock()
+		defer r.subMu.Unlock()
+		delete(r.onSub, id)
+	}
+}
+
+// subscribedAgain calls the OnSubscribed callbacks, on the receive goroutine.
+func (r *Redis) subscribedAgain() {
+	r.subMu.Lock()
+	fs := make([]func(), 0, len(r.onSub))
+	for _, f := range r.onSub {
+		fs = append(fs, f)
+	}
+	r.subMu.Unlock()
+	for _, f := range fs {
+		func() {
+			defer func() {
+				if v := recover(); v != nil {
+					r.cfg.logger.Error("bus: OnSubscribed callback panicked", "panic", v)
+				}
+			}()
+			f()
+		}()
 	}
 }
 

@@ -282,3 +282,77 @@ func (p *freezeProxy) close() {
 	p.mu.Unlock()
 	p.wg.Wait()
 }
+
+// TestOnSubscribedAfterResubscribe: the OnSubscribed functions run after every resubscription,
+// on the receive goroutine before any message received through the new subscription (a marker
+// handed to the same recorder comes before them); a panicking one does not stop the bus; a
+// removed one is not called again.
+func TestOnSubscribedAfterResubscribe(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c, admin := privateClient(srv), privateClient(srv)
+	rec := &recorder{}
+	const prefix = "sbtest:onsub:"
+	a := newRedisBus(t, c, prefix, "node-a", rec.deliver, WithProbeInterval(testProbe))
+	pub := newRedisBus(t, c, prefix, "node-b", func(*Message) {}, WithProbeInterval(testProbe))
+	var marks atomic.Int64
+	remove := a.OnSubscribed(func() {
+		marks.Add(1)
+		rec.deliver(&Message{PkgID: -1})
+	})
+	removePanic := a.OnSubscribed(func() { panic("callback trouble") })
+	defer removePanic()
+	waitHealthy(t, a, 2*time.Second)
+	waitHealthy(t, pub, 2*time.Second)
+	ctx := context.Background()
+
+	if _, _, err := pub.Publish(ctx, &Message{PkgID: 1, Topic: "dash.o", Data: data(`1`)}, 10); err != nil {
+		t.Fatal(err)
+	}
+	rec.waitLen(t, 1, 5*time.Second)
+	before := marks.Load()
+	if _, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return marks.Load() > before }) {
+		t.Fatal("OnSubscribed not called after the resubscription")
+	}
+	// Whatever was published after the marker arrives after it.
+	if _, _, err := pub.Publish(ctx, &Message{PkgID: 1, Topic: "dash.o", Data: data(`2`)}, 10); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool {
+		got := rec.snapshot()
+		return got[len(got)-1].Seq == 2
+	}) {
+		t.Fatalf("seq 2 not delivered: %+v", rec.snapshot())
+	}
+	got := rec.snapshot()
+	mark := -1
+	for i, m := range got {
+		if m.PkgID == -1 {
+			mark = i
+		}
+	}
+	if mark < 0 || mark > len(got)-2 || got[mark+1].Seq != 2 {
+		t.Fatalf("deliveries %+v: want the marker before seq 2", got)
+	}
+	if msgs, latest, ok, err := a.History(ctx, "dash.o", 0); err != nil || latest != 2 || !ok || len(msgs) != 2 {
+		t.Fatalf("History = %d msgs, latest %d, complete %v, %v", len(msgs), latest, ok, err)
+	}
+
+	remove()
+	after := marks.Load()
+	w := watchHealth(a)
+	if _, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(5*time.Second, func() bool { return w.failed.Load() }) {
+		t.Fatal("the kill was not noticed")
+	}
+	w.end()
+	waitHealthy(t, a, 5*time.Second)
+	deliversAgain(t, pub, rec, "after remove")
+	if marks.Load() != after {
+		t.Fatal("a removed OnSubscribed function was called")
+	}
+}

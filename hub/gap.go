@@ -1,0 +1,208 @@
+package hub
+
+import (
+	"slices"
+)
+
+// Missed messages on topics with history.
+//
+// The bus delivers every message to every node, except while a node's subscription is down:
+// Redis pub/sub keeps nothing for an absent subscriber, so what was published meanwhile never
+// reaches this node. On a topic with history every message carries the topic's sequence and
+// stays in the history for a while, so the hub reads the missed ones back and its subscribers
+// still get every message exactly once and in order:
+//
+//   - A live message more than one past the topic's position (seq) reveals a gap. The topic
+//     fills it: it reads History(topic, seq) off the actor, holds the live messages meanwhile,
+//     then delivers the missing messages and the held ones, each subscriber skipping what it
+//     already has (its pos).
+//   - After the bus resubscribed (Resubscriber), every topic with subscribers fills from its
+//     position even if no later message comes to reveal the gap, and the subscriptions whose
+//     history was still loading load it again (it may have been read before the missed
+//     messages).
+//
+// When the missed messages cannot be read back — no longer kept (trimmed), the history fetch
+// failed (after retries), the topic's sequence restarted (its counter expired, or Redis lost its
+// data), or too many live messages piled up while the history loaded — the subscribers must not
+// be left with a silent hole. The protocol's only way to tell a client that it missed messages
+// is SUBSCRIBE with since answering recovered: false, so the hub closes every connection
+// subscribed to that topic (1013 "missed topic messages", like a slow consumer that the hub
+// cannot keep a gapless stream for). The client reconnects, subscribes with since = the last seq
+// it got, and is told whether the history still covers it (recovered true, with the messages) or
+// not (recovered false: reload). Subscriptions still loading their history are not closed: they
+// load it again, and their answer says what they get. Each such case is logged as a warning and
+// counted in ws_topic_fills_total{result="lost"}, and the connections closed in
+// ws_topic_gap_disconnects_total.
+
+// CloseMissedMessages is the close code for a connection subscribed to a topic whose missed
+// messages could not be read back from its history (1013, try again later; reason "missed topic
+// messages"). The client reconnects and subscribes again with since.
+const CloseMissedMessages = 1013
+
+const closeMissedReason = "missed topic messages"
+
+// deliverSeq delivers a live message of a topic with history, or holds it while the topic's
+// history loads. afterFill is set for the messages held during a fill that completed. It
+// reports whether msg was delivered (false: held, or the topic lost messages and started over).
+func (a *hubActor) deliverSeq(name string, t *topic, msg *Message, afterFill bool) bool {
+	if t.filling {
+		if len(t.held) >= a.hub.opts.MaxPending {
+			a.lose(name, t, "too many live messages held while the history loads", nil)
+			return false
+		}
+		t.held = append(t.held, msg)
+		return false
+	}
+	switch {
+	case !t.known:
+		// The first message since the topic got subscribers, all still loading their history:
+		// their answers settle the seam.
+		t.known, t.seq = true, msg.Seq
+	case t.live != 0 && msg.Seq <= t.live:
+		// The bus delivers a topic in increasing order: the counter restarted.
+		a.lose(name, t, "the topic's sequence restarted", nil)
+		return false
+	case msg.Seq > t.seq+1:
+		a.startFill(name, t)
+		t.held = append(t.held, msg)
+		return false
+	case msg.Seq <= t.seq && t.live == 0 && !afterFill:
+		// Not newer than what every subscriber has, and nothing came live before it: either it
+		// was on its way when a subscriber's history was read (a duplicate), or the counter
+		// restarted after the subscribers' answers. The history tells which.
+		a.startFill(name, t)
+		t.held = append(t.held, msg)
+		return false
+	case msg.Seq == t.seq+1:
+		t.seq = msg.Seq
+	}
+	t.live = msg.Seq
+	a.fanOut(t, msg)
+	return true
+}
+
+// settled records that a subscriber of a topic with history now stands at pos. gap: the live
+// messages held for it skipped some after pos (the bus lost them while its history loaded).
+func (a *hubActor) settled(name string, t *topic, pos uint64, gap bool) {
+	if !t.known {
+		t.known, t.seq = true, pos
+	} else if pos < t.seq {
+		t.seq = pos
+	}
+	switch {
+	case t.filling:
+		if gap || pos < t.fillSince {
+			t.again = true // this fill does not reach back to pos
+		}
+	case gap:
+		a.startFill(name, t)
+	}
+}
+
+// startFill reads the topic's history after its position, off the actor; live messages are
+// held until it is back (filled).
+func (a *hubActor) startFill(name string, t *topic) {
+	t.filling, t.again = true, false
+	t.fillID, t.fillSince = a.nextID(), t.seq
+	a.hub.fill(name, t.seq, t.fillID)
+}
+
+// filled delivers what a fill read, then the live messages held meanwhile.
+func (a *hubActor) filled(f *filled) {
+	t := a.topics[f.topic]
+	if t == nil || !t.filling || t.fillID != f.id {
+		return // the topic lost its subscribers, or started over, meanwhile
+	}
+	t.filling = false
+	switch {
+	case f.err != nil:
+		a.lose(f.topic, t, "the topic's history is unavailable", f.err)
+		return
+	case f.since > f.latest:
+		a.lose(f.topic, t, "the topic's sequence restarted", nil)
+		return
+	case !f.complete:
+		a.lose(f.topic, t, "the missed messages are no longer in the topic's history", nil)
+		return
+	}
+	if t.again || t.seq < f.since {
+		// The bus resubscribed after this read, or a subscriber settled below it: read again
+		// (the held messages stay held).
+		a.startFill(f.topic, t)
+		return
+	}
+	a.filledOK.Inc()
+	for _, msg := range f.msgs {
+		a.fanOut(t, msg)
+	}
+	t.seq = max(t.seq, f.latest)
+	held := t.held
+	t.held = nil
+	for i, msg := range held {
+		if !a.deliverSeq(f.topic, t, msg, true) {
+			if t.filling { // another gap: the rest waits for that fill
+				t.held = append(t.held, held[i+1:]...)
+			}
+			break
+		}
+	}
+}
+
+// resync follows a resubscription of the bus: what was published while it was down never came.
+func (a *hubActor) resync() {
+	for name, t := range a.topics {
+		if !t.tracked {
+			continue
+		}
+		settled := false
+		for _, mem := range t.members {
+			s := mem.topics[name]
+			switch {
+			case s == nil:
+			case s.loading:
+				// Its history may have been read before the missed messages; the held live
+				// messages all predate the new read.
+				s.pending = nil
+				a.load(mem, name, s)
+			default:
+				settled = true
+			}
+		}
+		switch {
+		case t.filling:
+			t.again = true
+		case settled:
+			a.startFill(name, t)
+		}
+	}
+}
+
+// lose handles messages of a topic that this node missed and cannot read back: every settled
+// subscriber is closed (see the comment at the top of this file), every one still loading loads
+// again, and the topic starts over as if new.
+func (a *hubActor) lose(name string, t *topic, why string, err error) {
+	a.fillLost.Inc()
+	closed, reloaded := 0, 0
+	for _, mem := range slices.Clone(t.snapshot()) {
+		s := mem.topics[name]
+		switch {
+		case s == nil:
+		case s.loading:
+			s.pending = nil
+			a.load(mem, name, s)
+			reloaded++
+		default:
+			mem.conn.Close(CloseMissedMessages, closeMissedReason)
+			a.remove(mem)
+			closed++
+		}
+	}
+	a.gapClosed.Add(closed)
+	args := []any{"topic", name, "reason", why, "closed", closed, "reloading", reloaded, "last_seq", t.seq}
+	if err != nil {
+		args = append(args, "err", err)
+	}
+	a.log.Warn("hub: topic messages missed and not recoverable; closing its subscribers so that they recover with since", args...)
+	t.known, t.seq, t.live = false, 0, 0
+	t.filling, t.again, t.held = false, false, nil
+}

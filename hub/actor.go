@@ -137,7 +137,9 @@ func (a *hubActor) Receive(ctx actor.Context) {
 		a.filled(m)
 	case *pingAll:
 		for _, mem := range a.snapshot() {
-			mem.conn.Ping()
+			if mem.conn.ID()%m.of == m.slice {
+				mem.conn.Ping()
+			}
 		}
 	case *closeAll:
 		n := len(a.conns)

@@ -115,16 +115,27 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 	return h
 }
 
+// pingSlice is roughly how often the keepalive ticks: each tick pings the connections of one
+// slice, so that N connections cost N/interval pings per second in small steady batches
+// rather than N writes at once every interval (which a broadcast would wait behind).
+const pingSlice = 100 * time.Millisecond
+
+// pingSlices is how many slices the connections are pinged in over one interval.
+func pingSlices(every time.Duration) int {
+	return int(min(max(every/pingSlice, 1), 256))
+}
+
 func (h *Hub) tick(every time.Duration) {
 	defer h.bg.Done()
-	t := time.NewTicker(every)
+	k := pingSlices(every)
+	t := time.NewTicker(every / time.Duration(k))
 	defer t.Stop()
-	for {
+	for i := 0; ; i = (i + 1) % k {
 		select {
 		case <-h.stop:
 			return
 		case <-t.C:
-			h.root.Send(h.pid, &pingAll{})
+			h.root.Send(h.pid, &pingAll{slice: uint64(i), of: uint64(k)})
 		}
 	}
 }

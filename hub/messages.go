@@ -40,6 +40,6 @@ type (
 		reason string
 	}
 	closedAll struct{ count int }
-	// pingAll is the keepalive tick.
-	pingAll struct{}
+	// pingAll is the keepalive tick: it pings the connections whose ID is slice modulo of.
+	pingAll struct{ slice, of uint64 }
 )

@@ -20,7 +20,7 @@ import (
 	"github.com/lxzan/gws"
 )
 
-// naive is the "naive gws broadcaster": a gws upgrader, a registry, and one goroutine
+// naive is the "naive gws broadcaster" of the performance targets: a gws upgrader, a registry, and one goroutine
 // that writes every broadcast to every connection with one conn.WriteMessage (one write
 // syscall) each. No actors, no auth, no queues per connection: the yardstick Switchboard's
 // fan-out is compared with.

@@ -117,7 +117,7 @@ func switchboardTarget(ctx context.Context, o *options, rep *reporter, n int) (*
 		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producer: bearer(ptok)}, nil
 }
 
-// compare puts the targets on the Switchboard result.
+// compare puts the performance targets on the Switchboard result.
 func compare(o *options, sb, base *result) {
 	clean := sb.Lost == 0 && sb.OutOfOrder == 0 && sb.Duplicated == 0
 	if o.rate == 0 {

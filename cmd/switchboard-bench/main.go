@@ -1,4 +1,4 @@
-// Command switchboard-bench is Switchboard's load tool (issue 6): it opens real WebSocket
+// Command switchboard-bench is Switchboard's load tool: it opens real WebSocket
 // connections to a server on 127.0.0.1 and measures connection setup, broadcast fan-out and
 // request/response, comparing fan-out with a naive gws broadcaster built into the tool.
 //

@@ -60,7 +60,7 @@ type result struct {
 
 	Ratio   float64 `json:"ratio,omitempty"` // against RatioOf
 	RatioOf string  `json:"ratio_of,omitempty"`
-	Goal    string  `json:"goal,omitempty"` // the issue's target for this figure
+	Goal    string  `json:"goal,omitempty"` // the performance target for this figure
 	GoalMet *bool   `json:"goal_met,omitempty"`
 	Limit   string  `json:"limited_by,omitempty"` // best guess at what bounded the figure
 

@@ -11,7 +11,7 @@ const slowMetric = "ws_slow_consumer_disconnects_total"
 
 // runSlow measures the slow-consumer effect on Switchboard: the same fan-out twice, first with
 // every subscriber reading, then with --slow extra connections that never read. The second
-// result carries the ratio of the readers' p99 (issue target: within 10%) and how many slow
+// result carries the ratio of the readers' p99 (target: within 10%) and how many slow
 // connections the server cut off. The baseline is not run: a naive broadcaster blocks on the
 // first full socket, which is the point of the comparison but would only measure the timeout.
 func runSlow(ctx context.Context, o *options, rep *reporter) error {

@@ -1,7 +1,7 @@
 package main
 
 // End-to-end tests of multi-node operation and topic recovery (PROTOCOL.md §1.2, §1.4 pkg_id 10
-// and 11, §2 POST /api/broadcast and /health; docs/protocol.md §8; issue 7):
+// and 11, §2 POST /api/broadcast and /health; docs/protocol.md §8):
 //
 //   - a broadcast posted to one node reaches every subscriber on every node exactly once, in
 //     order, untopiced and on a topic (seq strictly +1), and delivered_to_nodes counts the nodes;

@@ -718,7 +718,7 @@ func TestFacadeAuthorsRoutes(t *testing.T) {
 		})
 
 		t.Run("403 before validation", func(t *testing.T) {
-			// RBAC runs before the schema (PROTOCOL.md §1.3; issue 5: auth → rate limit → RBAC →
+			// RBAC runs before the schema (PROTOCOL.md §1.3; auth → rate limit → RBAC →
 			// handler): a caller without the role gets 403 (and an audit row "permission_denied")
 			// whatever the query or path holds, as {"id": "abc"} over WebSocket gets status 3.
 			c := newFCClient(t, s)

@@ -16,6 +16,7 @@ type Config struct {
 	Addr               string        // SWITCHBOARD_ADDR
 	DatabaseURL        string        // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
 	RedisURL           string        // SWITCHBOARD_REDIS_URL; empty = in-process, single node
+	RedisPrefix        string        // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
 	OIDCIssuer         string        // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
 	OIDCClientID       string        // SWITCHBOARD_OIDC_CLIENT_ID
 	OIDCClientSecret   string        // SWITCHBOARD_OIDC_CLIENT_SECRET
@@ -65,12 +66,31 @@ func Default() Config {
 		MaxRequestBytes:    1 << 20,
 		HandlerPoolSize:    64,
 		HandlerTimeout:     10 * time.Second,
+		RedisPrefix:        DefaultRedisPrefix,
 		DataDir:            "./data",
 		LogLevel:           "info",
 		LogFormat:          "text",
 		DBConnectTimeout:   30 * time.Second,
 		ShutdownTimeout:    15 * time.Second,
 	}
+}
+
+// DefaultRedisPrefix is SWITCHBOARD_REDIS_PREFIX's default. Deployments that share one Redis
+// form one cluster unless each has its own prefix.
+const DefaultRedisPrefix = "switchboard:"
+
+// validRedisPrefix keeps the prefix printable and free of the braces Redis Cluster reads as a
+// hash tag (the keys carry their own).
+func validRedisPrefix(p string) bool {
+	if len(p) == 0 || len(p) > 64 {
+		return false
+	}
+	for _, r := range p {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("_.:-", r)) {
+			return false
+		}
+	}
+	return true
 }
 
 // Database returns the database URL in effect: DatabaseURL, or the SQLite file under DataDir.
@@ -92,6 +112,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.str("SWITCHBOARD_ADDR", &c.Addr)
 	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
 	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
+	p.str("SWITCHBOARD_REDIS_PREFIX", &c.RedisPrefix)
 	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
 	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
 	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
@@ -149,6 +170,9 @@ func (c Config) Validate() error {
 	}
 	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
 		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], got a URL with scheme %q", scheme(c.RedisURL))
+	}
+	if !validRedisPrefix(c.RedisPrefix) {
+		bad("SWITCHBOARD_REDIS_PREFIX", "want 1 to 64 characters of A-Z a-z 0-9 _ . : -, such as %q, got %q", DefaultRedisPrefix, c.RedisPrefix)
 	}
 	if c.OIDCIssuer != "" {
 		if u, err := url.Parse(c.OIDCIssuer); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {

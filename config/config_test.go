@@ -35,6 +35,7 @@ func TestOverrides(t *testing.T) {
 		"SWITCHBOARD_WS_PING_INTERVAL":      "5s",
 		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT": "7",
 		"SWITCHBOARD_DATA_DIR":              "/var/lib/sb",
+		"SWITCHBOARD_REDIS_PREFIX":          "tenant-a:",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +51,23 @@ func TestOverrides(t *testing.T) {
 	}
 	if c.Database() != "postgres://postgres@127.0.0.1:5432/x" {
 		t.Fatalf("database: %s", c.Database())
+	}
+	if c.RedisPrefix != "tenant-a:" || Default().RedisPrefix != DefaultRedisPrefix {
+		t.Fatalf("redis prefix: %q (default %q)", c.RedisPrefix, Default().RedisPrefix)
+	}
+}
+
+func TestRedisPrefixIsChecked(t *testing.T) {
+	for _, bad := range []string{"has space:", "brace{tag}:", strings.Repeat("x", 65)} {
+		_, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_PREFIX": bad}))
+		if err == nil || !strings.Contains(err.Error(), "SWITCHBOARD_REDIS_PREFIX") {
+			t.Errorf("prefix %q: want an error naming SWITCHBOARD_REDIS_PREFIX, got %v", bad, err)
+		}
+	}
+	c := Default()
+	c.RedisPrefix = "" // an unset variable keeps the default; a Config built in code must set one
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "SWITCHBOARD_REDIS_PREFIX") {
+		t.Errorf("empty prefix: got %v", err)
 	}
 }
 

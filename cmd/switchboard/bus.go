@@ -19,7 +19,7 @@ func (a *app) openBus(deliver func(*bus.Message)) error {
 		a.bus = bus.NewMemory(deliver, opts...)
 		return nil
 	}
-	b, err := bus.NewRedis(a.redis, redisKeyPrefix, a.node, deliver, opts...)
+	b, err := bus.NewRedis(a.redis, a.cfg.RedisPrefix, a.node, deliver, opts...)
 	if err != nil {
 		return err
 	}

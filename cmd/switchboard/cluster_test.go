@@ -60,9 +60,9 @@ func clSharedRedis(t testing.TB, tag string, topics ...string) string {
 		defer cancel()
 		var keys []string
 		for _, topic := range topics {
-			keys = append(keys, redisKeyPrefix+"topic:{"+topic+"}:seq", redisKeyPrefix+"topic:{"+topic+"}:hist")
+			keys = append(keys, config.DefaultRedisPrefix+"topic:{"+topic+"}:seq", config.DefaultRedisPrefix+"topic:{"+topic+"}:hist")
 		}
-		iter := c.Scan(ctx, 0, redisKeyPrefix+"*"+tag+"*", 1000).Iterator()
+		iter := c.Scan(ctx, 0, config.DefaultRedisPrefix+"*"+tag+"*", 1000).Iterator()
 		for iter.Next(ctx) {
 			keys = append(keys, iter.Val())
 		}
@@ -460,9 +460,9 @@ func TestClusterBroadcastExactlyOnceInOrder(t *testing.T) {
 		tag := limRandomHex(5)
 		clFanout(t, nodes, tag, "dashboards.cl"+tag, true, false, func(n int) bool { return n == 2 })
 		// Exactly the two nodes listen on the bus: no node subscribed twice.
-		subs, err := rs.Client().PubSubNumSub(context.Background(), redisKeyPrefix+"bus").Result()
-		if err != nil || subs[redisKeyPrefix+"bus"] != 2 {
-			t.Fatalf("PUBSUB NUMSUB %sbus = %v %v, want 2", redisKeyPrefix, subs, err)
+		subs, err := rs.Client().PubSubNumSub(context.Background(), config.DefaultRedisPrefix+"bus").Result()
+		if err != nil || subs[config.DefaultRedisPrefix+"bus"] != 2 {
+			t.Fatalf("PUBSUB NUMSUB %sbus = %v %v, want 2", config.DefaultRedisPrefix, subs, err)
 		}
 	})
 	t.Run("shared-redis", func(t *testing.T) {
@@ -548,9 +548,9 @@ func (r *clOutageRig) exactRound(phase string, n int) {
 		clExpectUntopicedRun(t, c, phase+": "+r.whos[i], run, n)
 		clExpectQuiet(t, c, phase+": "+r.whos[i], false)
 	}
-	subs, err := r.admin.PubSubNumSub(context.Background(), redisKeyPrefix+"bus").Result()
-	if err != nil || subs[redisKeyPrefix+"bus"] != 2 {
-		t.Fatalf("%s: PUBSUB NUMSUB %sbus = %v %v, want 2 (one subscription per node)", phase, redisKeyPrefix, subs, err)
+	subs, err := r.admin.PubSubNumSub(context.Background(), config.DefaultRedisPrefix+"bus").Result()
+	if err != nil || subs[config.DefaultRedisPrefix+"bus"] != 2 {
+		t.Fatalf("%s: PUBSUB NUMSUB %sbus = %v %v, want 2 (one subscription per node)", phase, config.DefaultRedisPrefix, subs, err)
 	}
 }
 
@@ -940,5 +940,63 @@ func TestClusterAuthorEventsAcrossNodes(t *testing.T) {
 	// Nobody but the server publishes on authors.
 	if status, _, raw, err := clPost(a, a.token(t, "cl-producer-"+tag, "broadcast"), map[string]any{"pkg_id": 3, "topic": "authors", "data": map[string]any{}}); err != nil || status != http.StatusForbidden {
 		t.Fatalf("POST /api/broadcast on authors: %d %s %v, want 403", status, raw, err)
+	}
+}
+
+// TestClusterRedisPrefixSeparatesDeployments: two nodes on one Redis with different
+// SWITCHBOARD_REDIS_PREFIX values are two deployments — a broadcast on one reaches only its
+// own node and its own clients, and every key each writes starts with its prefix.
+func TestClusterRedisPrefixSeparatesDeployments(t *testing.T) {
+	url := redistest.URL(t)
+	admin := redistest.Client(t)
+	tag := fmt.Sprintf("sbpfx%x", time.Now().UnixNano())
+	prefixes := []string{tag + "-a:", tag + "-b:"}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		iter := admin.Scan(ctx, 0, tag+"*", 1000).Iterator()
+		var keys []string
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		if len(keys) > 0 {
+			if err := admin.Del(ctx, keys...).Err(); err != nil {
+				t.Errorf("delete the test's keys: %v", err)
+			}
+		}
+	})
+	shared := t.TempDir()
+	nodes := make([]*testServer, 2)
+	for i := range nodes {
+		db := "sqlite://" + t.TempDir() + "/switchboard.db"
+		nodes[i] = startServer(t, func(c *config.Config) {
+			c.DataDir, c.DatabaseURL, c.RedisURL, c.RedisPrefix = shared, db, url, prefixes[i]
+		})
+	}
+	clWaitHealth(t, clWait, "start", http.StatusOK, "healthy", nodes...)
+	token := nodes[0].token(t, "pfx-"+tag, "broadcast")
+	a, b := nodes[0].dial(t, token), nodes[1].dial(t, token)
+	run := tag
+	for i, s := range nodes {
+		if n := clMustPost(t, s, token, clBroadcastBody("", run, uint64(i))); n != 1 {
+			t.Fatalf("node %d: delivered_to_nodes = %d, want 1 (the other prefix is another deployment)", i, n)
+		}
+	}
+	for i, c := range []*wsClient{a, b} {
+		e, ok := clTryNext(t, c, clWait)
+		if !ok || !clIsBroadcast(e) || clDataOf(t, e).N != uint64(i) {
+			t.Fatalf("node %d's client: got %+v (ok %v), want its own node's broadcast %d", i, e, ok, i)
+		}
+		if e, ok := clTryNext(t, c, 500*time.Millisecond); ok {
+			t.Fatalf("node %d's client got a second frame %+v: the other deployment's broadcast crossed", i, e)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range prefixes {
+		n, err := admin.PubSubNumSub(ctx, p+"bus").Result()
+		if err != nil || n[p+"bus"] != 1 {
+			t.Fatalf("PUBSUB NUMSUB %sbus = %v %v, want 1", p, n, err)
+		}
 	}
 }

@@ -16,12 +16,10 @@ import (
 	"switchboard/transport"
 )
 
-// redisKeyPrefix namespaces every key Switchboard writes (sessions excepted: PROTOCOL names them).
-const redisKeyPrefix = "switchboard:"
-
 // openLimits builds the rate limiter and the connection counter: in Redis (failing open, so a
 // Redis outage never takes the service down) when SWITCHBOARD_REDIS_URL is set, in-process
-// otherwise. The server starts while Redis is down; go-redis connects as soon as it answers.
+// otherwise. Their keys, like the bus's, start with SWITCHBOARD_REDIS_PREFIX (sessions excepted:
+// PROTOCOL names them). The server starts while Redis is down; go-redis connects as soon as it answers.
 func (a *app) openLimits() error {
 	if a.cfg.RedisURL == "" {
 		a.limiter = limits.NewMemoryRateLimiter()
@@ -37,8 +35,8 @@ func (a *app) openLimits() error {
 	opt.MaxRetries = 1
 	a.redis = redis.NewClient(opt)
 	lopts := []limits.Option{limits.WithFailOpen(true), limits.WithLogger(a.log), limits.WithMetrics(a.metrics)}
-	a.limiter = limits.NewRedisRateLimiter(a.redis, redisKeyPrefix, lopts...)
-	cc := limits.NewRedisConnCounter(a.redis, redisKeyPrefix, a.node, lopts...)
+	a.limiter = limits.NewRedisRateLimiter(a.redis, a.cfg.RedisPrefix, lopts...)
+	cc := limits.NewRedisConnCounter(a.redis, a.cfg.RedisPrefix, a.node, lopts...)
 	cc.Start(context.Background())
 	a.conns, a.stopConns = cc, cc.Close
 	return nil

@@ -30,8 +30,8 @@ import (
 	"switchboard/store/redistest"
 )
 
-// limKeyPrefix is the server's fixed key prefix (redisKeyPrefix in limits.go).
-const limKeyPrefix = redisKeyPrefix
+// limKeyPrefix is the server's default key prefix (SWITCHBOARD_REDIS_PREFIX).
+const limKeyPrefix = config.DefaultRedisPrefix
 
 // limRedis is a test's view of the shared Redis: its URL for the server, a client for checks,
 // and a random tag that every user name of the test carries, so the test's keys can be found

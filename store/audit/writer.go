@@ -82,7 +82,11 @@ type Writer struct {
 	// so a dead database under heavy traffic does not flood the log.
 	lastFailLog    time.Time
 	failsSinceLast int
+	query          []byte // the INSERT's text, reused by the next batch
 }
+
+// maxKeptQuery bounds the INSERT buffer the writer keeps between batches.
+const maxKeptQuery = 1 << 20
 
 // NewWriter starts a Writer over db. Close it before closing db.
 func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
@@ -300,7 +304,16 @@ func (w *Writer) flush(parent context.Context, batch []Entry) error {
 	ctx, cancel := context.WithTimeout(parent, w.cfg.WriteTimeout)
 	defer cancel()
 	// RETURNING NULL: the ids are not needed, and scanning them back costs a round of work.
-	_, err := w.db.Bun.NewInsert().Model(&batch).Returning("NULL").Exec(ctx)
+	// The statement is built in a buffer kept between batches: built afresh, its text (all the
+	// batch's request data, quoted) grows by doubling, several times the final size in garbage.
+	q := w.db.Bun.NewInsert().Model(&batch).Returning("NULL")
+	query, err := q.AppendQuery(w.db.Bun.QueryGen(), w.query[:0])
+	if err == nil {
+		_, err = w.db.Bun.ExecContext(ctx, string(query))
+		if cap(query) <= maxKeptQuery {
+			w.query = query
+		}
+	}
 	if err != nil {
 		err = fmt.Errorf("%w: insert %d audit entries: %w", store.ErrDatabase, len(batch), err)
 		w.dropped.Add(len(batch))

@@ -4,16 +4,19 @@ import (
 	"encoding/json"
 	"strconv"
 
+	"github.com/lxzan/gws"
+
 	"switchboard/actors"
 	"switchboard/hub"
 )
 
 // WebSocket opcodes the writer frames itself.
 const (
-	opText  = 0x1
-	opClose = 0x8
-	opPing  = 0x9
-	opPong  = 0xA
+	opText   = 0x1
+	opBinary = 0x2
+	opClose  = 0x8
+	opPing   = 0x9
+	opPong   = 0xA
 )
 
 // maxHeader is the longest server frame header (no mask): 2 + 8 bytes.
@@ -57,10 +60,46 @@ func controlFrame(opcode byte, payload []byte) []byte {
 	return append([]byte{0x80 | opcode, byte(len(payload))}, payload...)
 }
 
+// wireCodec is a connection's frame format, chosen by the handshake's format parameter
+// (PROTOCOL.md §1.1): how its data frames are decoded and answers and broadcasts encoded.
+// Implementations are stateless comparable values, the same for every connection of a format,
+// so the hub, which encodes a broadcast once per distinct hub.Codec, encodes it once per format.
+type wireCodec interface {
+	hub.Codec
+	// EncodeResponse turns an answer into one complete server frame.
+	EncodeResponse(*actors.Response) ([]byte, error)
+	// decode turns an inbound data frame into a Request, or into the status-2 answer the client
+	// gets instead. It copies what it keeps (gws reuses frame buffers) and never panics.
+	decode(frame []byte) (*actors.Request, *actors.Response)
+	// opcode is the data frame opcode the format accepts; a frame of the other one closes the
+	// connection with 1003 and refusal as the reason.
+	opcode() gws.Opcode
+	refusal() string
+}
+
+// codecFor returns the codec of a handshake's format parameter ("" is json).
+func codecFor(format string) (wireCodec, bool) {
+	switch format {
+	case "", "json":
+		return jsonCodec{}, true
+	case "protobuf":
+		return protoCodec{}, true
+	}
+	return nil, false
+}
+
 // jsonCodec encodes envelopes as JSON text frames (PROTOCOL.md §1.2). It is stateless.
 type jsonCodec struct{}
 
-var _ hub.Codec = jsonCodec{}
+var _ wireCodec = jsonCodec{}
+
+func (jsonCodec) decode(frame []byte) (*actors.Request, *actors.Response) {
+	return decodeEnvelope(frame)
+}
+
+func (jsonCodec) opcode() gws.Opcode { return gws.OpcodeText }
+
+func (jsonCodec) refusal() string { return "binary frames are not accepted on a json connection" }
 
 func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	var data []byte

@@ -115,8 +115,10 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http", user.ID, s.cfg.RatePerMinute) {
 		return
 	}
-	if f := r.URL.Query().Get("format"); f != "" && f != "json" {
-		writeDetail(w, http.StatusBadRequest, "Unsupported format "+quoteShort(f)+": use json")
+	format := r.URL.Query().Get("format")
+	codec, ok := codecFor(format)
+	if !ok {
+		writeDetail(w, http.StatusBadRequest, "Unsupported format "+quoteShort(format)+": use json or protobuf")
 		return
 	}
 	s.mu.Lock()
@@ -134,7 +136,7 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
-	c := s.newConn(socket, user)
+	c := s.newConn(socket, user, codec)
 	c.remote, c.userAgent = clientIP(r), r.UserAgent()
 	socket.Session().(*connSession).c = c
 	// The limit is checked after the upgrade so the client learns why with a close code.
@@ -157,13 +159,14 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go socket.ReadLoop()
 }
 
-func (s *WSServer) newConn(socket *gws.Conn, user *actors.User) *wsConn {
+func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec) *wsConn {
 	id := s.nextID.Add(1)
 	c := &wsConn{
 		id:       id,
 		ws:       socket,
 		raw:      socket.NetConn(),
 		fl:       s.flushers.forConn(id),
+		codec:    codec,
 		budget:   s.cfg.SendQueueBytes,
 		wt:       s.cfg.WriteTimeout,
 		m:        s.m,
@@ -276,12 +279,13 @@ func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
 	e.keepAlive(socket)
 	c := conn(socket)
-	if msg.Opcode != gws.OpcodeText {
-		c.Close(CloseUnsupportedData, "binary frames are not accepted on a json connection")
+	codec := c.wire()
+	if msg.Opcode != codec.opcode() {
+		c.Close(CloseUnsupportedData, codec.refusal())
 		return
 	}
 	e.s.m.received.Inc()
-	req, bad := decodeEnvelope(msg.Bytes())
+	req, bad := codec.decode(msg.Bytes())
 	if !c.acquire() {
 		return
 	}

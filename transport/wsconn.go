@@ -43,7 +43,7 @@ type wsConn struct {
 	raw    net.Conn
 	rc     syscall.RawConn // for non-blocking writes; nil: always write from a drain goroutine
 	fl     *flusher
-	codec  jsonCodec
+	codec  hub.Codec // the connection's wireCodec; see Codec
 	budget int
 	wt     time.Duration // write timeout of one flush
 	m      *wsMetrics
@@ -83,11 +83,21 @@ var (
 	_ actors.Socket = (*wsConn)(nil)
 )
 
-func (c *wsConn) ID() uint64       { return c.id }
+func (c *wsConn) ID() uint64 { return c.id }
+
+// Codec returns the connection's frame codec (hub.Conn). It is kept as the hub's interface
+// because the hub asks for it once per delivery: this way that is a plain load, not an
+// interface-to-interface conversion. The read and answer paths reach the rest of the format
+// through wire.
 func (c *wsConn) Codec() hub.Codec { return c.codec }
 
+// wire is the connection's codec as the transport uses it; newConn only sets wireCodecs.
+func (c *wsConn) wire() wireCodec { return c.codec.(wireCodec) }
+
 // EncodeResponse encodes an answer in the connection's codec (actors.Socket).
-func (c *wsConn) EncodeResponse(r *actors.Response) ([]byte, error) { return c.codec.EncodeResponse(r) }
+func (c *wsConn) EncodeResponse(r *actors.Response) ([]byte, error) {
+	return c.wire().EncodeResponse(r)
+}
 
 // Send queues a frame addressed to this connection only (a response).
 func (c *wsConn) Send(frame []byte) bool { return c.Enqueue(frame) }

@@ -50,11 +50,12 @@ type WSConfig struct {
 // WSServer serves GET /web: it authenticates the handshake, upgrades with gws and runs each
 // socket's read loop.
 type WSServer struct {
-	cfg      WSConfig
-	upgrader *gws.Upgrader
-	m        *wsMetrics
-	nextID   atomic.Uint64
-	flushers flushers
+	cfg          WSConfig
+	upgrader     *gws.Upgrader
+	m            *wsMetrics
+	nextID       atomic.Uint64
+	flushers     flushers
+	stopFlushers sync.Once
 	// connProps spawns every connection actor; they share its dependencies.
 	connProps *actor.Props
 	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
@@ -229,9 +230,12 @@ func (s *WSServer) Wait(ctx context.Context) error {
 	go func() { s.conns.Wait(); close(done) }()
 	select {
 	case <-done:
-		s.flushers.close()
+		s.stopFlushers.Do(s.flushers.close)
 		return nil
 	case <-ctx.Done():
+		// Sockets still open past the deadline get no more writes: the process is going away,
+		// and a server stopped in a test must not leave the flushers running.
+		s.stopFlushers.Do(s.flushers.close)
 		return ctx.Err()
 	}
 }

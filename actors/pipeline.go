@@ -89,12 +89,13 @@ func (p *Pipeline) Policy() *Policy { return p.cfg.Policy }
 // Handle answers req. ctx bounds the whole call; the handler gets at most the configured timeout.
 func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	start := time.Now()
+	var decoded any // req.Data as schema validation decoded it
 	defer func() {
 		if req.Transport != "ws" {
 			return // the HTTP façade logs and measures its requests itself
 		}
 		p.duration(req.PkgID).UpdateDuration(start)
-		p.audit(req, resp, start)
+		p.audit(req, resp, start, decoded)
 		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
 			user := ""
 			if req.User != nil {
@@ -122,9 +123,11 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	if !listed || len(missing) > 0 || req.User == nil {
 		return p.fail(req, &Failure{Status: StatusPermissionDenied, Msg: "Permission denied", Kind: ErrDenied, Data: missingData(missing)})
 	}
-	if errs := validate(rt.schema, req.Data); len(errs) > 0 {
+	value, errs := validateDecoded(rt.schema, req.Data)
+	if len(errs) > 0 {
 		return p.fail(req, Invalid(errs...))
 	}
+	decoded = value // the audit record redacts it; the handler decodes req.Data itself
 	return p.run(ctx, rt, req)
 }
 
@@ -188,7 +191,7 @@ func durationSeries(label string) string {
 }
 
 // audit records a WebSocket request (the writer redacts the data and never blocks).
-func (p *Pipeline) audit(req *Request, resp *Response, start time.Time) {
+func (p *Pipeline) audit(req *Request, resp *Response, start time.Time, decoded any) {
 	if p.cfg.Auditor == nil || req.User == nil {
 		return
 	}
@@ -196,7 +199,7 @@ func (p *Pipeline) audit(req *Request, resp *Response, start time.Time) {
 		Timestamp: start, UserID: req.User.ID, Username: req.User.Name, UserRoles: req.User.Roles,
 		ActionType: p.cfg.Registry.Name(req.PkgID), Resource: p.cfg.Registry.Resource(req.PkgID),
 		Outcome: OutcomeOf(resp.Status), IPAddress: req.Remote, UserAgent: req.UserAgent, RequestID: req.ReqID,
-		RequestData: req.Data, ResponseStatus: int(resp.Status),
+		RequestData: req.Data, RequestValue: decoded, ResponseStatus: int(resp.Status),
 		DurationMS: float64(time.Since(start).Microseconds()) / 1000,
 	}
 	if resp.Msg != "" {

@@ -14,15 +14,20 @@ type auditRecord struct {
 	start time.Time
 	route routeAudit
 	data  json.RawMessage
+	value any // data decoded while validating it, or nil
 	msg   string
 }
 
 type auditKey struct{}
 
 // noteData records the request data of the call (redacted by the writer).
-func noteData(r *http.Request, data json.RawMessage) {
+func noteData(r *http.Request, data json.RawMessage) { noteDecoded(r, data, nil) }
+
+// noteDecoded records the request data together with its decoded form (from validation), which
+// the writer redacts instead of decoding data again.
+func noteDecoded(r *http.Request, data json.RawMessage, value any) {
 	if rec, ok := r.Context().Value(auditKey{}).(*auditRecord); ok {
-		rec.data = data
+		rec.data, rec.value = data, value
 	}
 }
 
@@ -53,7 +58,7 @@ func (a *api) record(r *http.Request, u *actors.User, rec *auditRecord, sw *stat
 		Timestamp: rec.start, UserID: u.ID, Username: u.Name, UserRoles: u.Roles,
 		ActionType: rec.route.action, Resource: rec.route.resource, Outcome: outcome,
 		IPAddress: clientIP(r), UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Correlation-ID"),
-		RequestData: rec.data, ResponseStatus: status,
+		RequestData: rec.data, RequestValue: rec.value, ResponseStatus: status,
 		DurationMS: float64(time.Since(rec.start).Microseconds()) / 1000,
 	}
 	if status >= 400 {

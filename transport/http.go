@@ -155,25 +155,32 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 
 // readBody reads a JSON object body under the size limit, answering 413 or 422 itself.
 func (a *api) readBody(w http.ResponseWriter, r *http.Request, schema *actors.Schema) (json.RawMessage, bool) {
+	body, _, ok := a.readBodyDecoded(w, r, schema)
+	return body, ok
+}
+
+// readBodyDecoded is readBody that also returns the body as validation decoded it.
+func (a *api) readBodyDecoded(w http.ResponseWriter, r *http.Request, schema *actors.Schema) (json.RawMessage, any, bool) {
 	body, err := readLimited(w, r, a.cfg.MaxRequestBytes)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeDetail(w, http.StatusRequestEntityTooLarge, "Request body too large")
-			return nil, false
+			return nil, nil, false
 		}
 		writeDetail(w, http.StatusBadRequest, "Could not read the request body")
-		return nil, false
+		return nil, nil, false
 	}
 	if !json.Valid(body) {
 		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "body is not valid JSON"}})
-		return nil, false
+		return nil, nil, false
 	}
-	if errs := schema.Validate(body); len(errs) > 0 {
+	value, errs := schema.ValidateDecoded(body)
+	if len(errs) > 0 {
 		writeInvalid(w, errs)
-		return nil, false
+		return nil, nil, false
 	}
-	return body, true
+	return body, value, true
 }
 
 func writeInvalid(w http.ResponseWriter, errs []actors.FieldError) {
@@ -186,11 +193,11 @@ const broadcastSchema = `{"type":"object","required":["pkg_id"],"properties":{
 	"topic":` + actors.TopicSchema + `}}`
 
 func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) {
-	body, ok := a.readBody(w, r, a.broadcastSchema)
+	body, value, ok := a.readBodyDecoded(w, r, a.broadcastSchema)
 	if !ok {
 		return
 	}
-	noteData(r, body)
+	noteDecoded(r, body, value)
 	var msg hub.Message
 	if err := json.Unmarshal(body, &msg); err != nil {
 		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})

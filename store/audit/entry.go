@@ -33,6 +33,11 @@ type Entry struct {
 	ResponseStatus int             `bun:"response_status,notnull" json:"response_status"`
 	ErrorMessage   *string         `bun:"error_message" json:"error_message"`
 	DurationMS     float64         `bun:"duration_ms,notnull" json:"duration_ms"`
+
+	// RequestValue is RequestData already decoded (objects as map[string]any, numbers as
+	// json.Number), when the caller has it from validating the request: Record then redacts
+	// it, in place, instead of decoding RequestData a second time. Never stored.
+	RequestValue any `bun:"-" json:"-"`
 }
 
 // validOutcome reports whether s is one of the Outcome constants.

@@ -94,6 +94,31 @@ func Redact(data []byte) (out json.RawMessage) {
 	return buf
 }
 
+// RedactDecoded is Redact for data that the caller already decoded into v (objects as
+// map[string]any, numbers as json.Number, as Redact's own decoding gives): the result is the
+// same, and v is redacted in place. A nil v (nothing decoded, or the JSON null) is Redact(data).
+func RedactDecoded(data []byte, v any) (out json.RawMessage) {
+	if v == nil {
+		return Redact(data)
+	}
+	defer func() {
+		if recover() != nil {
+			out = quoted(Unparseable)
+		}
+	}()
+	if len(data) > MaxRedactInput {
+		return truncated(len(data))
+	}
+	buf, err := marshal(redactValue(v))
+	if err != nil {
+		return quoted(Unparseable)
+	}
+	if len(buf) > MaxRedactedBytes {
+		return truncated(len(data))
+	}
+	return buf
+}
+
 // redactValue walks a decoded document in place.
 func redactValue(v any) any {
 	switch x := v.(type) {

@@ -151,7 +151,7 @@ func (w *Writer) prepare(e Entry) Entry {
 		e.Timestamp = time.Now()
 	}
 	e.Timestamp = e.Timestamp.UTC().Truncate(time.Microsecond)
-	e.RequestData = Redact(e.RequestData)
+	e.RequestData, e.RequestValue = RedactDecoded(e.RequestData, e.RequestValue), nil
 	if e.UserRoles == nil {
 		e.UserRoles = []string{}
 	} else {

@@ -523,43 +523,6 @@ func (s *logBuffer) String() string {
 	return s.b.String()
 }
 
-// startServerLogged is startServer with the server's logs going to log.
-func startServerLogged(t testing.TB, edit func(*config.Config), log *slog.Logger) *testServer {
-	t.Helper()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Addr = "127.0.0.1:0"
-	cfg.ShutdownTimeout = 10 * time.Second
-	if edit != nil {
-		edit(&cfg)
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatalf("test config: %v", err)
-	}
-	a, err := newApp(context.Background(), cfg, log)
-	if err != nil {
-		t.Fatalf("newApp: %v", err)
-	}
-	ln, err := net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &testServer{cfg: cfg, app: a, base: "http://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
-	if cfg.DevIssuer() {
-		if s.dev, err = auth.OpenDevIssuer(cfg.DataDir); err != nil {
-			t.Fatal(err)
-		}
-	}
-	go func() { s.done <- a.serve(ctx, ln) }()
-	t.Cleanup(func() {
-		if err := s.stop(); err != nil {
-			t.Errorf("server stop: %v", err)
-		}
-	})
-	return s
-}
-
 func TestAuthTokenNeverLogged(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		t.Run(format, func(t *testing.T) {

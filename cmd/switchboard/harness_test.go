@@ -39,6 +39,12 @@ type testServer struct {
 // cleanup (or earlier with stop).
 func startServer(t testing.TB, edit func(*config.Config)) *testServer {
 	t.Helper()
+	return startServerLogged(t, edit, testLogger(t))
+}
+
+// startServerLogged is startServer with the server's logs going to log.
+func startServerLogged(t testing.TB, edit func(*config.Config), log *slog.Logger) *testServer {
+	t.Helper()
 	cfg := config.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.Addr = "127.0.0.1:0"
@@ -49,7 +55,7 @@ func startServer(t testing.TB, edit func(*config.Config)) *testServer {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
-	a, err := newApp(context.Background(), cfg, testLogger(t))
+	a, err := newApp(context.Background(), cfg, log)
 	if err != nil {
 		t.Fatalf("newApp: %v", err)
 	}

@@ -5,14 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/VictoriaMetrics/metrics"
 
 	"switchboard/hub"
 )
@@ -168,24 +165,8 @@ type gapEnv struct {
 func newGapEnv(t *testing.T, keep int) *gapEnv {
 	t.Helper()
 	b := newGapBus()
-	e := &env{t: t, system: newSystem(), metrics: metrics.NewSet()}
-	e.hub = hub.Start(e.system.Root, hub.Options{
-		Bus:     b,
-		History: func(string) int { return keep },
-		Logger:  slog.New(slog.DiscardHandler),
-		Metrics: e.metrics,
-	})
+	e := newEnvWith(t, hub.Options{Bus: b, History: func(string) int { return keep }})
 	b.hub = e.hub
-	t.Cleanup(func() {
-		if !e.stopped {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if _, err := e.hub.Stop(ctx, 1001, "test over"); err != nil {
-				t.Errorf("hub stop at cleanup: %v", err)
-			}
-		}
-		e.system.Shutdown()
-	})
 	return &gapEnv{env: e, bus: b}
 }
 

@@ -119,12 +119,16 @@ type env struct {
 
 func newEnv(t *testing.T, ping time.Duration) *env {
 	t.Helper()
+	return newEnvWith(t, hub.Options{PingInterval: ping})
+}
+
+// newEnvWith starts a hub with opts (Logger and Metrics are the env's) and stops it at cleanup
+// unless the test did.
+func newEnvWith(t *testing.T, opts hub.Options) *env {
+	t.Helper()
 	e := &env{t: t, system: newSystem(), metrics: metrics.NewSet()}
-	e.hub = hub.Start(e.system.Root, hub.Options{
-		PingInterval: ping,
-		Logger:       slog.New(slog.DiscardHandler),
-		Metrics:      e.metrics,
-	})
+	opts.Logger, opts.Metrics = slog.New(slog.DiscardHandler), e.metrics
+	e.hub = hub.Start(e.system.Root, opts)
 	t.Cleanup(func() {
 		if !e.stopped {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

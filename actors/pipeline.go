@@ -123,11 +123,13 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	if !listed || len(missing) > 0 || req.User == nil {
 		return p.fail(req, &Failure{Status: StatusPermissionDenied, Msg: "Permission denied", Kind: ErrDenied, Data: missingData(missing)})
 	}
-	value, errs := validateDecoded(rt.schema, req.Data)
+	var errs []FieldError
+	// The audit record redacts the decoded document, valid or not; the handler decodes
+	// req.Data itself.
+	decoded, errs = validateDecoded(rt.schema, req.Data)
 	if len(errs) > 0 {
 		return p.fail(req, Invalid(errs...))
 	}
-	decoded = value // the audit record redacts it; the handler decodes req.Data itself
 	return p.run(ctx, rt, req)
 }
 

@@ -140,17 +140,13 @@ func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []Field
 	if err != nil {
 		return nil, []FieldError{{Path: "/", Message: "not valid JSON"}}
 	}
-	return inst, check(sch, inst)
-}
-
-func check(sch *jsonschema.Schema, inst any) []FieldError {
-	err := sch.Validate(inst)
+	err = sch.Validate(inst)
 	if err == nil {
-		return nil
+		return inst, nil
 	}
 	var ve *jsonschema.ValidationError
 	if !errors.As(err, &ve) {
-		return []FieldError{{Path: "/", Message: err.Error()}}
+		return inst, []FieldError{{Path: "/", Message: err.Error()}}
 	}
 	var out []FieldError
 	var walk func(e *jsonschema.ValidationError)
@@ -164,7 +160,7 @@ func check(sch *jsonschema.Schema, inst any) []FieldError {
 		}
 	}
 	walk(ve)
-	return out
+	return inst, out
 }
 
 func pointer(tokens []string) string {

@@ -228,16 +228,16 @@ func (s *WSServer) BeginShutdown() {
 func (s *WSServer) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { s.conns.Wait(); close(done) }()
+	var err error
 	select {
 	case <-done:
-		s.stopFlushers.Do(s.flushers.close)
-		return nil
 	case <-ctx.Done():
 		// Sockets still open past the deadline get no more writes: the process is going away,
 		// and a server stopped in a test must not leave the flushers running.
-		s.stopFlushers.Do(s.flushers.close)
-		return ctx.Err()
+		err = ctx.Err()
 	}
+	s.stopFlushers.Do(s.flushers.close)
+	return err
 }
 
 // wsEvents receives gws's callbacks on each socket's read goroutine.

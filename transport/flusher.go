@@ -47,10 +47,13 @@ func (f *flusher) run() {
 	defer close(f.done)
 	var batch []*wsConn
 	for {
+		stopping := false
 		select {
 		case <-f.wake:
 		case <-f.stop:
-			return
+			// Connections still listed get one last turn: a closing one hands its close
+			// frame to a drain goroutine, which closes the socket.
+			stopping = true
 		}
 		for {
 			f.mu.Lock()
@@ -60,15 +63,24 @@ func (f *flusher) run() {
 				break
 			}
 			for i, c := range batch {
-				c.flush(f.w)
+				flushOne(c, f.w)
 				batch[i] = nil
 			}
+		}
+		if stopping {
+			return
 		}
 	}
 }
 
-// close stops the flusher and waits for it. Connections still on its list are not written:
-// the server only stops its flushers after every socket has closed.
+// flushOne flushes c; a panic on its write path drops that connection alone.
+func flushOne(c *wsConn, w *nbWriter) {
+	defer c.recoverWrite()
+	c.flush(w)
+}
+
+// close stops the flusher and waits for it. Connections still on its list get one last
+// non-blocking flush; the server only stops its flushers once every read loop has ended.
 func (f *flusher) close() {
 	close(f.stop)
 	<-f.done
@@ -172,16 +184,17 @@ func (w *nbWriter) write(fd uintptr) bool {
 	return true
 }
 
-// unwritten returns the part of bufs after the first n bytes (frames are never modified; the
-// first may be resliced).
-func unwritten(bufs [][]byte, n int) [][]byte {
+// unwritten returns the part of bufs after the first n bytes, and whether its first element
+// is the rest of a frame already partly written (frames are never modified; the first may be
+// resliced).
+func unwritten(bufs [][]byte, n int) (rest [][]byte, partial bool) {
 	for i, b := range bufs {
 		if n < len(b) {
-			rest := make([][]byte, 0, len(bufs)-i)
+			rest = make([][]byte, 0, len(bufs)-i)
 			rest = append(rest, b[n:])
-			return append(rest, bufs[i+1:]...)
+			return append(rest, bufs[i+1:]...), n > 0
 		}
 		n -= len(b)
 	}
-	return nil
+	return nil, false
 }

@@ -3,8 +3,10 @@ package transport
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"sync"
@@ -52,7 +54,7 @@ type WSConfig struct {
 type WSServer struct {
 	cfg          WSConfig
 	upgrader     *gws.Upgrader
-	m            *wsMetrics
+	m            *connShared
 	nextID       atomic.Uint64
 	flushers     flushers
 	stopFlushers sync.Once
@@ -68,19 +70,31 @@ type WSServer struct {
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
 func NewWSServer(cfg WSConfig) *WSServer {
-	s := &WSServer{cfg: cfg, m: newWSMetrics(cfg.Metrics), flushers: newFlushers(),
+	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(),
 		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
-	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, &gws.ServerOption{
-		ReadMaxPayloadSize: cfg.MaxMessageBytes,
+	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
+	return s
+}
+
+// upgraderOptions configures gws for every socket of s.
+func (s *WSServer) upgraderOptions() *gws.ServerOption {
+	return &gws.ServerOption{
+		ReadMaxPayloadSize: s.cfg.MaxMessageBytes,
 		// Reads go through a small buffer: idle connections dominate memory, and frames larger
 		// than the buffer are still read whole.
 		ReadBufferSize:   512,
 		HandshakeTimeout: 5 * time.Second,
-		Logger:           gwsLogger{cfg.Logger},
-		Recovery:         gws.Recovery,
-		NewSession:       func() gws.SessionStorage { return &connSession{} },
-	})
-	return s
+		// Text frames must be UTF-8 (RFC 6455 §8.1): otherwise close 1007.
+		CheckUtf8Enabled: true,
+		Logger:           gwsLogger{s.cfg.Logger},
+		// No Recovery: a panic in a callback unwinds to the read loop's own recover (patched
+		// into gws), which closes that connection with 1011 and tells panicked.
+		PanicHandler: s.panicked,
+		// gws's close frames leave through the connection's writer, never straight to the
+		// socket, so they cannot land inside a frame the writer has started.
+		CloseWriter: func(socket *gws.Conn, payload []byte) { conn(socket).closeFromGWS(payload) },
+		NewSession:  func() gws.SessionStorage { return &connSession{} },
+	}
 }
 
 // ServeHTTP authenticates and upgrades one request (PROTOCOL.md §1.1).
@@ -164,7 +178,6 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec)
 	id := s.nextID.Add(1)
 	c := &wsConn{
 		id:       id,
-		ws:       socket,
 		raw:      socket.NetConn(),
 		fl:       s.flushers.forConn(id),
 		codec:    codec,
@@ -226,18 +239,37 @@ func (s *WSServer) BeginShutdown() {
 // Wait blocks until every read loop has ended (and its connection actor stopped), or ctx
 // ends, then stops the flushers.
 func (s *WSServer) Wait(ctx context.Context) error {
+	err := waitFor(ctx, &s.conns)
+	// Sockets still open past the deadline get no more writes: the process is going away,
+	// and a server stopped in a test must not leave the flushers running.
+	s.stopFlushers.Do(s.flushers.close)
+	// Every drain ends within the close grace of its connection's close, or at its write
+	// timeout.
+	return errors.Join(err, waitFor(ctx, &s.m.drains))
+}
+
+// waitFor waits for wg, or until ctx ends.
+func waitFor(ctx context.Context, wg *sync.WaitGroup) error {
 	done := make(chan struct{})
-	go func() { s.conns.Wait(); close(done) }()
-	var err error
+	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		return nil
 	case <-ctx.Done():
-		// Sockets still open past the deadline get no more writes: the process is going away,
-		// and a server stopped in a test must not leave the flushers running.
-		err = ctx.Err()
+		return ctx.Err()
 	}
-	s.stopFlushers.Do(s.flushers.close)
-	return err
+}
+
+// panicked logs and counts a panic that gws recovered on a connection's read goroutine; gws
+// then closes that connection with 1011.
+func (s *WSServer) panicked(socket *gws.Conn, v any) {
+	s.m.panics.Inc()
+	id := uint64(0)
+	if c := conn(socket); c != nil {
+		id = c.id
+	}
+	s.cfg.Logger.Error("websocket read path panicked; connection closed with 1011",
+		"conn", id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 }
 
 // wsEvents receives gws's callbacks on each socket's read goroutine.

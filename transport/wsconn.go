@@ -1,15 +1,18 @@
 package transport
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
-	"github.com/lxzan/gws"
 
 	"switchboard/actors"
 	"switchboard/hub"
@@ -17,9 +20,14 @@ import (
 
 // Close codes used by the server.
 const (
+	CloseNormal          = 1000
 	CloseGoingAway       = 1001
+	CloseProtocolError   = 1002
 	CloseUnsupportedData = 1003
+	CloseInvalidPayload  = 1007
 	ClosePolicyViolation = 1008
+	CloseMessageTooBig   = 1009
+	CloseInternalError   = 1011
 	CloseTryAgainLater   = 1013
 	CloseTokenExpired    = 4001
 )
@@ -29,36 +37,44 @@ const closeGrace = time.Second
 
 var pingFrame = controlFrame(opPing, nil)
 
-// wsConn is one socket's bounded writer. Frames are queued without blocking; whoever writes
-// next — the connection's flusher (flusher.go), or a drain goroutine of its own while the peer
-// reads slowly — takes everything queued and writes it with a single writev, so a connection
-// with many frames waiting costs one syscall instead of one per frame (each frame stays its own
-// WebSocket frame). Queued bytes over the budget close the connection as a slow consumer.
+// wsConn is one socket's bounded writer, and the only writer of that socket: frames are queued
+// without blocking; whoever writes next — the connection's flusher (flusher.go), or a drain
+// goroutine of its own while the peer reads slowly — takes everything queued and writes it
+// with a single writev, so a connection with many frames waiting costs one syscall instead of
+// one per frame (each frame stays its own WebSocket frame). Queued bytes over the budget close
+// the connection as a slow consumer.
 //
-// Frames are written to the raw net.Conn, not through gws: gws itself only writes close and
-// error frames, and a net.Conn serialises whole Write calls, so frames never interleave.
+// Frames never interleave. gws writes nothing itself (its close frames come here through
+// closeFromGWS), and a frame that a non-blocking write started is finished before any other
+// byte goes out: its unwritten rest stays at the head of the queue (midFrame) through a close,
+// and a connection whose rest cannot leave within the deadline is cut without another byte.
+//
+// State machine (guarded by mu): writeIdle → writeScheduled (on the flusher's list, or being
+// written by it) → back to writeIdle when the queue is empty, or → writeDraining when the
+// socket is full or the connection closes; the drain goroutine owns every write until the
+// queue is empty (→ writeIdle) or the close frame is out and the socket closed (it stays
+// writeDraining: nothing is written any more).
 type wsConn struct {
 	id     uint64
-	ws     *gws.Conn
 	raw    net.Conn
 	rc     syscall.RawConn // for non-blocking writes; nil: always write from a drain goroutine
-	fl     *flusher
-	codec  hub.Codec // the connection's wireCodec; see Codec
+	fl     *flusher        // nil: always write from a drain goroutine
+	codec  hub.Codec       // the connection's wireCodec; see Codec
 	budget int
-	wt     time.Duration // write timeout of one flush
-	m      *wsMetrics
+	wt     time.Duration // write timeout of one blocking write
+	m      *connShared
 
-	mu          sync.Mutex
-	queue       [][]byte
-	spare       [][]byte
-	queued      int // bytes queued or being written
-	state       writeState
-	closing     bool
-	flushFirst  bool // on close, write what is queued before the close frame
-	closeCode   uint16
-	closeReason string
-	done        chan struct{} // closed when closing starts
-	deadline    time.Time     // the write deadline in force (the drain moves it)
+	mu         sync.Mutex
+	queue      [][]byte
+	spare      [][]byte
+	queued     int // bytes queued or being written
+	state      writeState
+	midFrame   bool // queue[0] is the unwritten rest of a frame already partly on the wire
+	closing    bool
+	flushFirst bool          // on close, write what is queued before the close frame
+	closeFrame []byte        // the close frame to send once closing; nil: none (the peer is gone)
+	done       chan struct{} // closed when closing starts
+	deadline   time.Time     // the write deadline in force; zero: none
 
 	// Read side, touched by the read goroutine (and the actor through release).
 	inflight chan struct{}
@@ -133,9 +149,7 @@ func (c *wsConn) Enqueue(frame []byte) bool {
 // goroutine). Called with c.mu held; unlocks it.
 func (c *wsConn) schedule() {
 	if c.rc == nil || c.fl == nil {
-		c.state = writeDraining
-		c.mu.Unlock()
-		go c.drain()
+		c.startDrainLocked()
 		return
 	}
 	c.state = writeScheduled
@@ -143,19 +157,25 @@ func (c *wsConn) schedule() {
 	c.fl.push(c)
 }
 
+// startDrainLocked hands the socket's writes to a new drain goroutine. Called with c.mu held;
+// unlocks it.
+func (c *wsConn) startDrainLocked() {
+	c.state = writeDraining
+	c.m.drains.Add(1)
+	c.mu.Unlock()
+	go c.drain()
+}
+
 // flush runs on the flusher: it writes everything queued without waiting for the socket.
 // When the socket is full, or the connection is closing, a drain goroutine takes over.
 func (c *wsConn) flush(w *nbWriter) {
 	c.mu.Lock()
 	if c.closing {
-		c.state = writeDraining
-		c.mu.Unlock()
-		go c.drain() // the close frame may have to wait for the socket
+		c.startDrainLocked() // the close frame may have to wait for the socket
 		return
 	}
 	if len(c.queue) == 0 {
-		c.state = writeIdle
-		c.keepSmallBuffers()
+		c.goIdleLocked()
 		c.mu.Unlock()
 		return
 	}
@@ -174,15 +194,12 @@ func (c *wsConn) flush(w *nbWriter) {
 		c.wroteLocked(batch, total)
 		switch {
 		case c.closing:
-			c.state = writeDraining
-			c.mu.Unlock()
-			go c.drain()
+			c.startDrainLocked()
 		case len(c.queue) > 0:
 			c.mu.Unlock()
 			c.fl.push(c) // still scheduled: back of the line, behind the others
 		default:
-			c.state = writeIdle
-			c.keepSmallBuffers()
+			c.goIdleLocked()
 			c.mu.Unlock()
 		}
 		return
@@ -192,14 +209,13 @@ func (c *wsConn) flush(w *nbWriter) {
 		return
 	}
 	// The socket is full: a goroutine of its own waits for it, with the rest first in line.
-	rest := unwritten(batch, n)
+	rest, partial := unwritten(batch, n)
 	c.m.sent.Add(len(batch) - len(rest))
 	c.mu.Lock()
 	c.queued -= n
 	c.queue = append(rest, c.queue...)
-	c.state = writeDraining
-	c.mu.Unlock()
-	go c.drain()
+	c.midFrame = partial
+	c.startDrainLocked()
 }
 
 // takeLocked moves everything queued out for writing; new frames go to the spare array.
@@ -219,11 +235,18 @@ func (c *wsConn) wroteLocked(batch [][]byte, n int) {
 	}
 }
 
-// keepSmallBuffers is for a connection going idle: small queue arrays are kept, so the next
-// frame (a broadcast every few seconds, say) is queued without allocating; large ones left by
-// a burst are let go. The arrays hold no frames here (written batches are cleared). Called with
-// c.mu held.
-func (c *wsConn) keepSmallBuffers() {
+// goIdleLocked is for a connection whose queue is empty and that nobody writes any more.
+// A write deadline a drain left behind is cleared: it would fail the flusher's next write
+// long after the slow moment passed. Small queue arrays are kept, so the next frame (a
+// broadcast every few seconds, say) is queued without allocating; large ones left by a burst
+// are let go. The arrays hold no frames here (written batches are cleared). Called with c.mu
+// held.
+func (c *wsConn) goIdleLocked() {
+	c.state = writeIdle
+	if !c.deadline.IsZero() {
+		c.deadline = time.Time{}
+		_ = c.raw.SetWriteDeadline(time.Time{})
+	}
 	const small = 4
 	if cap(c.queue) > small {
 		c.queue = nil
@@ -233,7 +256,19 @@ func (c *wsConn) keepSmallBuffers() {
 	}
 }
 
-// fail handles a write error: the peer is gone, no close frame can get through.
+// dropQueuedLocked forgets the queued frames of a connection closing without flushing,
+// except the rest of a frame already started: it goes out before the close frame.
+func (c *wsConn) dropQueuedLocked() {
+	keep := 0
+	if c.midFrame && len(c.queue) > 0 {
+		keep = 1
+	}
+	clear(c.queue[keep:])
+	c.queue = c.queue[:keep]
+}
+
+// fail handles a write error or a peer that is gone: the socket is closed and nothing more
+// is written, not even a close frame.
 func (c *wsConn) fail() {
 	c.mu.Lock()
 	if !c.closing {
@@ -241,9 +276,9 @@ func (c *wsConn) fail() {
 		close(c.done)
 	}
 	c.state = writeDraining // nobody writes any more
-	c.queue, c.spare = nil, nil
+	c.queue, c.spare, c.midFrame, c.closeFrame = nil, nil, false, nil
 	c.mu.Unlock()
-	c.finishClose(0, "")
+	_ = c.raw.Close()
 }
 
 // Close starts closing: frames already queued are written first (within the close grace), then
@@ -257,65 +292,105 @@ func (c *wsConn) Close(code uint16, reason string) {
 	c.startCloseLocked(code, reason, true)
 }
 
+// closeFromGWS is gws's CloseWriter: the read side answers a peer's close, or fails the
+// connection (protocol error 1002, invalid UTF-8 1007, message too big 1009, a panic 1011,
+// read error or timeout). The close frame goes out through this writer, after the rest of a
+// frame already started; queued frames are dropped.
+func (c *wsConn) closeFromGWS(payload []byte) {
+	code := uint16(0)
+	if len(payload) >= 2 {
+		code = binary.BigEndian.Uint16(payload)
+	}
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.startCloseLocked(code, closeReasons[code], false)
+}
+
+// closeReasons are the reasons sent with the close codes gws produces (its own texts name the
+// library, or carry a read error with addresses in it).
+var closeReasons = map[uint16]string{
+	CloseGoingAway:      "going away",
+	CloseProtocolError:  "protocol error",
+	CloseInvalidPayload: "invalid UTF-8",
+	CloseMessageTooBig:  "message too big",
+	CloseInternalError:  "internal error",
+}
+
 // startCloseLocked marks the connection closing and hands the close to the drain goroutine
 // (starting one if none runs). It bounds every write from now on by closeGrace, which also cuts
-// short a write that a stalled peer is blocking. Called with c.mu held; unlocks it.
+// short a write that a stalled peer is blocking. code 0 sends a close frame without a status
+// (the answer to a peer's close that had none). Called with c.mu held; unlocks it.
 func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 	c.closing = true
 	c.flushFirst = flush
-	c.closeCode, c.closeReason = code, reason
+	c.closeFrame = closeFrame(code, reason)
 	if !flush {
-		clear(c.queue)
-		c.queue = c.queue[:0]
+		c.dropQueuedLocked()
 	}
 	close(c.done)
-	_ = c.raw.SetWriteDeadline(time.Now().Add(closeGrace))
+	c.deadline = time.Now().Add(closeGrace)
+	_ = c.raw.SetWriteDeadline(c.deadline)
 	if c.state != writeIdle {
 		c.mu.Unlock() // the flusher hands over to a drain, or the drain sees closing
 		return
 	}
-	c.state = writeDraining
-	c.mu.Unlock()
-	go c.drain()
+	c.startDrainLocked()
 }
 
-// markClosed records that the socket is gone (read loop ended) so nothing more is queued.
+// closeFrame builds a close frame with code and reason; code 0: no status, no reason.
+func closeFrame(code uint16, reason string) []byte {
+	if code == 0 {
+		return controlFrame(opClose, nil)
+	}
+	payload := binary.BigEndian.AppendUint16(make([]byte, 0, 2+len(reason)), code)
+	return controlFrame(opClose, append(payload, reason...))
+}
+
+// markClosed is told that the read loop ended. A close under way finishes by itself (within
+// the close grace); otherwise the socket is dropped.
 func (c *wsConn) markClosed() {
 	c.mu.Lock()
-	if !c.closing {
-		c.closing = true
-		c.closeCode = 0 // nothing to send: the socket is closed
-		close(c.done)
-	}
-	clear(c.queue)
-	c.queue = c.queue[:0]
+	closing := c.closing
 	c.mu.Unlock()
+	if !closing {
+		c.fail()
+	}
 }
 
 // drain writes batches with blocking writes until the queue is empty, then exits; when
 // closing, it finishes with the close frame. It runs only in the writeDraining state, so it is
 // the connection's only writer.
 func (c *wsConn) drain() {
+	defer c.m.drains.Done()
+	defer c.recoverWrite()
 	for {
 		c.mu.Lock()
-		if c.closing && (!c.flushFirst || len(c.queue) == 0) {
-			code, reason := c.closeCode, c.closeReason
-			c.queue = nil
-			c.spare = nil
-			c.mu.Unlock()
-			c.finishClose(code, reason)
-			return
+		if c.closing && !c.flushFirst {
+			c.dropQueuedLocked() // frames queued by a flusher that handed over after the close
 		}
 		if len(c.queue) == 0 {
-			c.state = writeIdle
-			c.keepSmallBuffers()
+			if c.closing {
+				frame := c.closeFrame
+				c.queue, c.spare, c.closeFrame = nil, nil, nil
+				c.mu.Unlock()
+				if frame != nil {
+					_, _ = c.raw.Write(frame)
+				}
+				_ = c.raw.Close()
+				return
+			}
+			c.goIdleLocked()
 			c.mu.Unlock()
 			return
 		}
 		batch := c.takeLocked()
+		c.midFrame = false // the batch goes out whole, or the connection is cut
 		if !c.closing {
 			// Moving the deadline costs a timer update; a deadline at least half a write
-			// timeout away is good enough, so most flushes skip it.
+			// timeout away is good enough, so most writes skip it.
 			if now := time.Now(); c.deadline.Sub(now) < c.wt/2 {
 				c.deadline = now.Add(c.wt)
 				_ = c.raw.SetWriteDeadline(c.deadline)
@@ -345,13 +420,16 @@ func (c *wsConn) drain() {
 	}
 }
 
-// finishClose sends the close frame (code 0: none) through gws so its state agrees, then drops
-// the socket; the read loop then ends and OnClose cleans up.
-func (c *wsConn) finishClose(code uint16, reason string) {
-	if code != 0 {
-		_ = c.ws.WriteClose(code, []byte(reason))
+// recoverWrite contains a panic on the connection's write path (a flush or a drain): it is
+// logged and counted, and the connection is cut without another byte, since what is on the
+// wire at that moment is unknown. Used deferred.
+func (c *wsConn) recoverWrite() {
+	if v := recover(); v != nil {
+		c.m.panics.Inc()
+		c.m.log.Error("websocket write path panicked; connection dropped",
+			"conn", c.id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		c.fail()
 	}
-	_ = c.raw.Close()
 }
 
 // acquire takes an in-flight slot for one request, waiting while the connection has
@@ -380,14 +458,19 @@ func (c *wsConn) RequestDone() {
 	}
 }
 
-type wsMetrics struct {
+// connShared is what every connection of one server shares: its counters, its logger and the
+// drain goroutines it has started (Wait waits for them).
+type connShared struct {
 	sent, received, slow         *metrics.Counter
 	accepted, rejAuth, rejOrigin *metrics.Counter
 	rejLimit                     *metrics.Counter
+	panics                       *metrics.Counter
+	log                          *slog.Logger
+	drains                       sync.WaitGroup
 }
 
-func newWSMetrics(set *metrics.Set) *wsMetrics {
-	return &wsMetrics{
+func newConnShared(set *metrics.Set, log *slog.Logger) *connShared {
+	return &connShared{
 		sent:      set.GetOrCreateCounter("ws_messages_sent_total"),
 		received:  set.GetOrCreateCounter("ws_messages_received_total"),
 		slow:      set.GetOrCreateCounter("ws_slow_consumer_disconnects_total"),
@@ -395,5 +478,7 @@ func newWSMetrics(set *metrics.Set) *wsMetrics {
 		rejAuth:   set.GetOrCreateCounter(`ws_connections_total{status="rejected_auth"}`),
 		rejOrigin: set.GetOrCreateCounter(`ws_connections_total{status="rejected_origin"}`),
 		rejLimit:  set.GetOrCreateCounter(`ws_connections_total{status="rejected_limit"}`),
+		panics:    set.GetOrCreateCounter("ws_connection_panics_total"),
+		log:       log,
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,9 @@ type Conn struct {
 	// 压缩拓展配置
 	// Compression extension configuration
 	pd PermessageDeflate
+
+	// closeNotified is set when OnClose is called. (Patched in.)
+	closeNotified bool
 }
 
 // ReadLoop
@@ -94,6 +98,9 @@ type Conn struct {
 // Read messages in a loop.
 // If HTTP Server is reused, it is recommended to enable goroutine, as blocking will prevent the context from being GC.
 func (c *Conn) ReadLoop() {
+	// Patched in: a panic on this goroutine (frame parsing, an event callback) closes this
+	// connection with 1011 instead of ending the process.
+	defer c.recoverReadLoop()
 	c.handler.OnOpen(c)
 
 	// 无限循环读取消息, 如果发生错误则触发错误事件并退出循环
@@ -105,6 +112,7 @@ func (c *Conn) ReadLoop() {
 		}
 	}
 
+	c.closeNotified = true
 	err, ok := c.ev.Load().(error)
 	c.handler.OnClose(c, internal.SelectValue(ok, err, errEmpty))
 
@@ -122,6 +130,31 @@ func (c *Conn) ReadLoop() {
 			c.config.dswPool.Put(c.dpsWindow.dict)
 			c.dpsWindow.dict = nil
 		}
+	}
+}
+
+// errReadLoopPanic is the close error of a connection whose read loop panicked. (Patched in.)
+var errReadLoopPanic = errors.New("internal error")
+
+// recoverReadLoop contains a panic of the read loop: the handler is told (PanicHandler), the
+// connection is closed with 1011 and OnClose runs once, unless it was the panicking call. The
+// read buffers are not returned to their pools: their state is unknown. (Patched in.)
+func (c *Conn) recoverReadLoop() {
+	v := recover()
+	if v == nil {
+		return
+	}
+	defer func() { _ = recover() }() // a second panic here must not end the process either
+	if h := c.config.PanicHandler; h != nil {
+		h(c, v)
+	} else {
+		c.config.Logger.Error("gws: panic in the read loop:", v)
+	}
+	c.emitError(true, internal.NewError(internal.CloseInternalErr, errReadLoopPanic))
+	if !c.closeNotified {
+		c.closeNotified = true
+		err, ok := c.ev.Load().(error)
+		c.handler.OnClose(c, internal.SelectValue(ok, err, errEmpty))
 	}
 }
 

@@ -151,6 +151,18 @@ type (
 		// 日志工具
 		// Logging tools
 		Logger Logger
+
+		// CloseWriter, when set, takes over every close frame the connection would write
+		// (the answer to a peer's close, protocol and read errors, WriteClose): it is called
+		// with the close payload (status code and reason) instead of gws writing to the
+		// net.Conn and closing it. It must send the frame through its owner's writer, after
+		// any frame already started, and close the net.Conn afterwards. (Patched in.)
+		CloseWriter func(socket *Conn, payload []byte)
+
+		// PanicHandler is told of a panic recovered in the connection's read loop (frame
+		// parsing or an event callback); the connection is then closed with 1011. nil: the
+		// panic is logged through Logger. (Patched in.)
+		PanicHandler func(socket *Conn, v any)
 	}
 
 	// ServerOption 服务端配置
@@ -224,6 +236,12 @@ type (
 		// 创建 session 存储空间，用于自定义 SessionStorage 实现
 		// Create session storage space for custom SessionStorage implementations
 		NewSession func() SessionStorage
+
+		// CloseWriter: see Config.CloseWriter. (Patched in.)
+		CloseWriter func(socket *Conn, payload []byte)
+
+		// PanicHandler: see Config.PanicHandler. (Patched in.)
+		PanicHandler func(socket *Conn, v any)
 	}
 )
 
@@ -318,6 +336,8 @@ func initServerOption(c *ServerOption) *ServerOption {
 		CheckUtf8Enabled:    c.CheckUtf8Enabled,
 		Recovery:            c.Recovery,
 		Logger:              c.Logger,
+		CloseWriter:         c.CloseWriter,
+		PanicHandler:        c.PanicHandler,
 		brPool: internal.NewPool(func() *bufio.Reader {
 			return bufio.NewReaderSize(nil, c.ReadBufferSize)
 		}),

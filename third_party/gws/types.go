@@ -16,6 +16,9 @@ import (
 
 const frameHeaderSize = 14
 
+// maxInt is the largest int on this platform. (Patched in.)
+const maxInt = int(^uint(0) >> 1)
+
 // Opcode 操作码
 type Opcode uint8
 
@@ -226,7 +229,10 @@ func (c *frameHeader) GenerateHeader(isServer bool, fin bool, compress bool, opc
 // Parse 解析完整协议头, 最多14字节, 返回payload长度
 // Parses the complete protocol header, up to 14 bytes, and returns the payload length
 func (c *frameHeader) Parse(reader io.Reader) (int, error) {
-	if err := internal.ReadN(reader, (*c)[0:2]); err != nil {
+	// io.ReadFull inlines here while internal.ReadN did not: an idle connection parks in this
+	// read, and the frame saved keeps its goroutine within the 2 KiB starting stack now that
+	// ReadLoop recovers panics. (Patched in.)
+	if _, err := io.ReadFull(reader, (*c)[0:2]); err != nil {
 		return 0, err
 	}
 
@@ -243,7 +249,14 @@ func (c *frameHeader) Parse(reader io.Reader) (int, error) {
 		if err := internal.ReadN(reader, (*c)[2:10]); err != nil {
 			return 0, err
 		}
-		payloadLength = int(binary.BigEndian.Uint64((*c)[2:10]))
+		// RFC 6455 §5.2: the most significant bit of a 64-bit length MUST be 0. Converted to
+		// int, such a length is negative, passes the size check and panics when the payload
+		// is sliced. (Patched in.)
+		n := binary.BigEndian.Uint64((*c)[2:10])
+		if n > uint64(maxInt) {
+			return 0, internal.CloseProtocolError
+		}
+		payloadLength = int(n)
 	default:
 		payloadLength = int(lengthCode)
 	}

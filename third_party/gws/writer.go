@@ -34,6 +34,10 @@ func (c *Conn) writeClose(ev error, reason []byte) error {
 		reason = reason[:internal.ThresholdV1]
 	}
 	c.ev.Store(ev)
+	if c.config.CloseWriter != nil { // patched in: the owner writes the frame and closes
+		c.config.CloseWriter(c, reason)
+		return nil
+	}
 	err := c.doWrite(OpcodeCloseConnection, internal.Bytes(reason))
 	_ = c.conn.Close()
 	return err

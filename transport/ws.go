@@ -187,6 +187,7 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec)
 		done:     make(chan struct{}),
 		inflight: make(chan struct{}, s.cfg.MaxInFlight),
 		user:     user,
+		opened:   time.Now().UnixNano(),
 	}
 	if sc, ok := c.raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
@@ -260,6 +261,38 @@ func waitFor(ctx context.Context, wg *sync.WaitGroup) error {
 	}
 }
 
+// logClose logs a connection's end (info; debug for the normal 1000 and 1001) and counts it
+// in ws_closes_total by the close code the server sent: 1005 for a close frame without a
+// status, 1006 when no close frame got out. peer_code is the code of the peer's own close
+// frame, when it sent one.
+func (s *WSServer) logClose(c *wsConn, err error) {
+	c.mu.Lock()
+	code, reason, out := c.sentCode, c.sentReason, c.framesOut
+	c.mu.Unlock()
+	peer := uint16(0)
+	var ce *gws.CloseError
+	if errors.As(err, &ce) {
+		peer = ce.Code
+	}
+	s.m.closes(code).Inc()
+	level := slog.LevelInfo
+	if code == CloseNormal || code == CloseGoingAway || peer == CloseNormal || peer == CloseGoingAway {
+		level = slog.LevelDebug
+	}
+	if !s.cfg.Logger.Enabled(context.Background(), level) {
+		return
+	}
+	user := ""
+	if c.user != nil {
+		user = c.user.ID
+	}
+	s.cfg.Logger.LogAttrs(context.Background(), level, "websocket closed",
+		slog.Uint64("conn", c.id), slog.String("user", user), slog.String("remote", c.remote),
+		slog.Int("code", int(code)), slog.String("reason", reason), slog.Int("peer_code", int(peer)),
+		slog.Duration("duration", time.Duration(time.Now().UnixNano()-c.opened).Round(time.Millisecond)),
+		slog.Uint64("frames_in", uint64(c.framesIn)), slog.Uint64("frames_out", uint64(out)))
+}
+
 // panicked logs and counts a panic that gws recovered on a connection's read goroutine; gws
 // then closes that connection with 1011.
 func (s *WSServer) panicked(socket *gws.Conn, v any) {
@@ -299,6 +332,7 @@ func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 	defer e.s.conns.Done() // the read loop ends after this
 	c := conn(socket)
 	c.markClosed()
+	e.s.logClose(c, err)
 	e.s.cfg.Hub.Unregister(c.id)
 	e.s.release(c)
 	_ = e.s.cfg.Root.StopFuture(c.pid).Wait()
@@ -321,6 +355,7 @@ func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
 		return
 	}
 	e.s.m.received.Inc()
+	c.framesIn++
 	req, bad := codec.decode(msg.Bytes())
 	if !c.acquire() {
 		return

@@ -75,6 +75,9 @@ type wsConn struct {
 	closeFrame []byte        // the close frame to send once closing; nil: none (the peer is gone)
 	done       chan struct{} // closed when closing starts
 	deadline   time.Time     // the write deadline in force; zero: none
+	framesOut  uint32        // frames written whole
+	sentCode   uint16        // the close code sent (1005: a close without status; 1006: none)
+	sentReason string
 
 	// Read side, touched by the read goroutine (and the actor through release).
 	inflight chan struct{}
@@ -83,6 +86,8 @@ type wsConn struct {
 	counted  bool // holds a slot of the per-user connection limit
 	// remote and userAgent come from the handshake, for limits and the audit log.
 	remote, userAgent string
+	opened            int64  // Unix nanoseconds of the upgrade, for the close log
+	framesIn          uint32 // data frames received
 }
 
 // writeState says who writes a connection's queue next; exactly one of them at a time.
@@ -212,6 +217,7 @@ func (c *wsConn) flush(w *nbWriter) {
 	rest, partial := unwritten(batch, n)
 	c.m.sent.Add(len(batch) - len(rest))
 	c.mu.Lock()
+	c.framesOut += uint32(len(batch) - len(rest))
 	c.queued -= n
 	c.queue = append(rest, c.queue...)
 	c.midFrame = partial
@@ -230,6 +236,7 @@ func (c *wsConn) takeLocked() [][]byte {
 // as the next spare.
 func (c *wsConn) wroteLocked(batch [][]byte, n int) {
 	c.queued -= n
+	c.framesOut += uint32(len(batch))
 	if c.spare == nil {
 		c.spare = batch[:0]
 	}
@@ -276,6 +283,9 @@ func (c *wsConn) fail() {
 		close(c.done)
 	}
 	c.state = writeDraining // nobody writes any more
+	if c.closeFrame != nil || c.sentCode == 0 {
+		c.sentCode, c.sentReason = 1006, "" // the close frame, if any, did not get out
+	}
 	c.queue, c.spare, c.midFrame, c.closeFrame = nil, nil, false, nil
 	c.mu.Unlock()
 	_ = c.raw.Close()
@@ -327,6 +337,10 @@ func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 	c.closing = true
 	c.flushFirst = flush
 	c.closeFrame = closeFrame(code, reason)
+	c.sentCode, c.sentReason = code, reason
+	if code == 0 {
+		c.sentCode = 1005 // no status
+	}
 	if !flush {
 		c.dropQueuedLocked()
 	}
@@ -377,7 +391,11 @@ func (c *wsConn) drain() {
 				c.queue, c.spare, c.closeFrame = nil, nil, nil
 				c.mu.Unlock()
 				if frame != nil {
-					_, _ = c.raw.Write(frame)
+					if _, err := c.raw.Write(frame); err != nil {
+						c.mu.Lock()
+						c.sentCode, c.sentReason = 1006, ""
+						c.mu.Unlock()
+					}
 				}
 				_ = c.raw.Close()
 				return
@@ -465,11 +483,29 @@ type connShared struct {
 	accepted, rejAuth, rejOrigin *metrics.Counter
 	rejLimit                     *metrics.Counter
 	panics                       *metrics.Counter
+	closeCounts                  map[uint16]*metrics.Counter // ws_closes_total by code; 0: other
 	log                          *slog.Logger
 	drains                       sync.WaitGroup
 }
 
+// closeCodes are the close codes ws_closes_total has a series of its own for; the peer's
+// own codes (3000–4999, echoed back) share "other", so the label set stays bounded.
+var closeCodes = []uint16{CloseNormal, CloseGoingAway, CloseProtocolError, CloseUnsupportedData, 1005, 1006,
+	CloseInvalidPayload, ClosePolicyViolation, CloseMessageTooBig, CloseInternalError, CloseTryAgainLater, CloseTokenExpired}
+
+// closes returns the ws_closes_total counter of code.
+func (m *connShared) closes(code uint16) *metrics.Counter {
+	if c, ok := m.closeCounts[code]; ok {
+		return c
+	}
+	return m.closeCounts[0]
+}
+
 func newConnShared(set *metrics.Set, log *slog.Logger) *connShared {
+	counts := map[uint16]*metrics.Counter{0: set.GetOrCreateCounter(`ws_closes_total{code="other"}`)}
+	for _, code := range closeCodes {
+		counts[code] = set.GetOrCreateCounter(fmt.Sprintf(`ws_closes_total{code="%d"}`, code))
+	}
 	return &connShared{
 		sent:      set.GetOrCreateCounter("ws_messages_sent_total"),
 		received:  set.GetOrCreateCounter("ws_messages_received_total"),
@@ -480,5 +516,7 @@ func newConnShared(set *metrics.Set, log *slog.Logger) *connShared {
 		rejLimit:  set.GetOrCreateCounter(`ws_connections_total{status="rejected_limit"}`),
 		panics:    set.GetOrCreateCounter("ws_connection_panics_total"),
 		log:       log,
+
+		closeCounts: counts,
 	}
 }

@@ -1,0 +1,104 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/VictoriaMetrics/metrics"
+	"github.com/asynkron/protoactor-go/actor"
+	"github.com/lxzan/gws"
+
+	"switchboard/hub"
+	"switchboard/transport/auth"
+)
+
+// anyToken accepts every token as user "u"; these tests are about frames, not identity.
+type anyToken struct{}
+
+func (anyToken) Verify(context.Context, string) (*auth.Claims, error) {
+	return &auth.Claims{Subject: "u", Username: "u", ExpiresAt: time.Now().Add(time.Hour)}, nil
+}
+
+// panicOn makes OnMessage panic for a frame holding "panic".
+type panicOn struct{ *wsEvents }
+
+func (p panicOn) OnMessage(socket *gws.Conn, msg *gws.Message) {
+	if strings.Contains(msg.Data.String(), "panic") {
+		panic("handler bug")
+	}
+	p.wsEvents.OnMessage(socket, msg)
+}
+
+// A panic on one connection's read goroutine closes that connection with 1011, is logged and
+// counted, and leaves the server serving the others (PROTOCOL §1.3).
+func TestReadPathPanicClosesWith1011(t *testing.T) {
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slog.New(slog.DiscardHandler) }))
+	set := metrics.NewSet()
+	log := slog.New(slog.DiscardHandler)
+	h := hub.Start(system.Root, hub.Options{Logger: log, Metrics: set})
+	s := NewWSServer(WSConfig{Verifier: anyToken{}, Hub: h, Root: system.Root, MaxMessageBytes: 1 << 16,
+		SendQueueBytes: 1 << 20, MaxInFlight: 4, WriteTimeout: time.Second, Logger: log, Metrics: set})
+	s.upgrader = gws.NewUpgrader(panicOn{&wsEvents{s: s}}, s.upgraderOptions())
+	srv := httptest.NewServer(s)
+	t.Cleanup(func() {
+		srv.Close()
+		s.BeginShutdown()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, _ = h.Stop(ctx, CloseGoingAway, "bye")
+		if err := s.Wait(ctx); err != nil {
+			t.Errorf("wait: %v", err)
+		}
+		system.Shutdown()
+	})
+
+	dial := func() (net.Conn, *bufio.Reader) {
+		c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer t\r\n\r\n"))
+		br := bufio.NewReader(c)
+		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Fatalf("handshake: %v %v", resp, err)
+		}
+		return c, br
+	}
+	masked := func(payload string) []byte {
+		f := []byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0} // zero mask key
+		return append(f, payload...)
+	}
+
+	c, br := dial()
+	_, _ = c.Write(masked("panic"))
+	all, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if len(all) < 4 || all[0] != 0x88 || binary.BigEndian.Uint16(all[2:4]) != CloseInternalError {
+		t.Fatalf("after a panic the peer read % x, want close 1011", all)
+	}
+	if n := set.GetOrCreateCounter("ws_connection_panics_total").Get(); n != 1 {
+		t.Fatalf("ws_connection_panics_total = %d", n)
+	}
+
+	// Another connection is unaffected: its ping is answered.
+	c2, br2 := dial()
+	_, _ = c2.Write([]byte{0x89, 0x80, 0, 0, 0, 0})
+	var pong [2]byte
+	if _, err := io.ReadFull(br2, pong[:]); err != nil || pong[0] != 0x8A {
+		t.Fatalf("second connection: % x %v", pong, err)
+	}
+}

@@ -104,6 +104,7 @@ type Writer struct {
 	lostAtClose   int       // entries dropped after Close was called
 	lastRetryWarn time.Time // failed writes are logged at most once per warnEvery
 	query         []byte    // the INSERT's text, reused by the next batch
+	idSequence    string    // PostgreSQL: the sequence of user_actions.id
 }
 
 // maxKeptQuery bounds the INSERT buffer the writer keeps between batches.
@@ -343,6 +344,7 @@ func (w *Writer) drain(batch []Entry) error {
 // found; those are dropped.
 func (w *Writer) store(batch []Entry) bool {
 	work := [][]Entry{batch}
+	fresh := true // no try of these rows was sent yet
 	left := func() int { // entries in work, not yet handled
 		n := 0
 		for _, b := range work {
@@ -353,7 +355,8 @@ func (w *Writer) store(batch []Entry) bool {
 	for len(work) > 0 {
 		b := work[len(work)-1]
 		work = work[:len(work)-1]
-		err := w.insertRetrying(b)
+		err := w.insertRetrying(b, fresh)
+		fresh = false
 		switch {
 		case err == nil:
 			w.written.Add(len(b))
@@ -394,8 +397,9 @@ func (w *Writer) isClosing() bool {
 
 // insertRetrying writes b, trying again after failures that can pass. It returns nil once b is
 // written, errAbandoned when Close's context ended first, or the error of a write that
-// retrying cannot fix (failRejected, failClosed).
-func (w *Writer) insertRetrying(b []Entry) error {
+// retrying cannot fix (failRejected, failClosed). fresh says that no earlier try of these
+// rows was sent.
+func (w *Writer) insertRetrying(b []Entry, fresh bool) error {
 	var (
 		began    time.Time
 		attempts int
@@ -407,7 +411,7 @@ func (w *Writer) insertRetrying(b []Entry) error {
 		}
 		err := w.reserveIDs(b)
 		if err == nil {
-			err = w.insert(b)
+			err = w.insert(b, fresh && attempts == 0)
 		}
 		if err == nil {
 			if attempts > 0 {
@@ -445,8 +449,9 @@ func (w *Writer) insertRetrying(b []Entry) error {
 // reserveIDs gives b's entries their ids from the table's sequence before b is first sent to
 // PostgreSQL (parts of a split batch keep theirs). A try whose answer was lost may still
 // commit later (a statement held by a frozen network, or waiting for a lock on the server,
-// runs when it gets through): with the ids fixed, ON CONFLICT (id) DO NOTHING makes every
-// other try of the same rows insert nothing, so no row is written twice. SQLite runs in the
+// runs when it gets through): with the ids fixed, every later try inserts with ON CONFLICT (id)
+// DO NOTHING, and whichever try commits second writes nothing (the first try, without that
+// clause, fails on the primary key instead), so no row is written twice. SQLite runs in the
 // process: a failed statement there was rolled back, and the database assigns ids as before.
 func (w *Writer) reserveIDs(b []Entry) error {
 	if w.db.Dialect != store.DialectPostgres || len(b) == 0 || b[0].ID != 0 {
@@ -454,9 +459,15 @@ func (w *Writer) reserveIDs(b []Entry) error {
 	}
 	ctx, cancel := context.WithTimeout(w.runCtx, w.cfg.WriteTimeout)
 	defer cancel()
+	if w.idSequence == "" {
+		// Looked up once: pg_get_serial_sequence in the query below would cost a catalog
+		// lookup per row.
+		if err := w.db.Bun.NewRaw("SELECT pg_get_serial_sequence('user_actions', 'id')").Scan(ctx, &w.idSequence); err != nil {
+			return fmt.Errorf("%w: find the audit id sequence: %w", store.ErrDatabase, err)
+		}
+	}
 	ids := make([]int64, 0, len(b))
-	err := w.db.Bun.NewRaw("SELECT nextval(pg_get_serial_sequence('user_actions', 'id')) FROM generate_series(1, ?)",
-		len(b)).Scan(ctx, &ids)
+	err := w.db.Bun.NewRaw("SELECT nextval(?::regclass) FROM generate_series(1, ?)", w.idSequence, len(b)).Scan(ctx, &ids)
 	if err == nil && len(ids) != len(b) {
 		err = fmt.Errorf("%d ids for %d entries", len(ids), len(b))
 	}
@@ -469,15 +480,18 @@ func (w *Writer) reserveIDs(b []Entry) error {
 	return nil
 }
 
-// insert writes b in one statement; rows whose id is in the table already are skipped.
-func (w *Writer) insert(b []Entry) error {
+// insert writes b in one statement. Unless first (no earlier try of b was sent), rows whose id
+// is in the table already are skipped: an earlier try committed them. The clause is left out
+// of first tries, which are nearly all of them, because it makes PostgreSQL check the key
+// before each row.
+func (w *Writer) insert(b []Entry, first bool) error {
 	ctx, cancel := context.WithTimeout(w.runCtx, w.cfg.WriteTimeout)
 	defer cancel()
 	// RETURNING NULL: the ids are not needed, and scanning them back costs a round of work.
 	// The statement is built in a buffer kept between batches: built afresh, its text (all the
 	// batch's request data, quoted) grows by doubling, several times the final size in garbage.
 	q := w.db.Bun.NewInsert().Model(&b).Returning("NULL")
-	if b[0].ID != 0 {
+	if !first && b[0].ID != 0 {
 		q = q.On("CONFLICT (id) DO NOTHING")
 	}
 	query, err := q.AppendQuery(w.db.Bun.QueryGen(), w.query[:0])

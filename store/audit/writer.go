@@ -344,7 +344,7 @@ func (w *Writer) drain(batch []Entry) error {
 // found; those are dropped.
 func (w *Writer) store(batch []Entry) bool {
 	work := [][]Entry{batch}
-	fresh := true // no try of these rows was sent yet
+	fresh := true        // no try of these rows was sent yet
 	left := func() int { // entries in work, not yet handled
 		n := 0
 		for _, b := range work {

@@ -21,6 +21,7 @@ import (
 // Writer defaults.
 const (
 	DefaultQueueSize     = 10000
+	DefaultQueueBytes    = 64 << 20
 	DefaultBatchSize     = 200
 	DefaultFlushInterval = time.Second
 	DefaultWriteTimeout  = 5 * time.Second
@@ -53,6 +54,7 @@ const (
 // WriterConfig configures a Writer; zero fields take the defaults above.
 type WriterConfig struct {
 	QueueSize     int           // entries waiting for the writer goroutine; beyond it Record drops
+	QueueBytes    int64         // their size (request data, text fields, a fixed overhead); beyond it Record drops
 	BatchSize     int           // rows per INSERT; a full batch is written at once
 	FlushInterval time.Duration // longest time an entry waits for its batch to fill
 	WriteTimeout  time.Duration // bound of one INSERT
@@ -94,6 +96,7 @@ type Writer struct {
 
 	queue     chan Entry
 	held      atomic.Int64       // entries taken from the queue and not yet written or dropped
+	bytes     atomic.Int64       // entrySize of every entry queued or held
 	stop      chan struct{}      // closed by Close
 	runCtx    context.Context    // ends when Close's context ends: the writer gives up
 	cancelRun context.CancelFunc // called by Close when its context ends
@@ -114,6 +117,9 @@ const maxKeptQuery = 1 << 20
 func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
+	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes
 	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
@@ -163,19 +169,28 @@ func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
 // microsecond precision (what both databases keep), replaces an unknown Outcome by
 // OutcomeError, and makes string fields storable (valid UTF-8, no NUL bytes, bounded length).
 // e.ID is ignored: the database assigns ids. When the queue is full, or after Close, the entry
-// is dropped and counted. e.UserRoles is copied, so the caller may reuse it.
+// is dropped and counted; so is it when the entries waiting would hold more than QueueBytes.
+// e.UserRoles is copied, so the caller may reuse it.
 func (w *Writer) Record(e Entry) {
 	e = w.prepare(e)
+	size := entrySize(&e)
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
 		w.drop(1, dropClosed, nil)
 		return
 	}
+	if w.bytes.Add(size) > w.cfg.QueueBytes {
+		w.bytes.Add(-size)
+		w.mu.RUnlock()
+		w.drop(1, dropQueueFull, nil)
+		return
+	}
 	select {
 	case w.queue <- e:
 		w.mu.RUnlock()
 	default:
+		w.bytes.Add(-size)
 		w.mu.RUnlock()
 		w.drop(1, dropQueueFull, nil)
 	}
@@ -207,6 +222,22 @@ func (w *Writer) prepare(e Entry) Entry {
 		e.ErrorMessage = &m
 	}
 	return e
+}
+
+// entryOverhead approximates what an entry costs in memory besides its variable data.
+const entryOverhead = 256
+
+// entrySize approximates the memory an entry holds while it waits, for the QueueBytes bound.
+func entrySize(e *Entry) int64 {
+	n := entryOverhead + len(e.RequestData) + len(e.UserID) + len(e.Username) + len(e.ActionType) +
+		len(e.Resource) + len(e.IPAddress) + len(e.UserAgent) + len(e.RequestID)
+	for _, r := range e.UserRoles {
+		n += len(r) + 16
+	}
+	if e.ErrorMessage != nil {
+		n += len(*e.ErrorMessage)
+	}
+	return int64(n)
 }
 
 // clean makes s storable in a text column of either database: PostgreSQL rejects invalid UTF-8
@@ -321,7 +352,7 @@ func (w *Writer) drain(batch []Entry) error {
 			break
 		}
 		if w.runCtx.Err() != nil {
-			w.lose(len(batch), dropShutdown, nil)
+			w.lose(dropShutdown, nil, batch)
 		} else {
 			w.store(batch)
 		}
@@ -344,14 +375,7 @@ func (w *Writer) drain(batch []Entry) error {
 // found; those are dropped.
 func (w *Writer) store(batch []Entry) bool {
 	work := [][]Entry{batch}
-	fresh := true        // no try of these rows was sent yet
-	left := func() int { // entries in work, not yet handled
-		n := 0
-		for _, b := range work {
-			n += len(b)
-		}
-		return n
-	}
+	fresh := true // no try of these rows was sent yet
 	for len(work) > 0 {
 		b := work[len(work)-1]
 		work = work[:len(work)-1]
@@ -360,15 +384,15 @@ func (w *Writer) store(batch []Entry) bool {
 		switch {
 		case err == nil:
 			w.written.Add(len(b))
-			w.held.Add(-int64(len(b)))
+			w.release(b)
 		case errors.Is(err, errAbandoned):
-			w.lose(len(b)+left(), dropShutdown, nil)
+			w.lose(dropShutdown, nil, append(work, b)...)
 			return false
 		case classify(err) == failClosed:
-			w.lose(len(b)+left(), dropDBClosed, err)
+			w.lose(dropDBClosed, err, append(work, b)...)
 			return true
 		case len(b) == 1:
-			w.lose(1, dropRejected, err)
+			w.lose(dropRejected, err, b)
 		default:
 			mid := len(b) / 2
 			work = append(work, b[mid:], b[:mid]) // the first half is written first
@@ -377,9 +401,23 @@ func (w *Writer) store(batch []Entry) bool {
 	return true
 }
 
-// lose drops n held entries.
-func (w *Writer) lose(n int, reason dropReason, err error) {
-	w.held.Add(-int64(n))
+// release lets go of held entries that were written or dropped.
+func (w *Writer) release(b []Entry) {
+	w.held.Add(-int64(len(b)))
+	var size int64
+	for i := range b {
+		size += entrySize(&b[i])
+	}
+	w.bytes.Add(-size)
+}
+
+// lose drops held entries (every part of parts) for reason.
+func (w *Writer) lose(reason dropReason, err error, parts ...[]Entry) {
+	n := 0
+	for _, b := range parts {
+		n += len(b)
+		w.release(b)
+	}
 	if w.isClosing() {
 		w.lostAtClose += n
 	}

@@ -331,3 +331,33 @@ func TestWriterConcurrentRecordAndClose(t *testing.T) {
 		t.Fatalf("written %d + dropped %d != %d (rows %d)", written, dropped, goroutines*each, countRows(t, db))
 	}
 }
+
+// The queue is bounded in bytes as well as in entries: big entries waiting for a stuck
+// database are dropped (and counted) once they would hold more than QueueBytes.
+func TestWriterQueueBytesBound(t *testing.T) {
+	t.Parallel()
+	storetest.ForEachBackend(t, func(t *testing.T, url string) {
+		db := storetest.NewDB(t, url)
+		set := metrics.NewSet()
+		const n, size, budget = 100, 8 << 10, 100 << 10
+		w := audit.NewWriter(db, audit.WriterConfig{QueueBytes: budget, BatchSize: 4, FlushInterval: 10 * time.Millisecond,
+			WriteTimeout: 30 * time.Second, Metrics: set})
+		release := lockUserActions(t, db)
+		big := []byte(`{"pad":"` + strings.Repeat("x", size) + `"}`)
+		for i := range n {
+			e := entry(fmt.Sprint("u", i))
+			e.RequestData = big
+			w.Record(e)
+		}
+		// Whatever is held or queued fits the budget: at most budget/size entries.
+		if dropped := counter(set, audit.MetricDropped); dropped < n-budget/size {
+			t.Fatalf("dropped %d of %d entries of %d bytes with a %d-byte budget", dropped, n, size, budget)
+		}
+		release()
+		closeWriter(t, w)
+		written, dropped := counter(set, audit.MetricWritten), counter(set, audit.MetricDropped)
+		if written+dropped != n || written == 0 || int(written) != countRows(t, db) {
+			t.Fatalf("written %d + dropped %d != %d (rows %d)", written, dropped, n, countRows(t, db))
+		}
+	})
+}

@@ -30,6 +30,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 
 	"switchboard/config"
+	"switchboard/store/faultproxy"
 	"switchboard/store/storetest"
 	"switchboard/transport/auth"
 )
@@ -1207,204 +1208,6 @@ func TestFacadeHealthSQLite(t *testing.T) {
 	}
 }
 
-// fcProxy is a TCP proxy on 127.0.0.1 in front of PostgreSQL that the test can freeze (new and
-// existing connections are accepted and kept but nothing is forwarded), refuse (listener closed,
-// every connection dropped) and resume. The shared server is never touched.
-type fcProxy struct {
-	t      testing.TB
-	target string
-	addr   string
-
-	mu     sync.Mutex
-	ln     net.Listener
-	gate   chan struct{} // closed while forwarding
-	kill   chan struct{} // closed when the connections of this generation are dropped
-	conns  map[net.Conn]struct{}
-	closed bool
-	wg     sync.WaitGroup
-}
-
-func newFCProxy(t testing.TB, target string) *fcProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gate := make(chan struct{})
-	close(gate)
-	p := &fcProxy{t: t, target: target, addr: ln.Addr().String(), gate: gate, kill: make(chan struct{}), conns: map[net.Conn]struct{}{}}
-	p.serve(ln)
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *fcProxy) serve(ln net.Listener) {
-	p.mu.Lock()
-	p.ln = ln
-	p.mu.Unlock()
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.wg.Add(1)
-			go func() {
-				defer p.wg.Done()
-				p.handle(conn)
-			}()
-		}
-	}()
-}
-
-// track registers conn for dropping; false when the proxy is closed.
-func (p *fcProxy) track(conn net.Conn) (kill chan struct{}, ok bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		return nil, false
-	}
-	p.conns[conn] = struct{}{}
-	return p.kill, true
-}
-
-func (p *fcProxy) untrack(conn net.Conn) {
-	p.mu.Lock()
-	delete(p.conns, conn)
-	p.mu.Unlock()
-	_ = conn.Close()
-}
-
-// pass blocks while the proxy is frozen; false when the connection is to be dropped.
-func (p *fcProxy) pass(kill chan struct{}) bool {
-	p.mu.Lock()
-	gate := p.gate
-	p.mu.Unlock()
-	select {
-	case <-gate:
-		return true
-	case <-kill:
-		return false
-	}
-}
-
-func (p *fcProxy) handle(client net.Conn) {
-	kill, ok := p.track(client)
-	if !ok {
-		_ = client.Close()
-		return
-	}
-	defer p.untrack(client)
-	// Frozen: accepted, but not even connected upstream.
-	if !p.pass(kill) {
-		return
-	}
-	up, err := net.DialTimeout("tcp", p.target, 5*time.Second)
-	if err != nil {
-		return
-	}
-	if _, ok := p.track(up); !ok {
-		_ = up.Close()
-		return
-	}
-	defer p.untrack(up)
-	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		defer func() { done <- struct{}{} }()
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			if n > 0 {
-				if !p.pass(kill) {
-					return
-				}
-				if _, werr := dst.Write(buf[:n]); werr != nil {
-					return
-				}
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go pipe(up, client)
-	go pipe(client, up)
-	ended := 0
-	select {
-	case <-done:
-		ended++
-	case <-kill:
-	}
-	_ = client.Close()
-	_ = up.Close()
-	for ; ended < 2; ended++ {
-		<-done // closed connections end both pipes (a pipe held by freeze ends on kill)
-	}
-}
-
-// freeze stops forwarding: every byte, on new and existing connections, is held.
-func (p *fcProxy) freeze() {
-	p.mu.Lock()
-	p.gate = make(chan struct{})
-	p.mu.Unlock()
-}
-
-// forward resumes forwarding (held bytes go through).
-func (p *fcProxy) forward() {
-	p.mu.Lock()
-	select {
-	case <-p.gate:
-	default:
-		close(p.gate)
-	}
-	p.mu.Unlock()
-}
-
-// refuse closes the listener (connecting is refused) and drops every connection.
-func (p *fcProxy) refuse() {
-	p.mu.Lock()
-	ln := p.ln
-	p.ln = nil
-	close(p.kill)
-	p.kill = make(chan struct{})
-	for conn := range p.conns {
-		_ = conn.Close()
-	}
-	p.mu.Unlock()
-	if ln != nil {
-		_ = ln.Close()
-	}
-}
-
-// relisten listens on the proxy's address again after refuse.
-func (p *fcProxy) relisten() {
-	p.t.Helper()
-	var ln net.Listener
-	var err error
-	eventually(p.t, fcWait, "listening on "+p.addr+" again", func() bool {
-		ln, err = net.Listen("tcp", p.addr)
-		return err == nil
-	})
-	p.serve(ln)
-}
-
-func (p *fcProxy) close() {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	p.forward()
-	p.refuse()
-	done := make(chan struct{})
-	go func() { p.wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(fcWait):
-		p.t.Errorf("proxy goroutines did not end")
-	}
-}
-
 // TestFacadeHealthPostgresUnreachable: /health reports the database unhealthy (503) when
 // PostgreSQL hangs (bounded by the 1 s check timeout) and when it refuses connections, /livez
 // stays 200, /readyz equals /health, and all is 200 again once PostgreSQL is back.
@@ -1414,8 +1217,8 @@ func TestFacadeHealthPostgresUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newFCProxy(t, u.Host)
-	u.Host = proxy.addr
+	proxy := faultproxy.Start(t, u.Host)
+	u.Host = proxy.Addr()
 	s := startServer(t, func(c *config.Config) {
 		c.DatabaseURL = u.String()
 		c.RateLimitPerMinute = 1_000_000
@@ -1462,15 +1265,17 @@ func TestFacadeHealthPostgresUnreachable(t *testing.T) {
 	expectHealthy("at start")
 
 	// (a) PostgreSQL hangs: the check times out after 1 s.
-	proxy.freeze()
+	proxy.Freeze()
 	expectUnhealthy("hanging", 900*time.Millisecond)
-	proxy.forward()
+	proxy.Resume()
 	expectHealthy("after the hang")
 
 	// (b) PostgreSQL refuses connections: the check fails at once.
-	proxy.refuse()
+	proxy.Refuse()
 	expectUnhealthy("refused", 0)
-	proxy.relisten()
+	if err := proxy.Listen(); err != nil {
+		t.Fatal(err)
+	}
 	expectHealthy("after the refusal")
 	c.create(tok, "FcHealth after")
 }

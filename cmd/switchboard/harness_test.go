@@ -151,12 +151,22 @@ func (s *testServer) dial(t testing.TB, token string) *wsClient {
 }
 
 func (s *testServer) tryDial(t testing.TB, token string, header http.Header) (*wsClient, error) {
+	return s.tryDialVia(t, "", token, header)
+}
+
+// tryDialVia is tryDial through addr (host:port of a proxy in front of the server), or straight
+// to the server when addr is "".
+func (s *testServer) tryDialVia(t testing.TB, addr, token string, header http.Header) (*wsClient, error) {
 	c := &wsClient{t: t, msgs: make(chan []byte, 4096), closed: make(chan struct{})}
 	q := ""
 	if token != "" {
 		q = "token=" + token
 	}
-	conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: s.wsURL(q), RequestHeader: header, ReadMaxPayloadSize: 16 << 20})
+	u := s.wsURL(q)
+	if addr != "" {
+		u = "ws://" + addr + strings.TrimPrefix(u, strings.Replace(s.base, "http", "ws", 1))
+	}
+	conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: u, RequestHeader: header, ReadMaxPayloadSize: 16 << 20})
 	if err != nil {
 		return nil, err
 	}

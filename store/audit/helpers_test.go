@@ -60,7 +60,7 @@ func entry(user string) audit.Entry {
 		RequestID: "req", RequestData: []byte(`{}`), ResponseStatus: 0, DurationMS: 1.5}
 }
 
-func closeWriter(t *testing.T, w *audit.Writer) {
+func closeWriter(t testing.TB, w *audit.Writer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -20,14 +21,17 @@ import (
 // Writer defaults.
 const (
 	DefaultQueueSize     = 10000
+	DefaultQueueBytes    = 64 << 20
 	DefaultBatchSize     = 200
 	DefaultFlushInterval = time.Second
 	DefaultWriteTimeout  = 5 * time.Second
+	DefaultRetryMin      = 100 * time.Millisecond
+	DefaultRetryMax      = 2 * time.Second
 )
 
-// dropWarnEvery bounds the "queue full" warning to one line per period, however many entries
-// are dropped.
-const dropWarnEvery = 10 * time.Second
+// warnEvery bounds each kind of warning (entries dropped, writes failing) to one line per
+// period, however many entries or batches are concerned.
+const warnEvery = 10 * time.Second
 
 // Longest text kept in a string column (in bytes, cut on a rune boundary). The values come
 // from clients (user agent, resource path), so they are bounded like request data.
@@ -36,53 +40,74 @@ const (
 	maxErrorBytes = 4096
 )
 
-// Metric names (PROTOCOL.md §7).
+// Metric names (PROTOCOL.md §7, and the writer's own).
 const (
 	MetricWritten = "audit_logs_written_total"
 	MetricDropped = "audit_logs_dropped_total"
+	// MetricRetries counts failed writes of a batch that the writer tries again.
+	MetricRetries = "audit_write_retries_total"
+	// MetricQueued is a gauge of the entries waiting to be written (the queue and the batch in
+	// hand).
+	MetricQueued = "audit_logs_queued"
 )
 
 // WriterConfig configures a Writer; zero fields take the defaults above.
 type WriterConfig struct {
 	QueueSize     int           // entries waiting for the writer goroutine; beyond it Record drops
+	QueueBytes    int64         // their size (request data, text fields, a fixed overhead); beyond it Record drops
 	BatchSize     int           // rows per INSERT; a full batch is written at once
 	FlushInterval time.Duration // longest time an entry waits for its batch to fill
 	WriteTimeout  time.Duration // bound of one INSERT
+	RetryMin      time.Duration // first wait before writing a failed batch again
+	RetryMax      time.Duration // longest wait between two tries (the wait doubles up to it)
 	Logger        *slog.Logger  // nil: discard
 	Metrics       *metrics.Set  // nil: a private set (the counters still work, unexported)
 }
 
 // Writer records audit entries asynchronously: Record puts an entry on a bounded queue and
-// returns; one goroutine inserts the queued entries in multi-row batches. Every recorded entry
-// ends up either written (audit_logs_written_total) or dropped (audit_logs_dropped_total):
-// dropped when the queue is full, when Record is called after Close, when its batch fails
-// (logged; a batch is never retried, so a dead database cannot hold memory or the shutdown)
-// or when Close's context ends before it was written.
+// returns; one goroutine inserts the queued entries in multi-row batches.
+//
+// A batch that fails for a reason that can pass (the database restarting, unreachable, hanging
+// past WriteTimeout) is written again with a growing pause (RetryMin doubling up to RetryMax)
+// until it succeeds, however long that takes; meanwhile new entries wait in the queue, so an
+// outage loses nothing as long as the queue holds what arrives during it. On PostgreSQL a batch
+// takes its ids from the table's sequence before its first try, so a try that committed with
+// its answer lost is not written twice (see reserveIDs). A batch the database refuses for what
+// it holds is split in halves until the refused rows are found; they alone are dropped.
+//
+// Every recorded entry ends up either written (audit_logs_written_total) or dropped
+// (audit_logs_dropped_total, with a warning line at most every 10 s saying how many and why):
+// dropped when the queue is full, when Record is called after Close, when the database refuses
+// that row, when the database handle was closed, or when Close's context ends before it was
+// written.
 type Writer struct {
 	db      *store.DB
 	cfg     WriterConfig
 	log     *slog.Logger
 	written *metrics.Counter
 	dropped *metrics.Counter
+	retries *metrics.Counter
+	drops   dropLog
 
 	// mu orders Record against Close: Record holds it shared around its non-blocking send, so
 	// once Close holds it exclusively no entry can slip into the queue behind the final drain.
 	mu     sync.RWMutex
 	closed bool
 
-	queue    chan Entry
-	stop     chan struct{}   // closed by Close
-	closeCtx context.Context // set by Close before stop is closed
-	done     chan struct{}   // closed when run returns
-	closeErr error           // run's result, read after done
+	queue     chan Entry
+	held      atomic.Int64       // entries taken from the queue and not yet written or dropped
+	bytes     atomic.Int64       // entrySize of every entry queued or held
+	stop      chan struct{}      // closed by Close
+	runCtx    context.Context    // ends when Close's context ends: the writer gives up
+	cancelRun context.CancelFunc // called by Close when its context ends
+	done      chan struct{}      // closed when run returns
+	closeErr  error              // run's result, read after done
 
-	lastDropWarn atomic.Int64 // unix nanoseconds of the last "queue full" warning
-
-	// Owned by the writer goroutine: failed batches are logged at most once per dropWarnEvery,
-	// so a dead database under heavy traffic does not flood the log.
-	lastFailLog    time.Time
-	failsSinceLast int
-	query          []byte // the INSERT's text, reused by the next batch
+	// Owned by the writer goroutine.
+	lostAtClose   int       // entries dropped after Close was called
+	lastRetryWarn time.Time // failed writes are logged at most once per warnEvery
+	query         []byte    // the INSERT's text, reused by the next batch
+	idSequence    string    // PostgreSQL: the sequence of user_actions.id
 }
 
 // maxKeptQuery bounds the INSERT buffer the writer keeps between batches.
@@ -93,6 +118,9 @@ func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
 	if cfg.QueueSize <= 0 {
 		cfg.QueueSize = DefaultQueueSize
 	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = DefaultQueueBytes
+	}
 	if cfg.BatchSize <= 0 {
 		cfg.BatchSize = DefaultBatchSize
 	}
@@ -102,22 +130,36 @@ func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = DefaultWriteTimeout
 	}
+	if cfg.RetryMin <= 0 {
+		cfg.RetryMin = DefaultRetryMin
+	}
+	if cfg.RetryMax < cfg.RetryMin {
+		cfg.RetryMax = max(DefaultRetryMax, cfg.RetryMin)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Metrics == nil {
 		cfg.Metrics = metrics.NewSet()
 	}
+	runCtx, cancelRun := context.WithCancel(context.Background())
 	w := &Writer{
-		db:      db,
-		cfg:     cfg,
-		log:     cfg.Logger,
-		written: cfg.Metrics.GetOrCreateCounter(MetricWritten),
-		dropped: cfg.Metrics.GetOrCreateCounter(MetricDropped),
-		queue:   make(chan Entry, cfg.QueueSize),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		db:        db,
+		cfg:       cfg,
+		log:       cfg.Logger,
+		written:   cfg.Metrics.GetOrCreateCounter(MetricWritten),
+		dropped:   cfg.Metrics.GetOrCreateCounter(MetricDropped),
+		retries:   cfg.Metrics.GetOrCreateCounter(MetricRetries),
+		queue:     make(chan Entry, cfg.QueueSize),
+		stop:      make(chan struct{}),
+		runCtx:    runCtx,
+		cancelRun: cancelRun,
+		done:      make(chan struct{}),
 	}
+	w.drops.log = cfg.Logger
+	cfg.Metrics.GetOrCreateGauge(MetricQueued, func() float64 {
+		return float64(len(w.queue)) + float64(w.held.Load())
+	})
 	go w.run()
 	return w
 }
@@ -127,21 +169,30 @@ func NewWriter(db *store.DB, cfg WriterConfig) *Writer {
 // microsecond precision (what both databases keep), replaces an unknown Outcome by
 // OutcomeError, and makes string fields storable (valid UTF-8, no NUL bytes, bounded length).
 // e.ID is ignored: the database assigns ids. When the queue is full, or after Close, the entry
-// is dropped and counted. e.UserRoles is copied, so the caller may reuse it.
+// is dropped and counted; so is it when the entries waiting would hold more than QueueBytes.
+// e.UserRoles is copied, so the caller may reuse it.
 func (w *Writer) Record(e Entry) {
 	e = w.prepare(e)
+	size := entrySize(&e)
 	w.mu.RLock()
 	if w.closed {
 		w.mu.RUnlock()
-		w.drop(1, "writer closed")
+		w.drop(1, dropClosed, nil)
+		return
+	}
+	if w.bytes.Add(size) > w.cfg.QueueBytes {
+		w.bytes.Add(-size)
+		w.mu.RUnlock()
+		w.drop(1, dropQueueFull, nil)
 		return
 	}
 	select {
 	case w.queue <- e:
 		w.mu.RUnlock()
 	default:
+		w.bytes.Add(-size)
 		w.mu.RUnlock()
-		w.drop(1, "queue full")
+		w.drop(1, dropQueueFull, nil)
 	}
 }
 
@@ -173,6 +224,22 @@ func (w *Writer) prepare(e Entry) Entry {
 	return e
 }
 
+// entryOverhead approximates what an entry costs in memory besides its variable data.
+const entryOverhead = 256
+
+// entrySize approximates the memory an entry holds while it waits, for the QueueBytes bound.
+func entrySize(e *Entry) int64 {
+	n := entryOverhead + len(e.RequestData) + len(e.UserID) + len(e.Username) + len(e.ActionType) +
+		len(e.Resource) + len(e.IPAddress) + len(e.UserAgent) + len(e.RequestID)
+	for _, r := range e.UserRoles {
+		n += len(r) + 16
+	}
+	if e.ErrorMessage != nil {
+		n += len(*e.ErrorMessage)
+	}
+	return int64(n)
+}
+
 // clean makes s storable in a text column of either database: PostgreSQL rejects invalid UTF-8
 // and NUL, and bun refuses to inline a string holding NUL. One bad value must not fail a batch.
 func clean(s string, limit int) string {
@@ -192,22 +259,21 @@ func clean(s string, limit int) string {
 	return s
 }
 
-// drop counts n lost entries and warns at most once per dropWarnEvery.
-func (w *Writer) drop(n int, reason string) {
-	w.dropped.Add(n)
-	now := time.Now().UnixNano()
-	last := w.lastDropWarn.Load()
-	if now-last < int64(dropWarnEvery) || !w.lastDropWarn.CompareAndSwap(last, now) {
+// drop counts n entries lost for reason (err: the database's refusal, or nil).
+func (w *Writer) drop(n int, reason dropReason, err error) {
+	if n <= 0 {
 		return
 	}
-	w.log.Warn("audit entries dropped", "reason", reason, "dropped_total", w.dropped.Get(),
-		"queue_size", w.cfg.QueueSize)
+	w.dropped.Add(n)
+	w.drops.add(n, reason, err, w.dropped.Get())
 }
 
 // Close stops accepting entries, writes what is queued and waits for the writer goroutine,
-// all within ctx. It returns an error when entries were lost on the way (a failed final batch,
-// or ctx ending first); if ctx ends first, the goroutine gives up the remaining entries (counted
-// as dropped) and exits as soon as its current INSERT returns. Later calls return nil at once.
+// all within ctx. Writes that fail for a reason that can pass are retried until ctx ends; then
+// the goroutine gives up what it still holds (counted as dropped) and exits as soon as its
+// current statement returns (within WriteTimeout), while Close returns ctx's error at once.
+// The error wraps ErrEntriesLost when entries were lost on the way. Later calls return nil at
+// once.
 func (w *Writer) Close(ctx context.Context) error {
 	w.mu.Lock()
 	if w.closed {
@@ -215,7 +281,6 @@ func (w *Writer) Close(ctx context.Context) error {
 		return nil
 	}
 	w.closed = true
-	w.closeCtx = ctx
 	w.mu.Unlock()
 	close(w.stop)
 
@@ -223,13 +288,15 @@ func (w *Writer) Close(ctx context.Context) error {
 	case <-w.done:
 		return w.closeErr
 	case <-ctx.Done():
-		return fmt.Errorf("audit: close: %w", ctx.Err())
+		w.cancelRun()
+		return fmt.Errorf("audit: close: %w: %w", ErrEntriesLost, ctx.Err())
 	}
 }
 
 // run is the writer goroutine: it owns batch and is the only one to insert.
 func (w *Writer) run() {
 	defer close(w.done)
+	defer w.cancelRun()
 	batch := make([]Entry, 0, w.cfg.BatchSize)
 	timer := time.NewTimer(w.cfg.FlushInterval)
 	timer.Stop()
@@ -238,94 +305,244 @@ func (w *Writer) run() {
 	for {
 		select {
 		case e := <-w.queue:
+			w.held.Add(1)
 			batch = append(batch, e)
 			if len(batch) == 1 {
 				// The interval counts from the oldest waiting entry, so no entry waits longer.
 				timer.Reset(w.cfg.FlushInterval)
 				timerC = timer.C
 			}
-			if len(batch) >= w.cfg.BatchSize {
-				timer.Stop()
-				timerC = nil
-				w.flush(context.Background(), batch)
-				batch = reset(batch)
+			if len(batch) < w.cfg.BatchSize {
+				continue
 			}
+			timer.Stop()
+			timerC = nil
 		case <-timerC:
 			timerC = nil
-			w.flush(context.Background(), batch)
-			batch = reset(batch)
 		case <-w.stop:
 			timer.Stop()
-			w.closeErr = w.drain(w.closeCtx, batch)
+			w.closeErr = w.drain(batch)
 			return
 		}
-	}
-}
-
-// drain writes batch and everything still queued within ctx. Record cannot add to the queue any
-// more (closed is set), so the loop ends.
-func (w *Writer) drain(ctx context.Context, batch []Entry) error {
-	var errs []error
-	flush := func() {
-		if len(batch) == 0 {
+		if !w.store(batch) {
+			// Only Close's deadline abandons a write; Record no longer queues.
+			w.closeErr = w.drain(nil)
 			return
-		}
-		if ctx.Err() != nil {
-			w.drop(len(batch), "closing: "+ctx.Err().Error())
-			errs = append(errs, fmt.Errorf("%d entries not written: %w", len(batch), ctx.Err()))
-		} else if err := w.flush(ctx, batch); err != nil {
-			errs = append(errs, err)
 		}
 		batch = reset(batch)
 	}
+}
+
+// drain writes batch and everything still queued, until the queue is empty or Close's context
+// ends (then the rest is dropped). Record cannot add to the queue any more (closed is set), so
+// the loop ends. It returns Close's result.
+func (w *Writer) drain(batch []Entry) error {
 	for {
-		select {
-		case e := <-w.queue:
-			batch = append(batch, e)
-			if len(batch) >= w.cfg.BatchSize {
-				flush()
+		for len(batch) < w.cfg.BatchSize {
+			select {
+			case e := <-w.queue:
+				w.held.Add(1)
+				batch = append(batch, e)
+				continue
+			default:
 			}
-		default:
-			flush()
-			if err := errors.Join(errs...); err != nil {
-				return fmt.Errorf("audit: close: %w", err)
-			}
-			return nil
+			break
 		}
+		if len(batch) == 0 {
+			break
+		}
+		if w.runCtx.Err() != nil {
+			w.lose(dropShutdown, nil, batch)
+		} else {
+			w.store(batch)
+		}
+		batch = reset(batch)
+	}
+	w.drops.flush(w.dropped.Get()) // whatever was lost at the end is said before the process goes
+	if w.lostAtClose == 0 {
+		return nil
+	}
+	cause := store.ErrDatabase
+	if err := w.runCtx.Err(); err != nil {
+		cause = context.DeadlineExceeded
+	}
+	return fmt.Errorf("audit: close: %w: %d entries not written: %w", ErrEntriesLost, w.lostAtClose, cause)
+}
+
+// store writes batch. A write that fails for a reason that can pass is tried again, with a
+// growing pause, until it succeeds or Close's context ends (then store drops what is left and
+// returns false). A batch the database refuses is split in halves until the refused rows are
+// found; those are dropped.
+func (w *Writer) store(batch []Entry) bool {
+	work := [][]Entry{batch}
+	fresh := true // no try of these rows was sent yet
+	for len(work) > 0 {
+		b := work[len(work)-1]
+		work = work[:len(work)-1]
+		err := w.insertRetrying(b, fresh)
+		fresh = false
+		switch {
+		case err == nil:
+			w.written.Add(len(b))
+			w.release(b)
+		case errors.Is(err, errAbandoned):
+			w.lose(dropShutdown, nil, append(work, b)...)
+			return false
+		case classify(err) == failClosed:
+			w.lose(dropDBClosed, err, append(work, b)...)
+			return true
+		case len(b) == 1:
+			w.lose(dropRejected, err, b)
+		default:
+			mid := len(b) / 2
+			work = append(work, b[mid:], b[:mid]) // the first half is written first
+		}
+	}
+	return true
+}
+
+// release lets go of held entries that were written or dropped.
+func (w *Writer) release(b []Entry) {
+	w.held.Add(-int64(len(b)))
+	var size int64
+	for i := range b {
+		size += entrySize(&b[i])
+	}
+	w.bytes.Add(-size)
+}
+
+// lose drops held entries (every part of parts) for reason.
+func (w *Writer) lose(reason dropReason, err error, parts ...[]Entry) {
+	n := 0
+	for _, b := range parts {
+		n += len(b)
+		w.release(b)
+	}
+	if w.isClosing() {
+		w.lostAtClose += n
+	}
+	w.drop(n, reason, err)
+}
+
+func (w *Writer) isClosing() bool {
+	select {
+	case <-w.stop:
+		return true
+	default:
+		return false
 	}
 }
 
-// flush inserts batch in one statement. A failure is logged (at most once per dropWarnEvery,
-// with the number of batches lost since the last line) and the batch counted as dropped.
-func (w *Writer) flush(parent context.Context, batch []Entry) error {
-	if len(batch) == 0 {
+// insertRetrying writes b, trying again after failures that can pass. It returns nil once b is
+// written, errAbandoned when Close's context ended first, or the error of a write that
+// retrying cannot fix (failRejected, failClosed). fresh says that no earlier try of these
+// rows was sent.
+func (w *Writer) insertRetrying(b []Entry, fresh bool) error {
+	var (
+		began    time.Time
+		attempts int
+		pause    = w.cfg.RetryMin
+	)
+	for {
+		if w.runCtx.Err() != nil {
+			return errAbandoned
+		}
+		err := w.reserveIDs(b)
+		if err == nil {
+			err = w.insert(b, fresh && attempts == 0)
+		}
+		if err == nil {
+			if attempts > 0 {
+				w.log.Info("audit log writes resumed", "entries", len(b), "failed_tries", attempts,
+					"after", time.Since(began).Round(time.Millisecond))
+			}
+			return nil
+		}
+		if c := classify(err); c == failRejected || c == failClosed {
+			return err
+		}
+		if attempts == 0 {
+			began = time.Now()
+		}
+		attempts++
+		w.retries.Inc()
+		if now := time.Now(); now.Sub(w.lastRetryWarn) >= warnEvery {
+			w.lastRetryWarn = now
+			w.log.Warn("audit batch not written; retrying", "entries", len(b), "failed_tries", attempts,
+				"queued", len(w.queue), "queue_size", w.cfg.QueueSize, "err", err)
+		}
+		// Jitter, so that several nodes do not come back in step.
+		wait := pause/2 + rand.N(pause/2+1)
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-w.runCtx.Done():
+			timer.Stop()
+			return errAbandoned
+		}
+		pause = min(2*pause, w.cfg.RetryMax)
+	}
+}
+
+// reserveIDs gives b's entries their ids from the table's sequence before b is first sent to
+// PostgreSQL (parts of a split batch keep theirs). A try whose answer was lost may still
+// commit later (a statement held by a frozen network, or waiting for a lock on the server,
+// runs when it gets through): with the ids fixed, every later try inserts with ON CONFLICT (id)
+// DO NOTHING, and whichever try commits second writes nothing (the first try, without that
+// clause, fails on the primary key instead), so no row is written twice. SQLite runs in the
+// process: a failed statement there was rolled back, and the database assigns ids as before.
+func (w *Writer) reserveIDs(b []Entry) error {
+	if w.db.Dialect != store.DialectPostgres || len(b) == 0 || b[0].ID != 0 {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(parent, w.cfg.WriteTimeout)
+	ctx, cancel := context.WithTimeout(w.runCtx, w.cfg.WriteTimeout)
+	defer cancel()
+	if w.idSequence == "" {
+		// Looked up once: pg_get_serial_sequence in the query below would cost a catalog
+		// lookup per row.
+		if err := w.db.Bun.NewRaw("SELECT pg_get_serial_sequence('user_actions', 'id')").Scan(ctx, &w.idSequence); err != nil {
+			return fmt.Errorf("%w: find the audit id sequence: %w", store.ErrDatabase, err)
+		}
+	}
+	ids := make([]int64, 0, len(b))
+	err := w.db.Bun.NewRaw("SELECT nextval(?::regclass) FROM generate_series(1, ?)", w.idSequence, len(b)).Scan(ctx, &ids)
+	if err == nil && len(ids) != len(b) {
+		err = fmt.Errorf("%d ids for %d entries", len(ids), len(b))
+	}
+	if err != nil {
+		return fmt.Errorf("%w: reserve %d audit ids: %w", store.ErrDatabase, len(b), err)
+	}
+	for i := range b {
+		b[i].ID = ids[i]
+	}
+	return nil
+}
+
+// insert writes b in one statement. Unless first (no earlier try of b was sent), rows whose id
+// is in the table already are skipped: an earlier try committed them. The clause is left out
+// of first tries, which are nearly all of them, because it makes PostgreSQL check the key
+// before each row.
+func (w *Writer) insert(b []Entry, first bool) error {
+	ctx, cancel := context.WithTimeout(w.runCtx, w.cfg.WriteTimeout)
 	defer cancel()
 	// RETURNING NULL: the ids are not needed, and scanning them back costs a round of work.
 	// The statement is built in a buffer kept between batches: built afresh, its text (all the
 	// batch's request data, quoted) grows by doubling, several times the final size in garbage.
-	q := w.db.Bun.NewInsert().Model(&batch).Returning("NULL")
+	q := w.db.Bun.NewInsert().Model(&b).Returning("NULL")
+	if !first && b[0].ID != 0 {
+		q = q.On("CONFLICT (id) DO NOTHING")
+	}
 	query, err := q.AppendQuery(w.db.Bun.QueryGen(), w.query[:0])
-	if err == nil {
-		_, err = w.db.Bun.ExecContext(ctx, string(query))
-		if cap(query) <= maxKeptQuery {
-			w.query = query
-		}
+	if err != nil {
+		return fmt.Errorf("%w: %w: %d audit entries: %w", store.ErrDatabase, errBuild, len(b), err)
+	}
+	_, err = w.db.Bun.ExecContext(ctx, string(query))
+	if cap(query) <= maxKeptQuery {
+		w.query = query
 	}
 	if err != nil {
-		err = fmt.Errorf("%w: insert %d audit entries: %w", store.ErrDatabase, len(batch), err)
-		w.dropped.Add(len(batch))
-		w.failsSinceLast++
-		if now := time.Now(); now.Sub(w.lastFailLog) >= dropWarnEvery {
-			w.log.Error("audit batch lost", "entries", len(batch), "failed_batches", w.failsSinceLast,
-				"dropped_total", w.dropped.Get(), "err", err)
-			w.lastFailLog, w.failsSinceLast = now, 0
-		}
-		return err
+		return fmt.Errorf("%w: insert %d audit entries: %w", store.ErrDatabase, len(b), err)
 	}
-	w.written.Add(len(batch))
 	return nil
 }
 

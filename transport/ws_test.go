@@ -17,6 +17,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"github.com/lxzan/gws"
 
+	"switchboard/actors"
 	"switchboard/hub"
 	"switchboard/transport/auth"
 )
@@ -38,16 +39,30 @@ func (p panicOn) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	p.wsEvents.OnMessage(socket, msg)
 }
 
-// A panic on one connection's read goroutine closes that connection with 1011, is logged and
-// counted, and leaves the server serving the others (PROTOCOL §1.3).
-func TestReadPathPanicClosesWith1011(t *testing.T) {
-	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slog.New(slog.DiscardHandler) }))
+// testWS is a WSServer on an httptest listener with a real hub and a handler actor that
+// answers every request OK: enough for tests of frames, not of handlers.
+type testWS struct {
+	s   *WSServer
+	srv *httptest.Server
+	set *metrics.Set
+}
+
+func newTestWS(t testing.TB, events func(*WSServer) gws.Event) *testWS {
+	t.Helper()
+	quiet := slog.New(slog.DiscardHandler)
+	system := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quiet }))
 	set := metrics.NewSet()
-	log := slog.New(slog.DiscardHandler)
-	h := hub.Start(system.Root, hub.Options{Logger: log, Metrics: set})
-	s := NewWSServer(WSConfig{Verifier: anyToken{}, Hub: h, Root: system.Root, MaxMessageBytes: 1 << 16,
-		SendQueueBytes: 1 << 20, MaxInFlight: 4, WriteTimeout: time.Second, Logger: log, Metrics: set})
-	s.upgrader = gws.NewUpgrader(panicOn{&wsEvents{s: s}}, s.upgraderOptions())
+	h := hub.Start(system.Root, hub.Options{Logger: quiet, Metrics: set})
+	handler := system.Root.Spawn(actor.PropsFromFunc(func(ctx actor.Context) {
+		if r, ok := ctx.Message().(*actors.Request); ok {
+			ctx.Respond(&actors.Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: actors.StatusOK})
+		}
+	}))
+	s := NewWSServer(WSConfig{Verifier: anyToken{}, Hub: h, Root: system.Root, Handlers: handler, MaxMessageBytes: 1 << 16,
+		SendQueueBytes: 1 << 20, MaxInFlight: 4, WriteTimeout: time.Second, Logger: quiet, Metrics: set})
+	if events != nil {
+		s.upgrader = gws.NewUpgrader(events(s), s.upgraderOptions())
+	}
 	srv := httptest.NewServer(s)
 	t.Cleanup(func() {
 		srv.Close()
@@ -60,28 +75,37 @@ func TestReadPathPanicClosesWith1011(t *testing.T) {
 		}
 		system.Shutdown()
 	})
+	return &testWS{s: s, srv: srv, set: set}
+}
 
-	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = c.Close() })
-		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer t\r\n\r\n"))
-		br := bufio.NewReader(c)
-		if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-			t.Fatalf("handshake: %v %v", resp, err)
-		}
-		return c, br
+// dial upgrades a bare TCP connection.
+func (w *testWS) dial(t testing.TB) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(w.srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	masked := func(payload string) []byte {
-		f := []byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0} // zero mask key
-		return append(f, payload...)
+	t.Cleanup(func() { _ = c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer t\r\n\r\n"))
+	br := bufio.NewReader(c)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
 	}
+	return c, br
+}
 
-	c, br := dial()
+// masked is a final masked text frame (zero mask key) for payloads under 126 bytes.
+func masked(payload string) []byte {
+	return append([]byte{0x81, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+}
+
+// A panic on one connection's read goroutine closes that connection with 1011, is logged and
+// counted, and leaves the server serving the others (PROTOCOL §1.3).
+func TestReadPathPanicClosesWith1011(t *testing.T) {
+	w := newTestWS(t, func(s *WSServer) gws.Event { return panicOn{&wsEvents{s: s}} })
+	c, br := w.dial(t)
 	_, _ = c.Write(masked("panic"))
 	all, err := io.ReadAll(br)
 	if err != nil {
@@ -90,12 +114,12 @@ func TestReadPathPanicClosesWith1011(t *testing.T) {
 	if len(all) < 4 || all[0] != 0x88 || binary.BigEndian.Uint16(all[2:4]) != CloseInternalError {
 		t.Fatalf("after a panic the peer read % x, want close 1011", all)
 	}
-	if n := set.GetOrCreateCounter("ws_connection_panics_total").Get(); n != 1 {
+	if n := w.set.GetOrCreateCounter("ws_connection_panics_total").Get(); n != 1 {
 		t.Fatalf("ws_connection_panics_total = %d", n)
 	}
 
 	// Another connection is unaffected: its ping is answered.
-	c2, br2 := dial()
+	c2, br2 := w.dial(t)
 	_, _ = c2.Write([]byte{0x89, 0x80, 0, 0, 0, 0})
 	var pong [2]byte
 	if _, err := io.ReadFull(br2, pong[:]); err != nil || pong[0] != 0x8A {

@@ -107,8 +107,9 @@ func (a *hubActor) settled(name string, t *topic, s *sub, gap bool) {
 		// live it begins theirs, and this subscriber skips what it has.
 	default:
 		// This subscriber read another stream than the one the others follow: theirs restarted.
-		a.lose(name, t, "the topic's stream restarted (another epoch)", nil)
-		return
+		// It stands in the new one and stays; the topic follows it from now on.
+		a.lose(name, t, "the topic's stream restarted (another epoch)", nil, s)
+		t.known, t.epoch, t.seq = true, s.epoch, s.pos
 	}
 	switch {
 	case t.filling:
@@ -202,15 +203,15 @@ func (a *hubActor) resync() {
 }
 
 // lose handles messages of a topic that this node missed and cannot read back: every settled
-// subscriber is closed (see the comment at the top of this file), every one still loading loads
-// again, and the topic starts over as if new.
-func (a *hubActor) lose(name string, t *topic, why string, err error) {
+// subscriber (but keep, if set) is closed (see the comment at the top of this file), every one
+// still loading loads again, and the topic starts over as if new.
+func (a *hubActor) lose(name string, t *topic, why string, err error, keep ...*sub) {
 	a.fillLost.Inc()
 	closed, reloaded := 0, 0
 	for _, mem := range slices.Clone(t.snapshot()) {
 		s := mem.topics[name]
 		switch {
-		case s == nil:
+		case s == nil, slices.Contains(keep, s):
 		case s.loading:
 			s.pending = nil
 			a.load(mem, name, s)

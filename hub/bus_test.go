@@ -367,3 +367,66 @@ func TestRedisRestartClosesSubscribers(t *testing.T) {
 	}
 	expectRun(t, x, "dash.r", 1, 3)
 }
+
+// TestRedisDataLossSinceNotRecovered: seq 1..5 on a history topic, then Redis loses its data
+// (FLUSHDB; a restart without persistence) and the topic's counter starts again. A client that
+// saw 1..5 and comes back with since 5 and its epoch is told recovered:false — right after one
+// new publish, and also once the new stream has passed 5 (by seq alone its 6 and 7 would look
+// like exactly what the client missed). A subscriber that stayed is closed to recover the same
+// way rather than handed the new stream's messages as if they followed its 5.
+func TestRedisDataLossSinceNotRecovered(t *testing.T) {
+	for _, how := range []string{"flushdb", "restart"} {
+		t.Run(how, func(t *testing.T) {
+			srv := redistest.StartServer(t)
+			c := srv.Client(func(o *redis.Options) { o.DialTimeout, o.MaxRetries = 200*time.Millisecond, -1 })
+			n := &busNode{}
+			rb := newRedisBus(t, c, "node-a", n.deliver)
+			n.start(t, rb, func(string) int { return 100 })
+			waitHealthy(t, rb)
+			stay := newFake(1, seqCodec{})
+			n.hub.Register(stay)
+			waitFor(t, 10*time.Second, "registration", func() bool { return n.hub.Active() == 1 })
+			n.subscribe(t, stay, "dash.l", nil, "")
+			publishOn(t, rb, "dash.l", 100, 1, 5)
+			expectRun(t, stay, "dash.l", 1, 5)
+			_, _, epochs := streamEpochs(t, stay, "dash.l")
+			old := epochs[4]
+
+			switch how {
+			case "flushdb":
+				if err := c.FlushDB(context.Background()).Err(); err != nil { // the test's own server
+					t.Fatal(err)
+				}
+			case "restart":
+				srv.Kill()
+				srv.Restart()
+				waitHealthy(t, rb)
+			}
+			publishOn(t, rb, "dash.l", 100, 1, 1)
+			waitFor(t, 15*time.Second, "the subscriber that stayed to be closed", func() bool { n, _, _ := stay.closed(); return n == 1 })
+			if _, code, reason := stay.closed(); code != hub.CloseMissedMessages || reason != "missed topic messages" {
+				t.Fatalf("closed with %d %q", code, reason)
+			}
+			expectRun(t, stay, "dash.l", 1, 5) // and nothing of the new stream
+
+			latest := uint64(1)
+			for i, upTo := range []uint64{1, 7} {
+				publishOn(t, rb, "dash.l", 100, latest+1, upTo)
+				latest = upTo
+				back := newFake(uint64(10+i), seqCodec{})
+				n.hub.Register(back)
+				waitFor(t, 10*time.Second, "registration", func() bool { return n.hub.Active() == 1 })
+				ack := n.subscribe(t, back, "dash.l", u64(5), old)
+				cur := epochOf(t, rb, "dash.l")
+				if want := fmt.Sprintf("ack|dash.l|%d|false|<nil>|%s", latest, cur); ack != want || cur == old {
+					t.Fatalf("SUBSCRIBE since 5 of %s with the new stream at %d: %q, want %q", old, latest, ack, want)
+				}
+				latest++
+				publishOn(t, rb, "dash.l", 100, latest, latest)
+				expectRun(t, back, "dash.l", latest, latest) // nothing replayed; live follows
+				n.hub.Unregister(back.id)
+				waitFor(t, 10*time.Second, "unregistration", func() bool { return n.hub.Active() == 0 })
+			}
+		})
+	}
+}

@@ -42,9 +42,9 @@ type epDashboard struct {
 	got        int    // broadcasts taken in order
 	ns         []uint64
 	toldAt     map[int]bool // told recovered:false after ns[:i]
-	recovered  int    // answers to since that said recovered:true
-	told       int    // answers to since that said recovered:false
-	retries    int    // SUBSCRIBEs answered "Topic history unavailable", tried again
+	recovered  int          // answers to since that said recovered:true
+	told       int          // answers to since that said recovered:false
+	retries    int          // SUBSCRIBEs answered "Topic history unavailable", tried again
 	closes     map[string]int
 	violations []string
 }

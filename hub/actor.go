@@ -85,6 +85,9 @@ type topic struct {
 	// yet). The bus delivers a stream in increasing order, so one at or below it means the
 	// counter went back.
 	live uint64
+	// prev is the stream the topic left for the one a new subscriber read (gap.go, settled); its
+	// late messages are dropped.
+	prev string
 	// While filling, the missed messages after fillSince are being read from the history; live
 	// messages wait in held. again asks for another fill when this one is done (the bus
 	// resubscribed meanwhile, or a subscriber settled below fillSince).

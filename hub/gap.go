@@ -52,8 +52,8 @@ const CloseMissedMessages = 1013
 const closeMissedReason = "missed topic messages"
 
 // deliverSeq delivers a live message of a topic with history, or holds it while the topic's
-// history loads. It reports whether msg was delivered (false: held, or the topic lost messages
-// and started over).
+// history loads. It reports whether the next message may follow (false: msg was held, or the
+// topic lost messages and started over).
 func (a *hubActor) deliverSeq(name string, t *topic, msg *Message) bool {
 	if t.filling {
 		if len(t.held) >= a.hub.opts.MaxPending {
@@ -68,6 +68,10 @@ func (a *hubActor) deliverSeq(name string, t *topic, msg *Message) bool {
 		// The first message since the topic got subscribers, all still loading their history:
 		// their answers settle the seam.
 		t.known, t.epoch, t.seq = true, msg.Epoch, msg.Seq
+	case t.prev != "" && msg.Epoch == t.prev:
+		// A late message of the stream the topic left when a subscriber read the new one: it was
+		// published before the new stream began, and nobody follows it any more.
+		return true
 	case msg.Epoch != t.epoch:
 		if t.epoch != "" || t.seq != 0 || msg.Seq != 1 {
 			a.lose(name, t, "the topic's stream restarted (another epoch)", nil)
@@ -107,9 +111,15 @@ func (a *hubActor) settled(name string, t *topic, s *sub, gap bool) {
 		// live it begins theirs, and this subscriber skips what it has.
 	default:
 		// This subscriber read another stream than the one the others follow: theirs restarted.
-		// It stands in the new one and stays; the topic follows it from now on.
+		// It stands in the new one and stays; the topic follows it from now on, and the live
+		// messages it held during a fill go through the topic's checks again.
+		prev, held := t.epoch, t.held
 		a.lose(name, t, "the topic's stream restarted (another epoch)", nil, s)
-		t.known, t.epoch, t.seq = true, s.epoch, s.pos
+		t.known, t.epoch, t.seq, t.prev = true, s.epoch, s.pos, prev
+		a.redeliver(name, t, held)
+		if t.filling || !t.known {
+			return // a gap in what was held, or held messages of yet another stream
+		}
 	}
 	switch {
 	case t.filling:
@@ -163,12 +173,19 @@ func (a *hubActor) filled(f *filled) {
 	t.seq = max(t.seq, f.w.Latest)
 	held := t.held
 	t.held = nil
+	a.redeliver(f.topic, t, held)
+}
+
+// redeliver passes live messages that were held back through deliverSeq, in order, until one
+// starts another fill (the rest waits for it) or makes the topic start over (the rest is dropped:
+// every subscriber left loads its history again).
+func (a *hubActor) redeliver(name string, t *topic, held []*Message) {
 	for i, msg := range held {
-		if !a.deliverSeq(f.topic, t, msg) {
+		if !a.deliverSeq(name, t, msg) {
 			if t.filling { // another gap: the rest waits for that fill
 				t.held = append(t.held, held[i+1:]...)
 			}
-			break
+			return
 		}
 	}
 }
@@ -227,7 +244,7 @@ func (a *hubActor) lose(name string, t *topic, why string, err error, keep ...*s
 		args = append(args, "err", err)
 	}
 	a.log.Warn("hub: topic messages missed and not recoverable; closing its subscribers so that they recover with since", args...)
-	t.known, t.epoch, t.seq, t.live = false, "", 0, 0
+	t.known, t.epoch, t.seq, t.live, t.prev = false, "", 0, 0, ""
 	t.filling, t.again, t.held = false, false, nil
 }
 

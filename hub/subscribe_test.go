@@ -479,3 +479,39 @@ func TestEveryRequestFinishedOnce(t *testing.T) {
 		t.Fatalf("the closed connection got %d frames", n)
 	}
 }
+
+// TestNewStreamSubscriberKeepsWhatWasHeld: the topic is filling a gap of its old stream (live
+// messages held) when the stream restarts and a new subscriber reads the new one. The old
+// stream's subscriber is closed; the new one stays and gets the new stream's held messages,
+// while the old stream's late ones are dropped.
+func TestNewStreamSubscriberKeepsWhatWasHeld(t *testing.T) {
+	e := newGapEnv(t, 100)
+	old, fresh := newFake(1, seqCodec{}), newFake(2, seqCodec{})
+	e.register(old, fresh)
+	e.subscribe(old, "dash.x", nil)
+	e.publish("dash.x", 1, 3) // ep1
+	expectRun(t, old, "dash.x", 1, 3)
+	fillGate := make(chan struct{})
+	e.bus.set(func(b *gapBus) { b.gate = fillGate })
+	e.bus.setDown(true, false)
+	e.publish("dash.x", 4, 1) // missed
+	e.bus.setDown(false, false)
+	e.publish("dash.x", 5, 1) // reveals the gap: the fill waits, 5 is held
+	waitFor(t, 10*time.Second, "the fill to start", func() bool { return e.bus.historyCalls() == 2 })
+	e.bus.set(func(b *gapBus) { b.gate = nil })
+	e.bus.restart()
+	e.bus.set(func(b *gapBus) { b.delayed = true }) // ep2's first two are still on their way...
+	e.publish("dash.x", 1, 2)
+	e.subscribeAt(fresh, "dash.x", nil, "") // ...when the new subscriber reads ep2 at 2
+	if ack, _ := stream(t, fresh, "dash.x"); ack != "ack|dash.x|2|false|<nil>|ep2" {
+		t.Fatalf("answer %q", ack)
+	}
+	waitFor(t, 10*time.Second, "the old stream's subscriber to be closed", func() bool { n, _, _ := old.closed(); return n == 1 })
+	e.bus.release() // ep2 1..2 arrive: already covered
+	e.publish("dash.x", 3, 2)
+	close(fillGate) // the old fill's answer comes back: ignored
+	expectRun(t, fresh, "dash.x", 3, 4)
+	if n, _, _ := fresh.closed(); n != 0 {
+		t.Fatal("the new stream's subscriber was closed")
+	}
+}

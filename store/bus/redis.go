@@ -31,8 +31,10 @@ import (
 // which is why a history entry always ends with ,"seq":<n>} and the seq of any entry can be read
 // back from its end.
 //
-// When the topic has no stream (never published, expired, lost with Redis's data) or one whose
-// epoch is not one the buses make, the script starts one: the epoch is ARGV[6], a fresh
+// When the topic has no stream (never published, expired, lost with Redis's data) or one that is
+// not as the buses make them (not a hash, an epoch not of [0-9a-f], a seq not a number), the
+// script starts one, so a damaged key costs the topic's subscribers a recovered:false rather than
+// every later publish an error: the epoch is ARGV[6], a fresh
 // candidate every Publish sends and the script keeps only in that case, seq starts at 1, and the
 // history of an earlier stream and the counter key of earlier versions (:seq) are deleted.
 //
@@ -40,8 +42,9 @@ import (
 //	ARGV    = channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
 //	returns {seq, subscribers that received it}
 const publishLua = `
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') then
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+local epoch = not s.err and s[1]
+if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
   redis.call('HSET', KEYS[1], 'epoch', epoch)
@@ -65,8 +68,8 @@ return {seq, n}
 //	KEYS as publishScript (KEYS[3] unused);  ARGV[1] = since
 //	returns {latest, epoch ("" = no stream), seq of the oldest kept entry (0 = none), {entries with seq > since}}
 const historyLua = `
-local s = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
-if not s[1] then
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+if s.err or not s[1] then
   return {0, '', 0, {}}
 end
 local latest = tonumber(s[2] or '0') or 0

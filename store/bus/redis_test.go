@@ -160,9 +160,10 @@ func TestRedisStreamLost(t *testing.T) {
 	}
 }
 
-// TestRedisOddEpochReplaced: a stream hash whose epoch is not one the buses make (written by
-// hand, or by something else) is not echoed into the channel: the stream starts again. The
-// counter key of versions before epochs (:seq) is deleted with it.
+// TestRedisOddEpochReplaced: a stream key that is not as the buses make it (written by hand, or
+// by something else: an epoch not of [0-9a-f] — which is never echoed into the channel —, a seq
+// that is not a number, not a hash at all) does not make every publish fail: the stream starts
+// again. The counter key of versions before epochs (:seq) is deleted with it.
 func TestRedisOddEpochReplaced(t *testing.T) {
 	c := redistest.Client(t)
 	prefix := redistest.Prefix(t, c)
@@ -170,9 +171,23 @@ func TestRedisOddEpochReplaced(t *testing.T) {
 	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
 	ctx := context.Background()
 	stream, old := prefix+"topic:{dash.odd}:stream", prefix+"topic:{dash.odd}:seq"
-	for _, bad := range []string{`x","seq":99,"pkg_id":6`, "", strings.Repeat("a", 65), "ABCDEF"} {
-		if err := c.HSet(ctx, stream, "epoch", bad, "seq", 41).Err(); err != nil {
+	for _, bad := range []string{`x","seq":99,"pkg_id":6`, "", strings.Repeat("a", 65), "ABCDEF", "bad seq", "not a hash"} {
+		var err error
+		switch bad {
+		case "bad seq":
+			err = c.HSet(ctx, stream, "epoch", "0123456789abcdef", "seq", "x1").Err()
+		case "not a hash":
+			err = c.Set(ctx, stream, "0123456789abcdef", 0).Err()
+		default:
+			err = c.HSet(ctx, stream, "epoch", bad, "seq", 41).Err()
+		}
+		if err != nil {
 			t.Fatal(err)
+		}
+		if bad == "not a hash" { // History reads it as no stream
+			if w, err := b.History(ctx, "dash.odd", 0); err != nil || w.Epoch != "" {
+				t.Fatalf("History of a stream key that is not a hash = %+v, %v", w, err)
+			}
 		}
 		if err := c.Set(ctx, old, 77, 0).Err(); err != nil {
 			t.Fatal(err)

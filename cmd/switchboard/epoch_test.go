@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -438,5 +439,35 @@ func TestTopicStreamSurvivesRedisDataLoss(t *testing.T) {
 		t.Logf("%s: %d broadcasts in order, %d told recovered:false, %d recovered, %d SUBSCRIBEs retried, closes %v",
 			d.who, s.got, s.told, s.recov, d.retries, d.closes)
 		d.mu.Unlock()
+	}
+}
+
+// TestSubscribeEpochValidation: an epoch that is not a string of at most 64 characters is
+// invalid data (2, at /epoch); any other string is only compared — one the topic never had is
+// not recovered, and the answer names the topic's stream.
+func TestSubscribeEpochValidation(t *testing.T) {
+	s := startServer(t, nil)
+	c := s.dial(t, s.token(t, "ep-validate"))
+	for _, data := range []map[string]any{
+		{"topic": "dashboards.v", "since": 0, "epoch": strings.Repeat("a", 65)},
+		{"topic": "dashboards.v", "since": 0, "epoch": 5},
+		{"topic": "dashboards.v", "epoch": nil},
+	} {
+		r := c.call(10, data)
+		var d struct {
+			Errors []struct{ Path string } `json:"errors"`
+		}
+		decodeData(t, r, &d)
+		if r.status() != 2 || r.msg() != "Invalid data" || len(d.Errors) == 0 || d.Errors[0].Path != "/epoch" {
+			t.Fatalf("SUBSCRIBE %v: %d %q %s, want 2 Invalid data at /epoch", data, r.status(), r.msg(), r.Data)
+		}
+	}
+	for _, epoch := range []string{"", strings.Repeat("z", 64), `"}],<script>`, "\u00e9t\u00e9"} {
+		r := c.call(10, map[string]any{"topic": "dashboards.v", "since": 0, "epoch": epoch})
+		var a clSubAnswer
+		decodeData(t, r, &a)
+		if r.status() != 0 || a.Recovered || a.Epoch != "" || a.Seq != 0 {
+			t.Fatalf("SUBSCRIBE since 0 in epoch %q on a topic without a stream: %d %s", epoch, r.status(), r.Data)
+		}
 	}
 }

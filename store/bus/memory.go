@@ -9,7 +9,9 @@ import (
 )
 
 // Memory is the single-node bus: Publish queues the message for one delivery goroutine, and
-// history lives in an in-process ring per topic. It never fails once built, except after Close.
+// history lives in an in-process ring per topic, whose stream gets a fresh epoch when the topic
+// is created (so a restarted process never continues an earlier one's epochs). It never fails
+// once built, except after Close.
 type Memory struct {
 	deliver func(*Message)
 	logger  *slog.Logger

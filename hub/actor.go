@@ -498,7 +498,9 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 		return
 	}
 	if h.err != nil {
-		a.log.Warn("hub: topic history unavailable", "topic", h.topic, "err", h.err)
+		// Debug only: every SUBSCRIBE fails this way while Redis is down, and the bus already
+		// counts (redis_errors_total) and warns, at most every 10 s.
+		a.log.Debug("hub: topic history unavailable", "topic", h.topic, "err", h.err)
 		a.dropSub(mem, h.topic)
 		a.answer(mem, s.req, Answer{Err: ErrHistory})
 		for _, w := range s.waiting {

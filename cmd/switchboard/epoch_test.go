@@ -471,3 +471,43 @@ func TestSubscribeEpochValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestSubscribeWhileRedisDown: with Redis gone, SUBSCRIBE to a topic with history cannot read
+// it: each is answered 1/Topic history unavailable — more of them at once than the connection's
+// in-flight cap, none lost — and the connection stays usable; once Redis is back the same
+// SUBSCRIBE works.
+func TestSubscribeWhileRedisDown(t *testing.T) {
+	rs := redistest.StartServer(t)
+	s := clNodes(t, 1, rs.URL())[0]
+	c := s.dial(t, s.token(t, "ep-down"))
+	if r := c.call(10, map[string]any{"topic": "dashboards.down"}); r.status() != 0 {
+		t.Fatalf("SUBSCRIBE with Redis up: %d %q", r.status(), r.msg())
+	}
+	rs.Kill()
+	const n = 40 // over SWITCHBOARD_WS_MAX_IN_FLIGHT (32)
+	ids := map[string]bool{}
+	for i := range n {
+		id := uuid.NewString()
+		ids[id] = true
+		b, _ := json.Marshal(map[string]any{"pkg_id": 10, "req_id": id,
+			"data": map[string]any{"topic": fmt.Sprintf("dashboards.down%d", i), "since": 3, "epoch": "0123456789abcdef"}})
+		c.sendText(string(b))
+	}
+	for range n {
+		e := c.next(30 * time.Second)
+		if !ids[e.ReqID] || e.status() != 1 || e.msg() != "Topic history unavailable" {
+			t.Fatalf("answer %+v %s, want 1 Topic history unavailable to one of the SUBSCRIBEs", e, e.Data)
+		}
+		delete(ids, e.ReqID)
+	}
+	if r := c.call(11, map[string]any{"topic": "dashboards.down0"}); r.status() != 0 {
+		t.Fatalf("UNSUBSCRIBE after the failures: %d %q", r.status(), r.msg())
+	}
+	rs.Restart()
+	clWaitFor(t, 30*time.Second, "SUBSCRIBE to work again", func() (bool, string) {
+		r := c.call(10, map[string]any{"topic": "dashboards.down0", "since": 3, "epoch": "0123456789abcdef"})
+		var a clSubAnswer
+		_ = json.Unmarshal(r.Data, &a)
+		return r.status() == 0 && !a.Recovered, fmt.Sprintf("%d %q %s", r.status(), r.msg(), r.Data)
+	})
+}

@@ -240,7 +240,8 @@ func (r *SubscribeRequest) finish() {
 	}
 }
 
-// Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic only acks.
+// Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic re-runs the
+// recovery from the new request's Since.
 func (h *Hub) Subscribe(req *SubscribeRequest) { h.root.Send(h.pid, &subscribe{req: req}) }
 
 // Unsubscribe removes a subscription; removing one that does not exist is not an error.

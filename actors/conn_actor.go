@@ -131,18 +131,22 @@ func (a *connActor) schedule(ctx actor.Context) {
 }
 
 // subscribe hands the subscription to the hub, which queues the answer (built by ack once the
-// topic's latest sequence is known), the recovered messages and then live ones, in that order.
+// topic's stream and latest sequence are known), the recovered messages and then live ones, in
+// that order. The request keeps its in-flight slot until the hub has queued the answer (Done),
+// so a connection cannot have more history loads waiting than its in-flight cap.
 func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
-	defer a.sock.RequestDone()
 	sock, log := a.sock, a.deps.Logger
-	ack := func(latest uint64, recovered bool, err error) []byte {
+	ack := func(res hub.Answer) []byte {
 		ans := &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusOK,
-			Data: subscribed{Topic: in.Topic, Seq: latest, Recovered: recovered}}
+			Data: subscribed{Topic: in.Topic, Seq: res.Latest, Epoch: res.Epoch, Recovered: res.Recovered}}
 		switch {
-		case errors.Is(err, hub.ErrTooManyTopics):
+		case errors.Is(res.Err, hub.ErrTooManyTopics):
 			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusInvalidData, Kind: ErrInvalid,
 				Msg: "Too many topics on this connection"}
-		case err != nil:
+		case errors.Is(res.Err, hub.ErrUnsubscribed):
+			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusInvalidData, Kind: ErrInvalid,
+				Msg: "Unsubscribed before the subscription completed"}
+		case res.Err != nil:
 			ans = &Response{PkgID: r.PkgID, ReqID: r.ReqID, Status: StatusError, Kind: ErrInternal,
 				Msg: "Topic history unavailable"}
 		}
@@ -152,13 +156,15 @@ func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
 		}
 		return f
 	}
-	a.deps.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.sock, Topic: in.Topic, Since: in.Since, Ack: ack})
+	a.deps.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.sock, Topic: in.Topic, Since: in.Since, Epoch: in.Epoch,
+		Ack: ack, Done: a.sock.RequestDone})
 }
 
 // subscribed is SUBSCRIBE's answer data.
 type subscribed struct {
 	Topic     string `json:"topic"`
 	Seq       uint64 `json:"seq"`
+	Epoch     string `json:"epoch"`
 	Recovered bool   `json:"recovered"`
 }
 

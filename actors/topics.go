@@ -15,11 +15,16 @@ const (
 const TopicSchema = `{"type":"string","minLength":1,"maxLength":200,"pattern":"^[A-Za-z0-9_.:-]+$"}`
 
 // SubscribeIntent is what a successful SUBSCRIBE asks of the connection actor: to join the hub's
-// topic. The hub sends the answer, then the recovered messages, then live ones.
+// topic. The hub sends the answer, then the recovered messages, then live ones. Since counts in
+// the topic's stream Epoch (as the client last saw it).
 type SubscribeIntent struct {
 	Topic string
 	Since *uint64
+	Epoch string
 }
+
+// EpochSchema is the JSON schema of a topic stream's epoch as a client sends it back.
+const EpochSchema = `{"type":"string","maxLength":64}`
 
 // UnsubscribeIntent asks the connection actor to leave a topic.
 type UnsubscribeIntent struct{ Topic string }
@@ -30,11 +35,13 @@ func TopicRoutes(policy *Policy) []Route {
 	return []Route{
 		{PkgID: PkgSubscribe, Name: "SUBSCRIBE", Resource: "topics",
 			Schema: `{"type":"object","required":["topic"],"properties":{"topic":` + TopicSchema + `,
-				"since":{"type":"integer","minimum":0,"maximum":9007199254740991}}}`,
+				"since":{"type":"integer","minimum":0,"maximum":9007199254740991},
+				"epoch":` + EpochSchema + `}}`,
 			Handler: func(_ context.Context, req *Request) (any, any, error) {
 				var in struct {
 					Topic string  `json:"topic"`
 					Since *uint64 `json:"since"`
+					Epoch string  `json:"epoch"`
 				}
 				if err := decode(req, &in); err != nil {
 					return nil, nil, err
@@ -46,7 +53,7 @@ func TopicRoutes(policy *Policy) []Route {
 				if missing := missingRoles(rule.Subscribe, req.User); len(missing) > 0 {
 					return nil, nil, &Failure{Status: StatusPermissionDenied, Msg: "Permission denied", Kind: ErrDenied, Data: MissingRoles{Missing: missing}}
 				}
-				return &SubscribeIntent{Topic: in.Topic, Since: in.Since}, nil, nil
+				return &SubscribeIntent{Topic: in.Topic, Since: in.Since, Epoch: in.Epoch}, nil, nil
 			}},
 		{PkgID: PkgUnsubscribe, Name: "UNSUBSCRIBE", Resource: "topics",
 			Schema: `{"type":"object","required":["topic"],"properties":{"topic":` + TopicSchema + `}}`,

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"container/list"
 	"fmt"
 	"log/slog"
 	"math"
@@ -18,18 +19,48 @@ type member struct {
 
 // sub is one subscription. While its history loads, live messages of the topic are held in
 // pending, so the answer, the history and the live messages leave in that order with no gap
-// and no duplicate (messages at or below the loaded sequence are dropped from pending).
+// and no duplicate (messages the loaded history already covers are dropped from pending).
 type sub struct {
 	loading bool
 	gen     uint64 // the load this subscription waits for; answers of older loads are ignored
-	since   *uint64
-	ack     func(latest uint64, recovered bool, err error) []byte
+	// queued is the subscription's place in the queue of loads waiting for a slot; nil when its
+	// load runs, or when it is not loading.
+	queued *list.Element
+	// req is the SUBSCRIBE being answered while loading; waiting are the later SUBSCRIBEs of the
+	// same topic on this connection, re-run in turn once req is answered. Each holds one of the
+	// connection's in-flight slots until answered, so the transport's in-flight cap bounds them.
+	req     *SubscribeRequest
+	waiting []*SubscribeRequest
 	pending []*Message
-	// pos is, on a topic with history, the last sequence this subscriber was given or that its
-	// answer covered (replayed, or older than the subscription). A message at or below it is a
-	// duplicate for this subscriber (still on its way through the bus when the history was read,
-	// or already filled in from the history) and is skipped.
-	pos uint64
+	// epoch and pos are, on a topic with history, where this subscriber stands in the topic's
+	// stream: the last sequence it was given or that its answer covered (replayed, or older than
+	// the subscription), in stream epoch ("" and 0: no stream yet). A message of that stream at
+	// or below pos is a duplicate for this subscriber (still on its way through the bus when the
+	// history was read, or already filled in from the history) and is skipped.
+	epoch string
+	pos   uint64
+}
+
+// step is how a message of a stream relates to a subscriber's position in it.
+type step int
+
+const (
+	stepDup   step = iota // already given, or covered by its answer
+	stepNext              // the very next message
+	stepOther             // further on (a gap), or another stream: delivering it would leave a hole
+)
+
+// follows tells how msg relates to s's position.
+func (s *sub) follows(msg *Message) step {
+	switch {
+	case msg.Epoch == s.epoch && msg.Seq <= s.pos:
+		return stepDup
+	case msg.Epoch == s.epoch && msg.Seq == s.pos+1:
+		return stepNext
+	case s.epoch == "" && s.pos == 0 && msg.Seq == 1:
+		return stepNext // the topic's first stream begins
+	}
+	return stepOther
 }
 
 // topic is the set of members subscribed to one topic, with a snapshot for delivery.
@@ -43,13 +74,20 @@ type topic struct {
 	dirty   bool
 
 	tracked bool // the topic keeps history and there is a bus to read it from
-	// known: seq is meaningful. seq is a lower bound of the pos of every settled subscriber, so
-	// a live message seq+1 leaves no settled subscriber with a gap, and one above it might.
+	// known: epoch and seq are meaningful. epoch is the stream the settled subscribers follow
+	// (see gap.go for "" with seq 0, the only state in which some may already stand in a stream
+	// the others have not seen yet), and seq a lower bound of their pos, so a live message seq+1
+	// of epoch leaves no settled subscriber with a gap, and one above it might.
 	known bool
+	epoch string
 	seq   uint64
-	// live is the sequence of the last message that came live off the bus (0: none yet). The bus
-	// delivers a topic in increasing order, so one at or below it means the counter restarted.
+	// live is the sequence of the last message of epoch that came live off the bus (0: none
+	// yet). The bus delivers a stream in increasing order, so one at or below it means the
+	// counter went back.
 	live uint64
+	// prev is the stream the topic left for the one a new subscriber read (gap.go, settled); its
+	// late messages are dropped.
+	prev string
 	// While filling, the missed messages after fillSince are being read from the history; live
 	// messages wait in held. again asks for another fill when this one is done (the bus
 	// resubscribed meanwhile, or a subscriber settled below fillSince).
@@ -104,6 +142,18 @@ type hubActor struct {
 	filledOK, fillLost, gapClosed *metrics.Counter
 
 	ids uint64 // source of subscription load generations and fill ids
+
+	// loads is the queue of subscriptions whose history load waits for a slot (loadKey values),
+	// oldest first; running is how many loads run. A subscription is queued at most once and
+	// leaves the queue when it is dropped, so the queue holds at most one entry per loading
+	// subscription — which the transport's in-flight cap and MaxTopicsPerConn bound.
+	loads   *list.List
+	running int
+}
+
+type loadKey struct {
+	id    uint64
+	topic string
 }
 
 func (a *hubActor) nextID() uint64 {
@@ -126,9 +176,7 @@ func (a *hubActor) Receive(ctx actor.Context) {
 	case *subscribe:
 		a.subscribe(m.req)
 	case *unsubscribe:
-		if mem, ok := a.conns[m.id]; ok {
-			a.dropSub(mem, m.topic)
-		}
+		a.unsubscribe(m.id, m.topic)
 	case *historyLoaded:
 		a.historyLoaded(m)
 	case *resync:
@@ -168,20 +216,57 @@ func (a *hubActor) snapshot() []*member {
 	return a.snap
 }
 
-// remove forgets a connection and its subscriptions.
+// remove forgets a connection and its subscriptions. The SUBSCRIBEs it had waiting get no
+// answer (the connection is gone), only their Done.
 func (a *hubActor) remove(mem *member) {
-	for name := range mem.topics {
-		a.dropSub(mem, name)
-	}
 	delete(a.conns, mem.conn.ID())
 	a.changed()
+	for name := range mem.topics {
+		s := a.dropSub(mem, name)
+		if s == nil {
+			continue
+		}
+		if s.loading {
+			s.req.finish()
+		}
+		for _, w := range s.waiting {
+			w.finish()
+		}
+	}
 }
 
-func (a *hubActor) dropSub(mem *member, name string) {
-	if _, ok := mem.topics[name]; !ok {
+// unsubscribe removes a subscription; the SUBSCRIBEs of that topic still waiting for their
+// answer are answered ErrUnsubscribed.
+func (a *hubActor) unsubscribe(id uint64, name string) {
+	mem, ok := a.conns[id]
+	if !ok {
 		return
 	}
+	s := a.dropSub(mem, name)
+	if s == nil {
+		return
+	}
+	if s.loading {
+		a.answer(mem, s.req, Answer{Err: ErrUnsubscribed})
+	}
+	for _, w := range s.waiting {
+		a.answer(mem, w, Answer{Err: ErrUnsubscribed})
+	}
+}
+
+// dropSub removes mem's subscription to name and returns it (nil if there was none); its
+// requests are the caller's to answer.
+func (a *hubActor) dropSub(mem *member, name string) *sub {
+	s, ok := mem.topics[name]
+	if !ok {
+		return nil
+	}
 	delete(mem.topics, name)
+	if s.queued != nil {
+		a.loads.Remove(s.queued)
+		s.queued = nil
+		a.hub.loadsWaiting.Store(int64(a.loads.Len()))
+	}
 	if t := a.topics[name]; t != nil {
 		delete(t.members, mem.conn.ID())
 		t.dirty = true
@@ -189,6 +274,19 @@ func (a *hubActor) dropSub(mem *member, name string) {
 			delete(a.topics, name)
 		}
 	}
+	return s
+}
+
+// answer queues the answer to req on mem, unless mem is gone, and calls req's Done.
+func (a *hubActor) answer(mem *member, req *SubscribeRequest, ans Answer) bool {
+	ok := false
+	if a.conns[mem.conn.ID()] == mem {
+		if f := req.Ack(ans); f != nil {
+			ok = a.enqueue(mem, f)
+		}
+	}
+	req.finish()
+	return ok
 }
 
 // enqueue queues a frame on mem; a refusal (over budget or closing) removes the member, which
@@ -224,7 +322,7 @@ func (a *hubActor) deliver(msg *Message) {
 		return
 	}
 	if t.tracked && msg.Seq != 0 {
-		a.deliverSeq(msg.Topic, t, msg, false)
+		a.deliverSeq(msg.Topic, t, msg)
 	} else {
 		a.fanOut(t, msg)
 	}
@@ -233,7 +331,9 @@ func (a *hubActor) deliver(msg *Message) {
 
 // fanOut hands msg to the topic's subscribers: held for those whose history still loads,
 // skipped by those that already have it (a sequence at or below their pos), queued for the
-// others.
+// others. On a topic with history the topic's own checks (deliverSeq, filled) let through only
+// what follows every settled subscriber's position; a subscriber for which msg would still leave
+// a hole is closed rather than given it (gap.go).
 func (a *hubActor) fanOut(t *topic, msg *Message) {
 	enc := encoder{a: a, msg: msg}
 	seq := t.tracked && msg.Seq != 0
@@ -253,10 +353,14 @@ func (a *hubActor) fanOut(t *topic, msg *Message) {
 			continue
 		}
 		if seq {
-			if msg.Seq <= s.pos {
+			switch s.follows(msg) {
+			case stepDup:
+				continue
+			case stepOther:
+				a.closeMissed(mem)
 				continue
 			}
-			s.pos = msg.Seq
+			s.epoch, s.pos = msg.Epoch, msg.Seq
 		}
 		if f := enc.frame(mem.conn.Codec()); f != nil {
 			a.enqueue(mem, f)
@@ -309,11 +413,17 @@ func (a *hubActor) encode(c Codec, msg *Message) []byte {
 func (a *hubActor) subscribe(req *SubscribeRequest) {
 	mem, ok := a.conns[req.Conn.ID()]
 	if !ok {
-		return // the connection closed meanwhile
+		req.finish() // the connection closed meanwhile
+		return
 	}
 	s, again := mem.topics[req.Topic]
+	if again && s.loading {
+		// Answered in turn: the answers and their replays must not interleave.
+		s.waiting = append(s.waiting, req)
+		return
+	}
 	if !again && len(mem.topics) >= a.hub.opts.MaxTopicsPerConn {
-		a.enqueue(mem, req.Ack(0, false, ErrTooManyTopics))
+		a.answer(mem, req, Answer{Err: ErrTooManyTopics})
 		return
 	}
 	t := a.topics[req.Topic]
@@ -333,26 +443,52 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 		t.members[mem.conn.ID()] = mem
 		t.dirty = true
 	}
-	s.loading, s.since, s.ack, s.pending = true, req.Since, req.Ack, nil
+	s.loading, s.req, s.pending = true, req, nil
 	if !t.tracked {
-		a.settle(req.Topic, mem, s, nil, 0, false) // nothing kept, nothing recovered
+		a.settle(req.Topic, mem, s, Window{}) // nothing kept, nothing recovered
 		return
 	}
 	a.load(mem, req.Topic, s)
 }
 
-// load (re)starts the history load of a subscription; the answer of an earlier load, if one is
+// load (re)starts the history load of a subscription: it joins the queue of loads (unless it
+// is there already) and starts when a slot is free. The answer of an earlier load, if one is
 // still on its way, is ignored.
 func (a *hubActor) load(mem *member, name string, s *sub) {
 	s.gen = a.nextID()
-	since := uint64(math.MaxUint64) // only the latest sequence is wanted
-	if s.since != nil {
-		since = *s.since
+	if s.queued == nil {
+		s.queued = a.loads.PushBack(loadKey{id: mem.conn.ID(), topic: name})
 	}
-	a.hub.loadHistory(mem.conn.ID(), name, since, s.gen)
+	a.startLoads()
+}
+
+// startLoads starts queued loads while fewer than MaxLoads run. Each reads History off the
+// actor and answers with historyLoaded, which frees its slot.
+func (a *hubActor) startLoads() {
+	for a.running < a.hub.opts.MaxLoads && a.loads.Len() > 0 {
+		k := a.loads.Remove(a.loads.Front()).(loadKey)
+		mem := a.conns[k.id]
+		if mem == nil {
+			continue
+		}
+		s := mem.topics[k.topic]
+		if s == nil || !s.loading {
+			continue
+		}
+		s.queued = nil
+		since := uint64(math.MaxUint64) // only the latest sequence is wanted
+		if s.req.Since != nil {
+			since = *s.req.Since
+		}
+		a.running++
+		a.hub.loadHistory(k.id, k.topic, since, s.gen)
+	}
+	a.hub.loadsWaiting.Store(int64(a.loads.Len()))
 }
 
 func (a *hubActor) historyLoaded(h *historyLoaded) {
+	a.running--
+	defer a.startLoads()
 	mem, ok := a.conns[h.id]
 	if !ok {
 		return
@@ -362,35 +498,42 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 		return
 	}
 	if h.err != nil {
-		a.log.Warn("hub: topic history unavailable", "topic", h.topic, "err", h.err)
-		ack := s.ack
+		// Debug only: every SUBSCRIBE fails this way while Redis is down, and the bus already
+		// counts (redis_errors_total) and warns, at most every 10 s.
+		a.log.Debug("hub: topic history unavailable", "topic", h.topic, "err", h.err)
 		a.dropSub(mem, h.topic)
-		a.enqueue(mem, ack(0, false, ErrHistory))
+		a.answer(mem, s.req, Answer{Err: ErrHistory})
+		for _, w := range s.waiting {
+			a.subscribe(w) // each is a request of its own: it may well succeed
+		}
 		return
 	}
-	// recovered: the client asked for the messages after since and got every one of them.
-	var msgs []*Message
-	recovered := false
-	if s.since != nil && h.complete {
-		msgs, recovered = h.msgs, true
-	}
-	a.settle(h.topic, mem, s, msgs, h.latest, recovered)
+	a.settle(h.topic, mem, s, h.w)
 }
 
 // settle finishes a subscription: the answer, then the recovered messages, then the live
-// messages held meanwhile that are newer than latest (older ones were in the history, or predate
-// the subscription). On a topic with history the held messages must follow latest without a
-// gap; one that skips some (the bus lost them while the history loaded) stops there, and the
-// topic fills the rest in from the history.
-func (a *hubActor) settle(name string, mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
+// messages held meanwhile that are newer than what the answer covered (older ones were in the
+// history, or predate the subscription). On a topic with history the held messages must follow
+// the answer's position without a gap; one that skips some (the bus lost them while the history
+// loaded) or belongs to another stream stops there, and the topic reads the rest from the
+// history (gap.go). Then the next SUBSCRIBE waiting on this topic, if any, runs.
+func (a *hubActor) settle(name string, mem *member, s *sub, w Window) {
+	req := s.req
+	// recovered: the client named a position in the topic's current stream, and every message
+	// after it is still kept. A since without an epoch, or of another epoch (the stream
+	// restarted since), is never taken for the current stream's: that would hide a hole.
+	recovered := req.Since != nil && req.Epoch != "" && req.Epoch == w.Epoch && w.Complete
 	pending := s.pending
-	s.loading, s.pending, s.pos = false, nil, latest
-	if !a.enqueue(mem, s.ack(latest, recovered, nil)) {
+	s.loading, s.req, s.pending = false, nil, nil
+	s.epoch, s.pos = w.Epoch, w.Latest
+	if !a.answer(mem, req, Answer{Latest: w.Latest, Epoch: w.Epoch, Recovered: recovered}) {
 		return
 	}
-	for _, msg := range history {
-		if !a.enqueueOne(mem, msg) {
-			return
+	if recovered {
+		for _, msg := range w.Msgs {
+			if !a.enqueueOne(mem, msg) {
+				return
+			}
 		}
 	}
 	t := a.topics[name]
@@ -398,22 +541,38 @@ func (a *hubActor) settle(name string, mem *member, s *sub, history []*Message, 
 	gap := false
 	for _, msg := range pending {
 		if tracked && msg.Seq != 0 {
-			if msg.Seq <= s.pos {
+			st := s.follows(msg)
+			if st == stepDup {
 				continue
 			}
-			if msg.Seq > s.pos+1 {
+			if st == stepOther {
 				gap = true
 				break
 			}
-			s.pos = msg.Seq
+			s.epoch, s.pos = msg.Epoch, msg.Seq
 		}
 		if !a.enqueueOne(mem, msg) {
 			return
 		}
 	}
 	if tracked {
-		a.settled(name, t, s.pos, gap)
+		a.settled(name, t, s, gap)
 	}
+	a.next(name, mem, s)
+}
+
+// next runs the SUBSCRIBE that waited for s's answer, if any and if s is still there.
+func (a *hubActor) next(name string, mem *member, s *sub) {
+	if a.conns[mem.conn.ID()] != mem || mem.topics[name] != s || s.loading || len(s.waiting) == 0 {
+		return
+	}
+	req := s.waiting[0]
+	s.waiting[0] = nil
+	s.waiting = s.waiting[1:]
+	if len(s.waiting) == 0 {
+		s.waiting = nil
+	}
+	a.subscribe(req)
 }
 
 // enqueueOne encodes msg for mem alone (history and held messages are per subscriber).

@@ -69,12 +69,22 @@ func (n *busNode) metric(name string) string {
 	return ""
 }
 
-func (n *busNode) subscribe(t *testing.T, c *fakeConn, topic string, since *uint64) string {
+func (n *busNode) subscribe(t *testing.T, c *fakeConn, topic string, since *uint64, epoch string) string {
 	t.Helper()
 	before := c.count()
-	n.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: topic, Since: since, Ack: answer(topic)})
+	n.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: topic, Since: since, Epoch: epoch, Ack: answer(topic)})
 	waitFor(t, 10*time.Second, "the SUBSCRIBE answer", func() bool { return c.count() > before })
 	return string(c.received()[before])
+}
+
+// epochOf is topic's current stream on b.
+func epochOf(t *testing.T, b bus.Bus, topic string) string {
+	t.Helper()
+	w, err := b.History(context.Background(), topic, 0)
+	if err != nil {
+		t.Fatalf("History: %v", err)
+	}
+	return w.Epoch
 }
 
 // publishOn publishes seqs first..last on topic through b (data {"n":<seq>}), checking the seq
@@ -118,7 +128,7 @@ func TestMemoryBusSubscribersGetEveryMessageOnce(t *testing.T) {
 		if i%2 == 1 {
 			since = u64(last - 30)
 		}
-		ack := n.subscribe(t, c, "dash.m", since)
+		ack := n.subscribe(t, c, "dash.m", since, epochOf(t, mb, "dash.m"))
 		var latest uint64
 		var recovered bool
 		if _, err := fmt.Sscanf(strings.ReplaceAll(ack, "|", " "), "ack dash.m %d %t", &latest, &recovered); err != nil {
@@ -148,9 +158,10 @@ func TestMemoryBusSubscribersGetEveryMessageOnce(t *testing.T) {
 		t.Errorf(`ws_topic_fills_total{result="lost"} = %q, want 0`, got)
 	}
 	// The first subscriber's answer covered messages still on their way before any came live:
-	// the history was asked whether they were late duplicates or a restarted counter.
-	if got := n.metric(`ws_topic_fills_total{result="recovered"}`); got != "1" {
-		t.Errorf(`ws_topic_fills_total{result="recovered"} = %q, want 1`, got)
+	// their epoch tells that they are late duplicates, not a restarted counter, without asking
+	// the history.
+	if got := n.metric(`ws_topic_fills_total{result="recovered"}`); got != "0" {
+		t.Errorf(`ws_topic_fills_total{result="recovered"} = %q, want 0`, got)
 	}
 }
 
@@ -288,13 +299,13 @@ func TestRedisBusMissedMessagesReachSubscribers(t *testing.T) {
 		b.hub.Register(c)
 	}
 	waitFor(t, 10*time.Second, "registration", func() bool { return b.hub.Active() == 3 })
-	b.subscribe(t, x1, "dash.long", nil)
-	b.subscribe(t, s, "dash.short", nil)
+	b.subscribe(t, x1, "dash.long", nil, "")
+	b.subscribe(t, s, "dash.short", nil, "")
 	publishOn(t, a, "dash.long", long, 1, 3)
 	publishOn(t, a, "dash.short", short, 1, 1)
 	expectRun(t, x1, "dash.long", 1, 3)
 	expectRun(t, s, "dash.short", 1, 1)
-	b.subscribe(t, x2, "dash.long", u64(1)) // replays 2..3
+	b.subscribe(t, x2, "dash.long", u64(1), epochOf(t, a, "dash.long")) // replays 2..3
 	expectRun(t, x2, "dash.long", 2, 3)
 
 	for round := range 2 {
@@ -343,7 +354,7 @@ func TestRedisRestartClosesSubscribers(t *testing.T) {
 	x := newFake(1, seqCodec{})
 	n.hub.Register(x)
 	waitFor(t, 10*time.Second, "registration", func() bool { return n.hub.Active() == 1 })
-	n.subscribe(t, x, "dash.r", nil)
+	n.subscribe(t, x, "dash.r", nil, "")
 	publishOn(t, rb, "dash.r", 100, 1, 3)
 	expectRun(t, x, "dash.r", 1, 3)
 
@@ -355,4 +366,67 @@ func TestRedisRestartClosesSubscribers(t *testing.T) {
 		t.Fatalf("closed with %d", code)
 	}
 	expectRun(t, x, "dash.r", 1, 3)
+}
+
+// TestRedisDataLossSinceNotRecovered: seq 1..5 on a history topic, then Redis loses its data
+// (FLUSHDB; a restart without persistence) and the topic's counter starts again. A client that
+// saw 1..5 and comes back with since 5 and its epoch is told recovered:false — right after one
+// new publish, and also once the new stream has passed 5 (by seq alone its 6 and 7 would look
+// like exactly what the client missed). A subscriber that stayed is closed to recover the same
+// way rather than handed the new stream's messages as if they followed its 5.
+func TestRedisDataLossSinceNotRecovered(t *testing.T) {
+	for _, how := range []string{"flushdb", "restart"} {
+		t.Run(how, func(t *testing.T) {
+			srv := redistest.StartServer(t)
+			c := srv.Client(func(o *redis.Options) { o.DialTimeout, o.MaxRetries = 200*time.Millisecond, -1 })
+			n := &busNode{}
+			rb := newRedisBus(t, c, "node-a", n.deliver)
+			n.start(t, rb, func(string) int { return 100 })
+			waitHealthy(t, rb)
+			stay := newFake(1, seqCodec{})
+			n.hub.Register(stay)
+			waitFor(t, 10*time.Second, "registration", func() bool { return n.hub.Active() == 1 })
+			n.subscribe(t, stay, "dash.l", nil, "")
+			publishOn(t, rb, "dash.l", 100, 1, 5)
+			expectRun(t, stay, "dash.l", 1, 5)
+			_, _, epochs := streamEpochs(t, stay, "dash.l")
+			old := epochs[4]
+
+			switch how {
+			case "flushdb":
+				if err := c.FlushDB(context.Background()).Err(); err != nil { // the test's own server
+					t.Fatal(err)
+				}
+			case "restart":
+				srv.Kill()
+				srv.Restart()
+				waitHealthy(t, rb)
+			}
+			publishOn(t, rb, "dash.l", 100, 1, 1)
+			waitFor(t, 15*time.Second, "the subscriber that stayed to be closed", func() bool { n, _, _ := stay.closed(); return n == 1 })
+			if _, code, reason := stay.closed(); code != hub.CloseMissedMessages || reason != "missed topic messages" {
+				t.Fatalf("closed with %d %q", code, reason)
+			}
+			expectRun(t, stay, "dash.l", 1, 5) // and nothing of the new stream
+
+			latest := uint64(1)
+			for i, upTo := range []uint64{1, 7} {
+				publishOn(t, rb, "dash.l", 100, latest+1, upTo)
+				latest = upTo
+				back := newFake(uint64(10+i), seqCodec{})
+				n.hub.Register(back)
+				waitFor(t, 10*time.Second, "registration", func() bool { return n.hub.Active() == 1 })
+				ack := n.subscribe(t, back, "dash.l", u64(5), old)
+				cur := epochOf(t, rb, "dash.l")
+				if want := fmt.Sprintf("ack|dash.l|%d|false|<nil>|%s", latest, cur); ack != want || cur == old {
+					t.Fatalf("SUBSCRIBE since 5 of %s with the new stream at %d: %q, want %q", old, latest, ack, want)
+				}
+				latest++
+				publishOn(t, rb, "dash.l", 100, latest, latest)
+				expectRun(t, back, "dash.l", latest, latest) // nothing replayed; live follows
+				n.hub.Unregister(back.id)
+				waitFor(t, 10*time.Second, "unregistration", func() bool { return n.hub.Active() == 0 })
+			}
+		})
+	}
 }

@@ -24,3 +24,6 @@ type Codec interface {
 
 // Message is one broadcast: the bus's message, so it crosses nodes unchanged.
 type Message = bus.Message
+
+// Window is what the bus's History read of a topic's stream.
+type Window = bus.Window

@@ -23,6 +23,8 @@ type gapBus struct {
 	mu       sync.Mutex
 	hub      *hub.Hub
 	seq      map[string]uint64
+	epochs   map[string]string // each topic's stream; a new one after restart
+	streams  int               // streams started, for naming them
 	hist     map[string][]*hub.Message
 	down     bool
 	delayed  bool
@@ -32,10 +34,12 @@ type gapBus struct {
 	gate     chan struct{} // non-nil: History waits for it to close
 	calls    int           // History calls
 	returned int           // History calls that returned
+	// running is how many History calls are under way, maxRunning the most there were at once.
+	running, maxRunning int
 }
 
 func newGapBus() *gapBus {
-	return &gapBus{seq: map[string]uint64{}, hist: map[string][]*hub.Message{}}
+	return &gapBus{seq: map[string]uint64{}, epochs: map[string]string{}, hist: map[string][]*hub.Message{}}
 }
 
 func (b *gapBus) Publish(_ context.Context, m *hub.Message, history int) (uint64, int, error) {
@@ -43,8 +47,12 @@ func (b *gapBus) Publish(_ context.Context, m *hub.Message, history int) (uint64
 	defer b.mu.Unlock()
 	msg := &hub.Message{PkgID: m.PkgID, Data: m.Data, Topic: m.Topic}
 	if history > 0 {
+		if b.epochs[m.Topic] == "" {
+			b.streams++
+			b.epochs[m.Topic] = "ep" + strconv.Itoa(b.streams)
+		}
 		b.seq[m.Topic]++
-		msg.Seq = b.seq[m.Topic]
+		msg.Seq, msg.Epoch = b.seq[m.Topic], b.epochs[m.Topic]
 		h := append(b.hist[m.Topic], msg)
 		if len(h) > history {
 			h = h[len(h)-history:]
@@ -63,15 +71,17 @@ func (b *gapBus) Publish(_ context.Context, m *hub.Message, history int) (uint64
 
 // History reads the state when called; with a gate it then waits before answering (a read
 // whose answer is slow to come back).
-func (b *gapBus) History(ctx context.Context, topic string, since uint64) ([]*hub.Message, uint64, bool, error) {
+func (b *gapBus) History(ctx context.Context, topic string, since uint64) (hub.Window, error) {
 	b.mu.Lock()
 	b.calls++
+	b.running++
+	b.maxRunning = max(b.maxRunning, b.running)
 	gate := b.gate
 	fail := b.failures > 0
 	if fail {
 		b.failures--
 	}
-	latest := b.seq[topic]
+	latest, epoch := b.seq[topic], b.epochs[topic]
 	var msgs []*hub.Message
 	for _, m := range b.hist[topic] {
 		if m.Seq > since {
@@ -82,20 +92,21 @@ func (b *gapBus) History(ctx context.Context, topic string, since uint64) ([]*hu
 	defer func() {
 		b.mu.Lock()
 		b.returned++
+		b.running--
 		b.mu.Unlock()
 	}()
 	if gate != nil {
 		select {
 		case <-gate:
 		case <-ctx.Done():
-			return nil, 0, false, ctx.Err()
+			return hub.Window{}, ctx.Err()
 		}
 	}
 	if fail {
-		return nil, 0, false, errors.New("history down")
+		return hub.Window{}, errors.New("history down")
 	}
 	complete := since <= latest && uint64(len(msgs)) == latest-since
-	return msgs, latest, complete, nil
+	return hub.Window{Epoch: epoch, Latest: latest, Msgs: msgs, Complete: complete}, nil
 }
 
 func (b *gapBus) OnSubscribed(f func()) func() {
@@ -130,12 +141,21 @@ func (b *gapBus) release() {
 	b.inflight, b.delayed = nil, false
 }
 
-// restart forgets every topic's counter and history, as a Redis restart without persistence does.
+// restart forgets every topic's stream (counter, epoch) and history, as a Redis restart without
+// persistence does.
 func (b *gapBus) restart() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	clear(b.seq)
+	clear(b.epochs)
 	clear(b.hist)
+}
+
+// epoch is topic's current stream ("" before its first message).
+func (b *gapBus) epoch(topic string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.epochs[topic]
 }
 
 func (b *gapBus) set(f func(b *gapBus)) {
@@ -181,49 +201,63 @@ func (e *gapEnv) publish(topic string, first, n int) {
 	}
 }
 
-// subscribe subscribes c to topic (since nil: from now on) and waits for the answer.
+// subscribe subscribes c to topic (since nil: from now on; otherwise since in the topic's
+// current stream) and waits for the answer.
 func (e *gapEnv) subscribe(c *fakeConn, topic string, since *uint64) {
 	e.t.Helper()
+	e.subscribeAt(c, topic, since, e.bus.epoch(topic))
+}
+
+// subscribeAt subscribes c to topic with since in stream epoch and waits for the answer.
+func (e *gapEnv) subscribeAt(c *fakeConn, topic string, since *uint64, epoch string) {
+	e.t.Helper()
 	before := c.count()
-	e.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: topic, Since: since, Ack: answer(topic)})
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: topic, Since: since, Epoch: epoch, Ack: answer(topic)})
 	waitFor(e.t, 10*time.Second, "the SUBSCRIBE answer", func() bool { return c.count() > before })
 }
 
-// answer builds SUBSCRIBE answers as "ack|<topic>|<latest>|<recovered>|<err>".
-func answer(topic string) func(uint64, bool, error) []byte {
-	return func(latest uint64, recovered bool, err error) []byte {
-		return []byte(fmt.Sprintf("ack|%s|%d|%v|%v", topic, latest, recovered, err))
+// answer builds SUBSCRIBE answers as "ack|<topic>|<latest>|<recovered>|<err>|<epoch>".
+func answer(topic string) func(hub.Answer) []byte {
+	return func(a hub.Answer) []byte {
+		return []byte(fmt.Sprintf("ack|%s|%d|%v|%v|%s", topic, a.Latest, a.Recovered, a.Err, a.Epoch))
 	}
 }
 
-// seqCodec encodes a broadcast as "<topic>|<seq>|<data>".
+// seqCodec encodes a broadcast as "<topic>|<seq>|<data>|<epoch>".
 type seqCodec struct{}
 
 func (seqCodec) EncodeBroadcast(m *hub.Message) ([]byte, error) {
-	return []byte(m.Topic + "|" + strconv.FormatUint(m.Seq, 10) + "|" + string(m.Data)), nil
+	return []byte(m.Topic + "|" + strconv.FormatUint(m.Seq, 10) + "|" + string(m.Data) + "|" + m.Epoch), nil
 }
 
 // stream is what c received on topic after its answer: the seqs of the broadcasts, and the
-// answer itself.
+// answer itself. Every broadcast must be of one stream (epoch).
 func stream(t *testing.T, c *fakeConn, topic string) (ack string, seqs []uint64) {
+	t.Helper()
+	ack, seqs, _ = streamEpochs(t, c, topic)
+	return ack, seqs
+}
+
+// streamEpochs is stream with the epoch of each broadcast.
+func streamEpochs(t *testing.T, c *fakeConn, topic string) (ack string, seqs []uint64, epochs []string) {
 	t.Helper()
 	for _, f := range c.received() {
 		s := string(f)
 		if strings.HasPrefix(s, "ack|"+topic+"|") {
-			ack, seqs = s, nil // a later answer starts over
+			ack, seqs, epochs = s, nil, nil // a later answer starts over
 			continue
 		}
-		parts := strings.SplitN(s, "|", 3)
+		parts := strings.SplitN(s, "|", 4)
 		if parts[0] != topic {
 			continue
 		}
 		n, _ := strconv.ParseUint(parts[1], 10, 64)
-		if want := `{"n":` + parts[1] + `}`; parts[2] != want {
+		if want := `{"n":` + parts[1] + `}`; len(parts) != 4 || parts[2] != want {
 			t.Fatalf("frame %q: data does not match its seq", s)
 		}
-		seqs = append(seqs, n)
+		seqs, epochs = append(seqs, n), append(epochs, parts[3])
 	}
-	return ack, seqs
+	return ack, seqs, epochs
 }
 
 // expectRun waits until c has the broadcasts of topic up to last, and checks that they are
@@ -366,14 +400,14 @@ func TestSubscribeDuringFill(t *testing.T) {
 	e.bus.setDown(false, false)
 	e.publish("dash.x", 5, 1)
 	waitFor(t, 10*time.Second, "the fill to start", func() bool { return e.bus.historyCalls() > 0 })
-	e.hub.Subscribe(&hub.SubscribeRequest{Conn: b, Topic: "dash.x", Since: u64(1), Ack: answer("dash.x")})
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: b, Topic: "dash.x", Since: u64(1), Epoch: "ep1", Ack: answer("dash.x")})
 	waitFor(t, 10*time.Second, "b's load to start", func() bool { return e.bus.historyCalls() > 1 })
 	e.publish("dash.x", 6, 2)
 	e.bus.set(func(b *gapBus) { b.gate = nil })
 	close(gate)
 	expectRun(t, a, "dash.x", 1, 7)
 	expectRun(t, b, "dash.x", 2, 7)
-	if ack, _ := stream(t, b, "dash.x"); !strings.HasPrefix(ack, "ack|dash.x|") || !strings.HasSuffix(ack, "|true|<nil>") {
+	if ack, _ := stream(t, b, "dash.x"); !strings.HasPrefix(ack, "ack|dash.x|") || !strings.HasSuffix(ack, "|true|<nil>|ep1") {
 		t.Fatalf("b's answer = %q, want recovered", ack)
 	}
 }
@@ -419,7 +453,7 @@ func TestMissedMessagesTrimmedClosesSubscribers(t *testing.T) {
 	c := newFake(4, seqCodec{})
 	e.register(c)
 	e.subscribe(c, "dash.x", u64(2))
-	if ack, _ := stream(t, c, "dash.x"); ack != "ack|dash.x|7|false|<nil>" {
+	if ack, _ := stream(t, c, "dash.x"); ack != "ack|dash.x|7|false|<nil>|ep1" {
 		t.Fatalf("SUBSCRIBE since 2 after the loss = %q, want latest 7, not recovered", ack)
 	}
 	e.publish("dash.x", 8, 1)
@@ -432,11 +466,38 @@ func TestFillRetriesAPassingError(t *testing.T) {
 	a := newFake(1, seqCodec{})
 	e.register(a)
 	e.subscribe(a, "dash.x", nil)
+	e.publish("dash.x", 1, 1)
+	expectRun(t, a, "dash.x", 1, 1)
 	e.bus.setDown(true, false)
-	e.publish("dash.x", 1, 2)
+	e.publish("dash.x", 2, 2)
 	e.bus.set(func(b *gapBus) { b.failures = 1 })
 	e.bus.setDown(false, true)
-	expectRun(t, a, "dash.x", 1, 2)
+	expectRun(t, a, "dash.x", 1, 3)
+}
+
+// TestFirstStreamMissedClosesSubscribers: subscribers that saw no stream yet, while the bus was
+// down when the topic's first messages were published. The history shows a stream, but not
+// that it is the first since the subscribers' answers (another may have come and gone, unseen,
+// with Redis's data): they are closed rather than given it as the beginning. A first stream
+// that comes live is theirs (TestGapRevealedByNextMessage).
+func TestFirstStreamMissedClosesSubscribers(t *testing.T) {
+	e := newGapEnv(t, 100)
+	a := newFake(1, seqCodec{})
+	e.register(a)
+	e.subscribe(a, "dash.x", nil)
+	if ack, _ := stream(t, a, "dash.x"); ack != "ack|dash.x|0|false|<nil>|" {
+		t.Fatalf("answer %q, want latest 0 and no epoch", ack)
+	}
+	e.bus.setDown(true, false)
+	e.publish("dash.x", 1, 2)
+	e.bus.setDown(false, true)
+	waitFor(t, 10*time.Second, "the subscriber to be closed", func() bool { n, _, _ := a.closed(); return n == 1 })
+	if _, code, reason := a.closed(); code != hub.CloseMissedMessages || reason != "missed topic messages" {
+		t.Fatalf("closed with %d %q", code, reason)
+	}
+	if _, seqs := stream(t, a, "dash.x"); len(seqs) != 0 {
+		t.Fatalf("got %v, want nothing", seqs)
+	}
 }
 
 // TestFillFailingClosesSubscribers: a history that stays unreadable closes the subscribers.
@@ -532,7 +593,7 @@ func TestResubscribeReloadsLoadingSubscription(t *testing.T) {
 	e.register(a)
 	stale, fresh := make(chan struct{}), make(chan struct{})
 	e.bus.set(func(b *gapBus) { b.gate = stale })
-	e.hub.Subscribe(&hub.SubscribeRequest{Conn: a, Topic: "dash.x", Since: u64(0), Ack: answer("dash.x")})
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: a, Topic: "dash.x", Since: u64(0), Epoch: "ep1", Ack: answer("dash.x")})
 	waitFor(t, 10*time.Second, "the first load to read", func() bool { return e.bus.historyCalls() == 1 })
 	e.bus.setDown(true, false)
 	e.publish("dash.x", 3, 2) // missed: the first read has latest 2
@@ -551,7 +612,7 @@ func TestResubscribeReloadsLoadingSubscription(t *testing.T) {
 			acks = append(acks, string(f))
 		}
 	}
-	if fmt.Sprint(acks) != "[ack|dash.x|4|true|<nil>]" {
+	if fmt.Sprint(acks) != "[ack|dash.x|4|true|<nil>|ep1]" {
 		t.Fatalf("answers %q, want only the second load's (latest 4, recovered)", acks)
 	}
 }

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
@@ -24,7 +25,8 @@ const CloseSlowConsumer = 1013
 // through Deliver.
 type Bus interface {
 	Publish(ctx context.Context, m *Message, history int) (seq uint64, nodes int, err error)
-	History(ctx context.Context, topic string, since uint64) (msgs []*Message, latest uint64, complete bool, err error)
+	// History reads the topic's stream (epoch, latest seq) and its kept messages after since.
+	History(ctx context.Context, topic string, since uint64) (Window, error)
 }
 
 // Resubscriber is implemented by a Bus that misses the messages published while its
@@ -47,24 +49,31 @@ type Options struct {
 	// MaxTopicsPerConn caps one connection's subscriptions (default 100).
 	MaxTopicsPerConn int
 	// MaxPending caps the live messages held for one subscription while its history loads
-	// (default 10 000); past it the connection is closed as a slow consumer.
+	// (default 10 000); past it the connection is closed as a slow consumer. It caps as well the
+	// live messages a topic holds while it reads missed messages back (gap.go); past it the
+	// topic's subscribers are closed with CloseMissedMessages.
 	MaxPending int
-	Logger     *slog.Logger
-	Metrics    *metrics.Set
+	// MaxLoads caps the history loads of SUBSCRIBEs that run at once (default 16); the others
+	// wait in a queue, in order (see hubActor.loads).
+	MaxLoads int
+	Logger   *slog.Logger
+	Metrics  *metrics.Set
 }
 
 // Hub is the handle producers and the transport use. It is safe for concurrent use.
 type Hub struct {
-	root    *actor.RootContext
-	pid     *actor.PID
-	opts    Options
-	active  atomic.Int64
-	stopped atomic.Bool
-	stop    chan struct{}
-	ctx     context.Context // history reads; cancelled by Stop
-	cancel  context.CancelFunc
-	bg      sync.WaitGroup // the ticker and history loads
-	log     *slog.Logger
+	root   *actor.RootContext
+	pid    *actor.PID
+	opts   Options
+	active atomic.Int64
+	// loadsWaiting is how many SUBSCRIBE history loads wait for a slot (MaxLoads), for the gauge.
+	loadsWaiting atomic.Int64
+	stopped      atomic.Bool
+	stop         chan struct{}
+	ctx          context.Context // history reads; cancelled by Stop
+	cancel       context.CancelFunc
+	bg           sync.WaitGroup // the ticker and history loads
+	log          *slog.Logger
 	// fillSlots bounds the history fills running at once (a resubscription starts one per
 	// topic with subscribers).
 	fillSlots chan struct{}
@@ -82,6 +91,9 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 	if opts.MaxPending <= 0 {
 		opts.MaxPending = 10000
 	}
+	if opts.MaxLoads <= 0 {
+		opts.MaxLoads = 16
+	}
 	h := &Hub{root: root, opts: opts, stop: make(chan struct{}), log: opts.Logger,
 		fillSlots: make(chan struct{}, maxFills), unhook: func() {}}
 	h.ctx, h.cancel = context.WithCancel(context.Background())
@@ -89,6 +101,7 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 		hub:     h,
 		conns:   make(map[uint64]*member),
 		topics:  make(map[string]*topic),
+		loads:   list.New(),
 		log:     opts.Logger,
 		total:   opts.Metrics.GetOrCreateCounter("ws_broadcasts_total"),
 		dur:     opts.Metrics.GetOrCreatePrometheusHistogram("ws_broadcast_duration_seconds"),
@@ -100,6 +113,7 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 		gapClosed: opts.Metrics.GetOrCreateCounter("ws_topic_gap_disconnects_total"),
 	}
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
+	opts.Metrics.GetOrCreateGauge("ws_topic_history_loads_waiting", func() float64 { return float64(h.loadsWaiting.Load()) })
 	h.pid = root.SpawnPrefix(actor.PropsFromProducer(func() actor.Actor { return a }), "hub")
 	if rs, ok := opts.Bus.(Resubscriber); ok {
 		h.unhook = rs.OnSubscribed(func() {
@@ -186,18 +200,48 @@ func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error
 // from its receiving goroutine; it does not block.
 func (h *Hub) Deliver(msg *Message) { h.root.Send(h.pid, &deliver{msg: msg}) }
 
-// SubscribeRequest asks the hub to add Conn to Topic. With Since, the kept messages after it
-// are delivered first. Ack builds the SUBSCRIBE answer frame once the topic's latest sequence
-// is known (err non-nil: the subscription failed and the answer says why); the hub queues it
-// before any message of the topic.
+// SubscribeRequest asks the hub to add Conn to Topic. With Since and Epoch (the stream the
+// client's since belongs to), the kept messages after Since are delivered first when they are
+// all still kept and Epoch is the topic's current stream.
+//
+// The hub calls Ack exactly once per request, when the answer is due, and queues the frame it
+// returns on Conn before any message of the topic that follows it; then it calls Done (when set).
+// It only skips Ack when Conn is no longer registered (it still calls Done) or the hub stops. A
+// second SUBSCRIBE to the same topic on the same connection while the first one's history still
+// loads waits for the first one's answer, then re-runs the recovery from its own Since; an
+// UNSUBSCRIBE meanwhile answers every SUBSCRIBE still waiting with ErrUnsubscribed.
 type SubscribeRequest struct {
 	Conn  Conn
 	Topic string
 	Since *uint64
-	Ack   func(latest uint64, recovered bool, err error) []byte
+	Epoch string
+	Ack   func(Answer) []byte
+	Done  func()
 }
 
-// Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic only acks.
+// Answer is what the hub tells a SUBSCRIBE.
+type Answer struct {
+	// Latest is the topic's latest seq and Epoch its stream; 0 and "" on a topic without history,
+	// or without a stream yet (nothing published, or the history expired or was lost).
+	Latest uint64
+	Epoch  string
+	// Recovered: the request gave Since and Epoch, Epoch is the topic's stream, and every message
+	// after Since is still kept; they follow the answer.
+	Recovered bool
+	// Err is set when the subscription did not happen: ErrTooManyTopics, ErrHistory (the history
+	// could not be read) or ErrUnsubscribed.
+	Err error
+}
+
+// finish calls the request's Done, if any.
+func (r *SubscribeRequest) finish() {
+	if r.Done != nil {
+		r.Done()
+	}
+}
+
+// Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic re-runs the
+// recovery from the new request's Since.
 func (h *Hub) Subscribe(req *SubscribeRequest) { h.root.Send(h.pid, &subscribe{req: req}) }
 
 // Unsubscribe removes a subscription; removing one that does not exist is not an error.
@@ -229,15 +273,16 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 	return res.(*closedAll).count, nil
 }
 
-// loadHistory fetches a subscription's history off the actor and reports back to it.
+// loadHistory fetches a subscription's history off the actor and reports back to it. The actor
+// runs at most MaxLoads at once.
 func (h *Hub) loadHistory(id uint64, topic string, since, gen uint64) {
 	h.bg.Add(1)
 	go func() {
 		defer h.bg.Done()
 		ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
 		defer cancel()
-		msgs, latest, complete, err := h.opts.Bus.History(ctx, topic, since)
-		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, gen: gen, msgs: msgs, latest: latest, complete: complete, err: err})
+		w, err := h.opts.Bus.History(ctx, topic, since)
+		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, gen: gen, w: w, err: err})
 	}()
 }
 
@@ -265,7 +310,7 @@ func (h *Hub) fill(topic string, since, id uint64) {
 		res := &filled{topic: topic, id: id, since: since}
 		for attempt := 0; ; attempt++ {
 			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
-			res.msgs, res.latest, res.complete, res.err = h.opts.Bus.History(ctx, topic, since)
+			res.w, res.err = h.opts.Bus.History(ctx, topic, since)
 			cancel()
 			if res.err == nil || attempt == len(fillRetry) || errors.Is(res.err, bus.ErrInvalidArgument) {
 				break

@@ -14,25 +14,21 @@ type (
 	}
 	// historyLoaded is the answer to loadHistory.
 	historyLoaded struct {
-		id       uint64
-		topic    string
-		gen      uint64
-		msgs     []*Message
-		latest   uint64
-		complete bool
-		err      error
+		id    uint64
+		topic string
+		gen   uint64
+		w     Window
+		err   error
 	}
 	// resync: the bus resubscribed; what was published while it was down never came.
 	resync struct{}
 	// filled is the answer to fill: the history of topic after since.
 	filled struct {
-		topic    string
-		id       uint64
-		since    uint64
-		msgs     []*Message
-		latest   uint64
-		complete bool
-		err      error
+		topic string
+		id    uint64
+		since uint64
+		w     Window
+		err   error
 	}
 	// closeAll closes every connection (shutdown) and answers when done.
 	closeAll struct {

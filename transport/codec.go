@@ -143,7 +143,7 @@ func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 }
 
 func (jsonCodec) EncodeBroadcast(m *hub.Message) ([]byte, error) {
-	b := newFrameBuf(96 + len(m.Data) + len(m.Topic))
+	b := newFrameBuf(96 + len(m.Data) + len(m.Topic) + len(m.Epoch))
 	b = append(b, `{"pkg_id":`...)
 	b = strconv.AppendInt(b, int64(m.PkgID), 10)
 	b = append(b, `,"req_id":"`+zeroUUID+`","data":`...)
@@ -158,6 +158,10 @@ func (jsonCodec) EncodeBroadcast(m *hub.Message) ([]byte, error) {
 		if m.Seq > 0 {
 			b = append(b, `,"seq":`...)
 			b = strconv.AppendUint(b, m.Seq, 10)
+		}
+		if m.Epoch != "" {
+			b = append(b, `,"epoch":`...)
+			b = appendJSONString(b, m.Epoch)
 		}
 	}
 	b = append(b, '}')

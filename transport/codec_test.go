@@ -63,10 +63,22 @@ func TestEncodeBroadcast(t *testing.T) {
 	if got := string(stripHeader(t, f)); got != want {
 		t.Fatalf("got %s", got)
 	}
-	f, _ = jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "dashboards.a", Seq: 3})
-	want = `{"pkg_id":7,"req_id":"` + zeroUUID + `","data":{},"topic":"dashboards.a","seq":3}`
+	f, _ = jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "dashboards.a", Seq: 3, Epoch: "9c41e2d07b5a8f36"})
+	want = `{"pkg_id":7,"req_id":"` + zeroUUID + `","data":{},"topic":"dashboards.a","seq":3,"epoch":"9c41e2d07b5a8f36"}`
 	if got := string(stripHeader(t, f)); got != want {
 		t.Fatalf("got %s", got)
+	}
+	// A topic without history: no seq, no epoch.
+	f, _ = jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "t"})
+	want = `{"pkg_id":7,"req_id":"` + zeroUUID + `","data":{},"topic":"t"}`
+	if got := string(stripHeader(t, f)); got != want {
+		t.Fatalf("got %s", got)
+	}
+	// An epoch is opaque to the codec: escaped like any string.
+	f, _ = jsonCodec{}.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "t", Seq: 1, Epoch: `a"<`})
+	var m map[string]any
+	if err := json.Unmarshal(stripHeader(t, f), &m); err != nil || m["epoch"] != `a"<` {
+		t.Fatalf("escaped epoch: %v %v", m, err)
 	}
 }
 

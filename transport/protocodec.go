@@ -23,6 +23,7 @@ const (
 	fieldMsg        protowire.Number = 6
 	fieldTopic      protowire.Number = 7
 	fieldSeq        protowire.Number = 8
+	fieldEpoch      protowire.Number = 9
 )
 
 // frameWireTypes is the wire type of each field of Frame, by number. A request that carries a
@@ -37,6 +38,7 @@ var frameWireTypes = [...]protowire.Type{
 	fieldMsg:        protowire.BytesType,
 	fieldTopic:      protowire.BytesType,
 	fieldSeq:        protowire.VarintType,
+	fieldEpoch:      protowire.BytesType,
 }
 
 // protoCodec carries the envelope as a switchboard.v1.Frame (switchboard.proto) in binary
@@ -90,13 +92,13 @@ func (protoCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 }
 
 // EncodeBroadcast mirrors the JSON broadcast: the zero UUID as req_id, data ({} when empty), no
-// status_code, topic on a topic broadcast and seq when it has one.
+// status_code, topic on a topic broadcast and seq and epoch when it has them.
 func (protoCodec) EncodeBroadcast(m *hub.Message) ([]byte, error) {
 	data := []byte(m.Data)
 	if len(data) == 0 {
 		data = emptyObject
 	}
-	b := newFrameBuf(64 + len(data) + len(m.Topic))
+	b := newFrameBuf(64 + len(data) + len(m.Topic) + len(m.Epoch))
 	b = appendInt32Field(b, fieldPkgID, int32(m.PkgID))
 	b = appendStringField(b, fieldReqID, zeroUUID)
 	b = protowire.AppendTag(b, fieldData, protowire.BytesType)
@@ -106,6 +108,9 @@ func (protoCodec) EncodeBroadcast(m *hub.Message) ([]byte, error) {
 		if m.Seq > 0 {
 			b = protowire.AppendTag(b, fieldSeq, protowire.VarintType)
 			b = protowire.AppendVarint(b, m.Seq)
+		}
+		if m.Epoch != "" {
+			b = appendStringField(b, fieldEpoch, m.Epoch)
 		}
 	}
 	return sealFrame(b, opBinary), nil

@@ -61,6 +61,7 @@ func frameDescriptor(t testing.TB) protoreflect.MessageDescriptor {
 					field("msg", 6, descriptorpb.FieldDescriptorProto_TYPE_STRING, 1),
 					field("topic", 7, descriptorpb.FieldDescriptorProto_TYPE_STRING, -1),
 					field("seq", 8, descriptorpb.FieldDescriptorProto_TYPE_UINT64, -1),
+					field("epoch", 9, descriptorpb.FieldDescriptorProto_TYPE_STRING, -1),
 				},
 				OneofDecl: []*descriptorpb.OneofDescriptorProto{{Name: proto.String("_status_code")}, {Name: proto.String("_msg")}},
 			}},
@@ -115,7 +116,8 @@ func TestProtoSchemaFile(t *testing.T) {
 		}
 	}
 	nums := map[string]protowire.Number{"pkg_id": fieldPkgID, "req_id": fieldReqID, "data": fieldData,
-		"status_code": fieldStatusCode, "meta": fieldMeta, "msg": fieldMsg, "topic": fieldTopic, "seq": fieldSeq}
+		"status_code": fieldStatusCode, "meta": fieldMeta, "msg": fieldMsg, "topic": fieldTopic, "seq": fieldSeq,
+		"epoch": fieldEpoch}
 	for name, n := range nums {
 		f := md.Fields().ByName(protoreflect.Name(name))
 		if f == nil || f.Number() != n {
@@ -142,6 +144,7 @@ type pbFrame struct {
 	Msg    *string
 	Topic  string
 	Seq    uint64
+	Epoch  string
 }
 
 func officialDecode(t testing.TB, payload []byte) (pbFrame, error) {
@@ -158,6 +161,7 @@ func officialDecode(t testing.TB, payload []byte) (pbFrame, error) {
 		Meta:  m.Get(f.ByName("meta")).Bytes(),
 		Topic: m.Get(f.ByName("topic")).String(),
 		Seq:   m.Get(f.ByName("seq")).Uint(),
+		Epoch: m.Get(f.ByName("epoch")).String(),
 	}
 	if fd := f.ByName("status_code"); m.Has(fd) {
 		v := int32(m.Get(fd).Int())
@@ -181,6 +185,7 @@ func officialEncode(t testing.TB, p pbFrame) []byte {
 	m.Set(f.ByName("meta"), protoreflect.ValueOfBytes(p.Meta))
 	m.Set(f.ByName("topic"), protoreflect.ValueOfString(p.Topic))
 	m.Set(f.ByName("seq"), protoreflect.ValueOfUint64(p.Seq))
+	m.Set(f.ByName("epoch"), protoreflect.ValueOfString(p.Epoch))
 	if p.Status != nil {
 		m.Set(f.ByName("status_code"), protoreflect.ValueOfInt32(*p.Status))
 	}
@@ -299,15 +304,15 @@ func TestProtoEncodeBroadcast(t *testing.T) {
 	c := protoCodec{}
 	f, _ := c.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{"x":1}`)})
 	p := decodeServerFrame(t, f)
-	if p.PkgID != 7 || p.ReqID != zeroUUID || string(p.Data) != `{"x":1}` || p.Status != nil || p.Msg != nil || p.Topic != "" || p.Seq != 0 {
+	if p.PkgID != 7 || p.ReqID != zeroUUID || string(p.Data) != `{"x":1}` || p.Status != nil || p.Msg != nil || p.Topic != "" || p.Seq != 0 || p.Epoch != "" {
 		t.Fatalf("broadcast: %+v", p)
 	}
-	f, _ = c.EncodeBroadcast(&hub.Message{PkgID: 7, Topic: "dashboards.a", Seq: 3})
-	if p = decodeServerFrame(t, f); string(p.Data) != `{}` || p.Topic != "dashboards.a" || p.Seq != 3 || p.Status != nil {
+	f, _ = c.EncodeBroadcast(&hub.Message{PkgID: 7, Topic: "dashboards.a", Seq: 3, Epoch: "9c41e2d07b5a8f36"})
+	if p = decodeServerFrame(t, f); string(p.Data) != `{}` || p.Topic != "dashboards.a" || p.Seq != 3 || p.Epoch != "9c41e2d07b5a8f36" || p.Status != nil {
 		t.Fatalf("topic broadcast: %+v", p)
 	}
 	f, _ = c.EncodeBroadcast(&hub.Message{PkgID: 7, Data: json.RawMessage(`{}`), Topic: "t", Seq: 0})
-	if p = decodeServerFrame(t, f); p.Topic != "t" || p.Seq != 0 {
+	if p = decodeServerFrame(t, f); p.Topic != "t" || p.Seq != 0 || p.Epoch != "" {
 		t.Fatalf("topic without history: %+v", p)
 	}
 	// Large payloads get the long frame headers.
@@ -360,9 +365,10 @@ func TestProtoDecode(t *testing.T) {
 		{"pkg_id absent is 0", raw{}.bytes(2, someUUID), 0, someUUID, `{}`, ""},
 		{"negative pkg_id", raw{}.varint(1, uint64(1<<64-5)).bytes(2, someUUID), -5, someUUID, `{}`, ""},
 		{"response fields ignored", valid().varint(4, 3).bytes(5, "x").bytes(6, "\xff").bytes(7, "t").varint(8, 9), 1, someUUID, `{}`, ""},
-		{"unknown fields skipped", valid().varint(9, 1).bytes(10, "zz").tag(11, protowire.Fixed32Type).b(1, 2, 3, 4).
+		{"unknown fields skipped", valid().varint(19, 1).bytes(10, "zz").tag(11, protowire.Fixed32Type).b(1, 2, 3, 4).
 			tag(12, protowire.Fixed64Type).b(1, 2, 3, 4, 5, 6, 7, 8).varint(protowire.MaxValidNumber, 7), 1, someUUID, `{}`, ""},
 		{"unknown group skipped", groups(maxGroupDepth), 1, someUUID, `{}`, ""},
+		{"epoch in a request is ignored", valid().bytes(9, "9c41e2d07b5a8f36"), 1, someUUID, `{}`, ""},
 		{"upper-case uuid", raw{}.varint(1, 3).bytes(2, strings.ToUpper(someUUID)), 3, strings.ToUpper(someUUID), `{}`, ""},
 
 		{"empty frame", []byte{}, 0, zeroUUID, "", "/req_id"},
@@ -387,6 +393,7 @@ func TestProtoDecode(t *testing.T) {
 		{"req_id as varint", raw{}.varint(1, 1).varint(2, 5), 1, zeroUUID, "", "/"},
 		{"data as fixed32", valid().tag(3, protowire.Fixed32Type).b(1, 2, 3, 4), 1, someUUID, "", "/"},
 		{"seq as bytes", valid().bytes(8, "1"), 1, someUUID, "", "/"},
+		{"epoch as varint", valid().varint(9, 1), 1, someUUID, "", "/"},
 		{"stray end group", valid().tag(20, protowire.EndGroupType), 1, someUUID, "", "/"},
 		{"unclosed group", valid().tag(20, protowire.StartGroupType).varint(21, 1), 1, someUUID, "", "/"},
 		{"mismatched group end", valid().tag(20, protowire.StartGroupType).tag(22, protowire.EndGroupType), 1, someUUID, "", "/"},

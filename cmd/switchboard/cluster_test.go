@@ -221,10 +221,12 @@ func clNextTopicFrame(t testing.TB, c *wsClient, who, topic string, noise bool) 
 }
 
 // clExpectSeqRun reads the broadcasts on topic with seq from..to and checks each is exactly the
-// next one (seq strictly +1, data.n == seq: nothing missing, repeated or reordered).
-func clExpectSeqRun(t testing.TB, c *wsClient, who, topic string, from, to uint64, noise bool) {
+// next one (seq strictly +1, data.n == seq: nothing missing, repeated or reordered), all of one
+// stream (epoch), which it returns.
+func clExpectSeqRun(t testing.TB, c *wsClient, who, topic string, from, to uint64, noise bool) string {
 	t.Helper()
 	var seen []uint64
+	epoch := ""
 	for want := from; want <= to; want++ {
 		e := clNextTopicFrame(t, c, who, topic, noise)
 		d := clDataOf(t, e)
@@ -233,24 +235,40 @@ func clExpectSeqRun(t testing.TB, c *wsClient, who, topic string, from, to uint6
 			t.Fatalf("%s: want seq %d (of %d..%d) on %s, got pkg_id %d seq %d data %s; seqs received: %v",
 				who, want, from, to, topic, e.PkgID, e.Seq, e.Data, seen)
 		}
+		if e.Epoch == "" || (epoch != "" && e.Epoch != epoch) {
+			t.Fatalf("%s: seq %d on %s has epoch %q, the run's is %q", who, e.Seq, topic, e.Epoch, epoch)
+		}
+		epoch = e.Epoch
 	}
+	return epoch
 }
 
 // clSubAnswer is SUBSCRIBE's answer data.
 type clSubAnswer struct {
 	Topic     string `json:"topic"`
 	Seq       uint64 `json:"seq"`
+	Epoch     string `json:"epoch"`
 	Recovered bool   `json:"recovered"`
 }
 
-// clSubscribe sends SUBSCRIBE (with since when not nil) and returns its answer, which must come
-// before any broadcast on the topic (untopiced broadcasts are skipped when noise is set).
+// clSubscribe sends SUBSCRIBE (with since when not nil, in no epoch) and returns its answer.
 func clSubscribe(t testing.TB, c *wsClient, who, topic string, since *uint64, noise bool) clSubAnswer {
+	t.Helper()
+	return clSubscribeAt(t, c, who, topic, since, "", noise)
+}
+
+// clSubscribeAt sends SUBSCRIBE (with since when not nil, and epoch when not empty) and returns
+// its answer, which must come before any broadcast on the topic (untopiced broadcasts are
+// skipped when noise is set).
+func clSubscribeAt(t testing.TB, c *wsClient, who, topic string, since *uint64, epoch string, noise bool) clSubAnswer {
 	t.Helper()
 	id := uuid.NewString()
 	data := map[string]any{"topic": topic}
 	if since != nil {
 		data["since"] = *since
+	}
+	if epoch != "" {
+		data["epoch"] = epoch
 	}
 	frame, _ := json.Marshal(map[string]any{"pkg_id": 10, "req_id": id, "data": data})
 	c.sendText(string(frame))
@@ -651,6 +669,7 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 	prod := pub.token(t, "cl-producer-"+tag, "broadcast")
 	viewer := sub.token(t, "cl-viewer-"+tag)
 	var latest uint64 // the topic's latest seq: every accepted broadcast takes the next one
+	var epoch string  // the topic's stream, as the witness saw it
 	// The witness stays subscribed on the subscribers' node throughout: its stream must be exact
 	// too, and once it has a message, that node's hub has delivered it. publish waits for that,
 	// so that the checks outside concurrent-resubscribe do not depend on when a message published
@@ -668,7 +687,11 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 				t.Fatalf("broadcast seq %d: delivered_to_nodes = %d", latest, got)
 			}
 		}
-		clExpectSeqRun(t, witness, "witness", topic, from, latest, noise)
+		if e := clExpectSeqRun(t, witness, "witness", topic, from, latest, noise); epoch == "" {
+			epoch = e
+		} else if e != epoch {
+			t.Fatalf("the topic's epoch changed from %s to %s", epoch, e)
+		}
 	}
 	u64 := func(v uint64) *uint64 { return &v }
 
@@ -686,7 +709,7 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 	const k = 7
 	publish(k)
 	c2 := sub.dial(t, viewer)
-	if ans := clSubscribe(t, c2, "back", topic, u64(last), noise); ans.Seq != latest || !ans.Recovered {
+	if ans := clSubscribeAt(t, c2, "back", topic, u64(last), epoch, noise); ans.Seq != latest || !ans.Recovered {
 		t.Fatalf("SUBSCRIBE since %d: %+v, want seq %d, recovered true", last, ans, latest)
 	}
 	clExpectSeqRun(t, c2, "back", topic, last+1, last+k, noise)
@@ -694,10 +717,18 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 	clExpectSeqRun(t, c2, "back", topic, last+k+1, latest, noise)
 	clExpectQuiet(t, c2, "back", noise)
 	// since == latest: complete, nothing to replay.
-	if ans := clSubscribe(t, c2, "back, again", topic, u64(latest), noise); ans.Seq != latest || !ans.Recovered {
+	if ans := clSubscribeAt(t, c2, "back, again", topic, u64(latest), epoch, noise); ans.Seq != latest || !ans.Recovered {
 		t.Fatalf("SUBSCRIBE again since latest %d: %+v, want seq %d, recovered true", latest, ans, latest)
 	}
 	clExpectQuiet(t, c2, "back, again", noise)
+	// since without the epoch it belongs to, or with another stream's: never recovered, nothing
+	// replayed; the answer names the topic's stream.
+	for _, other := range []string{"", "0123456789abcdef"} {
+		if ans := clSubscribeAt(t, c2, "epoch "+other, topic, u64(latest-1), other, noise); ans.Seq != latest || ans.Recovered || ans.Epoch != epoch {
+			t.Fatalf("SUBSCRIBE since %d in epoch %q: %+v, want seq %d, epoch %s, recovered false", latest-1, other, ans, latest, epoch)
+		}
+		clExpectQuiet(t, c2, "epoch "+other, noise)
+	}
 	publish(1)
 	clExpectSeqRun(t, c2, "back, again", topic, latest, latest, noise)
 	clExpectQuiet(t, c2, "back, again", noise)
@@ -744,7 +775,7 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 			case <-time.After(60 * time.Second):
 				t.Fatalf("%s: publisher did not start", who)
 			}
-			ans := clSubscribe(t, c, who, topic, u64(since), noise)
+			ans := clSubscribeAt(t, c, who, topic, u64(since), epoch, noise)
 			ans0 := clSubscribe(t, fresh, who+" (no since)", topic, nil, noise)
 			if ans0.Recovered || ans0.Seq < base || ans0.Seq > latest {
 				t.Fatalf("%s: SUBSCRIBE without since during publishing: %+v, want recovered false and seq in %d..%d", who, ans0, base, latest)
@@ -778,7 +809,7 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 	old := latest
 	publish(105)
 	c3 := sub.dial(t, viewer)
-	if ans := clSubscribe(t, c3, "too old", topic, u64(old), noise); ans.Seq != latest || ans.Recovered {
+	if ans := clSubscribeAt(t, c3, "too old", topic, u64(old), epoch, noise); ans.Seq != latest || ans.Recovered {
 		t.Fatalf("SUBSCRIBE since %d, 105 behind: %+v, want seq %d, recovered false", old, ans, latest)
 	}
 	clExpectQuiet(t, c3, "too old", noise)
@@ -788,18 +819,18 @@ func clRecovery(t *testing.T, pub, sub *testServer, tag, topic string, noise boo
 
 	// The edge of the history: since = latest-100 is still complete, latest-101 is not.
 	c4 := sub.dial(t, viewer)
-	if ans := clSubscribe(t, c4, "edge", topic, u64(latest-100), noise); ans.Seq != latest || !ans.Recovered {
+	if ans := clSubscribeAt(t, c4, "edge", topic, u64(latest-100), epoch, noise); ans.Seq != latest || !ans.Recovered {
 		t.Fatalf("SUBSCRIBE since latest-100 = %d: %+v, want seq %d, recovered true", latest-100, ans, latest)
 	}
 	clExpectSeqRun(t, c4, "edge", topic, latest-99, latest, noise)
 	clExpectQuiet(t, c4, "edge", noise)
 	c5 := sub.dial(t, viewer)
-	if ans := clSubscribe(t, c5, "past the edge", topic, u64(latest-101), noise); ans.Seq != latest || ans.Recovered {
+	if ans := clSubscribeAt(t, c5, "past the edge", topic, u64(latest-101), epoch, noise); ans.Seq != latest || ans.Recovered {
 		t.Fatalf("SUBSCRIBE since latest-101 = %d: %+v, want seq %d, recovered false", latest-101, ans, latest)
 	}
 	clExpectQuiet(t, c5, "past the edge", noise)
 	// since ahead of the topic (its counter was reset, say): recovered false.
-	if ans := clSubscribe(t, c5, "ahead", topic, u64(latest+5), noise); ans.Seq != latest || ans.Recovered {
+	if ans := clSubscribeAt(t, c5, "ahead", topic, u64(latest+5), epoch, noise); ans.Seq != latest || ans.Recovered {
 		t.Fatalf("SUBSCRIBE since latest+5 = %d: %+v, want seq %d, recovered false", latest+5, ans, latest)
 	}
 	clExpectQuiet(t, c5, "ahead", noise)

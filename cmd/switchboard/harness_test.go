@@ -231,6 +231,7 @@ type envelope struct {
 	Msg        *string         `json:"msg"`
 	Topic      string          `json:"topic"`
 	Seq        uint64          `json:"seq"`
+	Epoch      string          `json:"epoch"`
 }
 
 func (e envelope) status() int {

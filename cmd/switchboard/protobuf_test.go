@@ -31,6 +31,7 @@ type pbFrame struct {
 	Msg    *string
 	Topic  string
 	Seq    uint64
+	Epoch  string
 }
 
 // marshal encodes the request fields of f (pkg_id, req_id, data).
@@ -65,7 +66,7 @@ func unmarshalFrame(b []byte) (pbFrame, error) {
 		if num == 1 || num == 4 || num == 8 {
 			want = protowire.VarintType
 		}
-		if num < 1 || num > 8 || typ != want {
+		if num < 1 || num > 9 || typ != want {
 			return f, errors.New("unexpected field or wire type")
 		}
 		var v uint64
@@ -98,6 +99,8 @@ func unmarshalFrame(b []byte) (pbFrame, error) {
 			f.Topic = string(bs)
 		case 8:
 			f.Seq = v
+		case 9:
+			f.Epoch = string(bs)
 		}
 	}
 	return f, nil
@@ -105,7 +108,7 @@ func unmarshalFrame(b []byte) (pbFrame, error) {
 
 // envelope turns f into the harness's JSON envelope, so the JSON tests' checks apply.
 func (f pbFrame) envelope() envelope {
-	e := envelope{PkgID: int(f.PkgID), ReqID: f.ReqID, Data: f.Data, Msg: f.Msg, Topic: f.Topic, Seq: f.Seq}
+	e := envelope{PkgID: int(f.PkgID), ReqID: f.ReqID, Data: f.Data, Msg: f.Msg, Topic: f.Topic, Seq: f.Seq, Epoch: f.Epoch}
 	if f.Status != nil {
 		s := int(*f.Status)
 		e.StatusCode = &s
@@ -354,6 +357,7 @@ func TestProtobufTopicBroadcast(t *testing.T) {
 	var ans struct {
 		Topic     string `json:"topic"`
 		Seq       uint64 `json:"seq"`
+		Epoch     string `json:"epoch"`
 		Recovered bool   `json:"recovered"`
 	}
 	decodeData(t, r.envelope(), &ans)
@@ -363,6 +367,7 @@ func TestProtobufTopicBroadcast(t *testing.T) {
 	expectStatus(t, js.call(10, map[string]any{"topic": topic}), 0, "")
 
 	producer := s.token(t, "pb-producer", "broadcast")
+	epoch := ""
 	for seq := uint64(1); seq <= 2; seq++ {
 		want := `{"v":` + strconv.FormatUint(seq, 10) + `}`
 		body := `{"pkg_id":7,"topic":"` + topic + `","data":` + want + `}`
@@ -370,20 +375,23 @@ func TestProtobufTopicBroadcast(t *testing.T) {
 			t.Fatalf("broadcast: %d %s", resp.StatusCode, b)
 		}
 		f := pb.broadcast()
-		if f.PkgID != 7 || f.ReqID != zeroReqID || f.Status != nil || f.Msg != nil || f.Topic != topic || f.Seq != seq || string(f.Data) != want {
+		if f.PkgID != 7 || f.ReqID != zeroReqID || f.Status != nil || f.Msg != nil || f.Topic != topic || f.Seq != seq || f.Epoch == "" || string(f.Data) != want {
 			t.Fatalf("protobuf broadcast %d: %+v data %s", seq, f, f.Data)
 		}
+		if epoch == "" {
+			epoch = f.Epoch
+		}
 		e := topicFrame(t, js, topic)
-		if e.PkgID != 7 || e.Seq != seq || string(e.Data) != want {
-			t.Fatalf("json broadcast %d: %+v data %s", seq, e, e.Data)
+		if e.PkgID != 7 || e.Seq != seq || e.Epoch != epoch || f.Epoch != epoch || string(e.Data) != want {
+			t.Fatalf("json broadcast %d: %+v data %s (epoch %s)", seq, e, e.Data, epoch)
 		}
 	}
 
 	// Recovery replays the kept broadcasts in protobuf too: the answer, then seq 1 and 2.
 	late := s.dialProtobuf(t, viewer)
-	r = late.call(10, map[string]any{"topic": topic, "since": 0})
+	r = late.call(10, map[string]any{"topic": topic, "since": 0, "epoch": epoch})
 	decodeData(t, r.envelope(), &ans)
-	if ans.Seq != 2 || !ans.Recovered {
+	if ans.Seq != 2 || !ans.Recovered || ans.Epoch != epoch {
 		t.Fatalf("SUBSCRIBE since 0 answered %s", r.Data)
 	}
 	for seq := uint64(1); seq <= 2; seq++ {

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
+	"strconv"
 )
 
 // Message is one broadcast as it travels between nodes.
@@ -13,7 +15,28 @@ type Message struct {
 	PkgID int             `json:"pkg_id"`
 	Data  json.RawMessage `json:"data"`
 	Topic string          `json:"topic,omitempty"` // "" = every connection
-	Seq   uint64          `json:"seq,omitempty"`   // per-topic, assigned by Publish when the topic keeps history
+	// Epoch names the topic's stream that Seq counts in; set, with Seq, by Publish when the topic
+	// keeps history. A stream's seqs never repeat; when the counter has to start again (Redis
+	// lost its data, the topic expired) the stream gets a new epoch, so a (Epoch, Seq) pair never
+	// names two different messages.
+	Epoch string `json:"epoch,omitempty"`
+	Seq   uint64 `json:"seq,omitempty"` // per-topic, assigned by Publish when the topic keeps history
+}
+
+// Window is what History read of a topic: its stream (Epoch, Latest) and the kept messages
+// after since.
+type Window struct {
+	// Epoch names the topic's current stream; "" when the topic has none: never published, or
+	// its history expired or was lost and nothing was published since.
+	Epoch string
+	// Latest is the stream's last seq (0 without a stream).
+	Latest uint64
+	// Msgs are the kept messages of the stream with seq > since, oldest first.
+	Msgs []*Message
+	// Complete is true when Msgs are exactly since+1 … Latest. It is false when messages after
+	// since are no longer kept, and when since > Latest. It says nothing about whether since
+	// belonged to this epoch: that is the caller's to check.
+	Complete bool
 }
 
 // Bus delivers every published broadcast to every node, the publishing one included, and keeps
@@ -26,11 +49,9 @@ type Bus interface {
 	// delivery order equals seq order. It returns the assigned seq (0 without history) and how
 	// many nodes were subscribed. m itself is not changed; its Seq is ignored.
 	Publish(ctx context.Context, m *Message, history int) (seq uint64, nodes int, err error)
-	// History returns the kept messages of topic with seq > since, oldest first, and the
-	// topic's latest seq. complete is true when msgs are exactly since+1 … latest; it is false
-	// when messages after since are no longer kept, and when since > latest (the counter was
-	// reset, e.g. an idle topic expired), so the client must reload its state.
-	History(ctx context.Context, topic string, since uint64) (msgs []*Message, latest uint64, complete bool, err error)
+	// History reads the topic's stream: its epoch and latest seq, and the kept messages with
+	// seq > since (see Window).
+	History(ctx context.Context, topic string, since uint64) (Window, error)
 	// Healthy returns nil while the bus is delivering, otherwise an ErrUnhealthy error saying why.
 	Healthy(ctx context.Context) error
 	// Close stops every goroutine of the bus and waits for them.
@@ -89,6 +110,16 @@ func normalData(d json.RawMessage) (json.RawMessage, error) {
 	return b.Bytes(), nil
 }
 
+// newEpoch returns a fresh stream identity: 64 random bits in hex. Epochs only need to differ
+// from the earlier epochs of the same topic; at 64 bits a repeat is out of reach.
+func newEpoch() string {
+	return strconv.FormatUint(rand.Uint64()|1<<63, 16) // the top bit set: always 16 digits
+}
+
+// MaxEpochLen bounds an epoch's length. Epochs are opaque to clients; the buses make them of
+// [0-9a-f] only.
+const MaxEpochLen = 64
+
 // complete reports whether msgs are exactly the messages since+1 … latest.
 func complete(since, latest uint64, msgs []*Message) bool {
 	if since > latest || uint64(len(msgs)) != latest-since {
@@ -128,6 +159,11 @@ func decodeEnvelope(payload []byte) (*envelope, error) {
 		}
 		if len(e.Msg.Data) == 0 {
 			e.Msg.Data = json.RawMessage("null")
+		}
+		// A message with a seq without the stream it counts in could be taken for another
+		// stream's message of the same seq.
+		if e.Msg.Seq != 0 && (e.Msg.Epoch == "" || len(e.Msg.Epoch) > MaxEpochLen) {
+			return nil, fmt.Errorf("message with seq %d and epoch %.20q", e.Msg.Seq, e.Msg.Epoch)
 		}
 	case kindProbe:
 		if e.Node == "" || e.Time == 0 {

@@ -145,11 +145,16 @@ func TestSeqConcurrent(t *testing.T) {
 		for node, rec := range cl.recs {
 			got := rec.waitLen(t, total, 10*time.Second)
 			next := map[string]uint64{}
+			epochs := map[string]string{}
 			for _, m := range got {
 				next[m.Topic]++
 				if m.Seq != next[m.Topic] {
 					t.Fatalf("node %d: %s delivered seq %d, want %d", node, m.Topic, m.Seq, next[m.Topic])
 				}
+				if e, ok := epochs[m.Topic]; m.Epoch == "" || (ok && e != m.Epoch) {
+					t.Fatalf("node %d: %s seq %d has epoch %q, earlier ones %q", node, m.Topic, m.Seq, m.Epoch, e)
+				}
+				epochs[m.Topic] = m.Epoch
 				if string(m.Data) != sent[m.Topic][m.Seq] {
 					t.Fatalf("node %d: %s seq %d has data %s, published %s", node, m.Topic, m.Seq, m.Data, sent[m.Topic][m.Seq])
 				}
@@ -173,6 +178,18 @@ func TestHistory(t *testing.T) {
 				t.Fatalf("Publish %d = seq %d, %v", i, seq, err)
 			}
 		}
+		// Every node delivers every message of the stream with the stream's one epoch.
+		epoch := cl.recs[0].waitLen(t, n, 10*time.Second)[0].Epoch
+		if len(epoch) != 16 {
+			t.Fatalf("epoch %q, want 16 hexadecimal digits", epoch)
+		}
+		for node, rec := range cl.recs {
+			for _, m := range rec.waitLen(t, n, 10*time.Second) {
+				if m.Epoch != epoch {
+					t.Fatalf("node %d: seq %d has epoch %q, seq 1 had %q", node, m.Seq, m.Epoch, epoch)
+				}
+			}
+		}
 		if seq, _, err := cl.pubs[0].Publish(ctx, &Message{PkgID: 3, Data: data(`{}`), Topic: "dashboards.x"}, h); err != nil || seq != 1 {
 			t.Fatalf("other topic: seq %d, %v; want 1", seq, err)
 		}
@@ -190,9 +207,10 @@ func TestHistory(t *testing.T) {
 			{since: 25, complete: true},
 			{since: 26, complete: false}, // the counter went back: reload
 		} {
-			msgs, latest, ok, err := cl.pubs[1].History(ctx, "authors", tc.since)
-			if err != nil || latest != n || ok != tc.complete {
-				t.Fatalf("History(since %d) = latest %d, complete %v, %v; want %d, %v", tc.since, latest, ok, err, n, tc.complete)
+			w, err := cl.pubs[1].History(ctx, "authors", tc.since)
+			msgs, latest, ok := w.Msgs, w.Latest, w.Complete
+			if err != nil || latest != n || ok != tc.complete || w.Epoch != epoch {
+				t.Fatalf("History(since %d) = epoch %q latest %d, complete %v, %v; want %q, %d, %v", tc.since, w.Epoch, latest, ok, err, epoch, n, tc.complete)
 			}
 			want := 0
 			if tc.first != 0 {
@@ -203,25 +221,30 @@ func TestHistory(t *testing.T) {
 			}
 			for i, m := range msgs {
 				s := tc.first + uint64(i)
-				if m.Seq != s || m.PkgID != 3 || m.Topic != "authors" || string(m.Data) != fmt.Sprintf(`{"n":%d}`, s) {
+				if m.Seq != s || m.Epoch != epoch || m.PkgID != 3 || m.Topic != "authors" || string(m.Data) != fmt.Sprintf(`{"n":%d}`, s) {
 					t.Fatalf("History(since %d)[%d] = %+v data %s, want seq %d", tc.since, i, m, m.Data, s)
 				}
 			}
 		}
-		msgs, latest, ok, err := cl.pubs[0].History(ctx, "dashboards.nothing", 0)
-		if err != nil || latest != 0 || !ok || len(msgs) != 0 {
-			t.Fatalf("unknown topic: %d msgs, latest %d, complete %v, %v; want 0, 0, true", len(msgs), latest, ok, err)
+		// A topic never published has no stream: no epoch, latest 0.
+		w, err := cl.pubs[0].History(ctx, "dashboards.nothing", 0)
+		if err != nil || w.Epoch != "" || w.Latest != 0 || !w.Complete || len(w.Msgs) != 0 {
+			t.Fatalf("unknown topic: %+v, %v; want no epoch, 0 msgs, latest 0, complete", w, err)
 		}
-		msgs, latest, ok, err = cl.pubs[0].History(ctx, "dashboards.x", 0)
-		if err != nil || latest != 1 || !ok || len(msgs) != 1 || msgs[0].Seq != 1 {
-			t.Fatalf("second topic: %d msgs, latest %d, complete %v, %v", len(msgs), latest, ok, err)
+		if w, err = cl.pubs[0].History(ctx, "dashboards.nothing", 3); err != nil || w.Epoch != "" || w.Complete {
+			t.Fatalf("unknown topic since 3: %+v, %v; want not complete", w, err)
+		}
+		// Each topic has a stream of its own.
+		w, err = cl.pubs[0].History(ctx, "dashboards.x", 0)
+		if err != nil || w.Latest != 1 || !w.Complete || len(w.Msgs) != 1 || w.Msgs[0].Seq != 1 || w.Epoch == "" || w.Epoch == epoch {
+			t.Fatalf("second topic: %+v, %v (epoch of authors %q)", w, err, epoch)
 		}
 		// A smaller history on a later publish trims to that.
 		if _, _, err := cl.pubs[0].Publish(ctx, &Message{PkgID: 3, Data: data(`{}`), Topic: "authors"}, 3); err != nil {
 			t.Fatal(err)
 		}
-		if msgs, latest, ok, _ := cl.pubs[0].History(ctx, "authors", 0); len(msgs) != 3 || latest != n+1 || ok || msgs[0].Seq != n-1 {
-			t.Fatalf("after history 3: %d msgs from %d, latest %d, complete %v", len(msgs), msgs[0].Seq, latest, ok)
+		if w, _ := cl.pubs[0].History(ctx, "authors", 0); len(w.Msgs) != 3 || w.Latest != n+1 || w.Complete || w.Msgs[0].Seq != n-1 || w.Epoch != epoch {
+			t.Fatalf("after history 3: %+v", w)
 		}
 	})
 }
@@ -252,7 +275,7 @@ func TestInvalidArguments(t *testing.T) {
 			}
 		}
 		for _, topic := range []string{"", "a{b}", strings.Repeat("x", MaxTopicLen+1)} {
-			if _, _, _, err := b.History(ctx, topic, 0); !errors.Is(err, ErrInvalidArgument) {
+			if _, err := b.History(ctx, topic, 0); !errors.Is(err, ErrInvalidArgument) {
 				t.Errorf("History(%.20q) error = %v, want ErrInvalidArgument", topic, err)
 			}
 		}
@@ -286,7 +309,7 @@ func TestPublishDoesNotChangeMessage(t *testing.T) {
 			t.Fatalf("Publish changed the message: %+v %s", m, m.Data)
 		}
 		got := cl.recs[0].waitLen(t, 1, 5*time.Second)[0]
-		if got.Seq != 1 || string(got.Data) != `{"a":1}` || got == m {
+		if got.Seq != 1 || got.Epoch == "" || string(got.Data) != `{"a":1}` || got == m || m.Epoch != "" {
 			t.Fatalf("delivered %+v %s", got, got.Data)
 		}
 	})
@@ -305,7 +328,7 @@ func TestClosed(t *testing.T) {
 		if _, _, err := b.Publish(ctx, &Message{PkgID: 1}, 0); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Publish after Close = %v", err)
 		}
-		if _, _, _, err := b.History(ctx, "authors", 0); !errors.Is(err, ErrClosed) {
+		if _, err := b.History(ctx, "authors", 0); !errors.Is(err, ErrClosed) {
 			t.Fatalf("History after Close = %v", err)
 		}
 		if err := b.Healthy(ctx); !errors.Is(err, ErrClosed) {

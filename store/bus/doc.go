@@ -4,7 +4,11 @@
 // subscription stays up), and a node or a client can catch up from the history after missing
 // some; Memory is the same contract for the single-node embedded default.
 // Publish assigns a topic's seq, stores the history entry and publishes in one atomic step, so
-// delivery order equals seq order on every node.
+// delivery order equals seq order on every node. A seq counts within the topic's stream, named by
+// its epoch: when the counter has to start again (Redis lost its data, the topic expired, the
+// process of the in-process bus restarted) the stream gets a new epoch, created in that same
+// atomic step, so (epoch, seq) never names two different messages and a consumer can tell a
+// restarted counter from messages it already has.
 //
 // Concurrency: Publish, History and Healthy are safe for concurrent use by any number of
 // goroutines and never call deliver themselves. Each bus owns its goroutines, starts them in its

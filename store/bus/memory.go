@@ -9,7 +9,9 @@ import (
 )
 
 // Memory is the single-node bus: Publish queues the message for one delivery goroutine, and
-// history lives in an in-process ring per topic. It never fails once built, except after Close.
+// history lives in an in-process ring per topic, whose stream gets a fresh epoch when the topic
+// is created (so a restarted process never continues an earlier one's epochs). It never fails
+// once built, except after Close.
 type Memory struct {
 	deliver func(*Message)
 	logger  *slog.Logger
@@ -28,9 +30,10 @@ type Memory struct {
 }
 
 type memTopic struct {
-	seq  uint64
-	hist []*Message // oldest first, seqs contiguous, ending at seq
-	last time.Time  // last publish, for WithHistoryTTL
+	epoch string // this stream's identity: new whenever the topic is created (or again after expiry)
+	seq   uint64
+	hist  []*Message // oldest first, seqs contiguous, ending at seq
+	last  time.Time  // last publish, for WithHistoryTTL
 }
 
 // NewMemory returns a started single-node bus that calls deliver for every published message,
@@ -81,12 +84,14 @@ func (b *Memory) Publish(ctx context.Context, m *Message, history int) (uint64, 
 		b.sweepLocked(now)
 		t := b.topics[m.Topic]
 		if t == nil {
-			t = &memTopic{}
+			// A new stream: the process started, or the topic expired. Its seqs start at 1
+			// again, under an epoch that no earlier stream of the topic had.
+			t = &memTopic{epoch: newEpoch()}
 			b.topics[m.Topic] = t
 		}
 		t.seq++
 		t.last = now
-		msg.Seq = t.seq
+		msg.Seq, msg.Epoch = t.seq, t.epoch
 		t.hist = append(t.hist, msg)
 		if drop := len(t.hist) - history; drop > 0 {
 			clear(t.hist[:drop]) // let the dropped messages be collected
@@ -116,21 +121,21 @@ func (b *Memory) sweepLocked(now time.Time) {
 }
 
 // History implements Bus.
-func (b *Memory) History(ctx context.Context, topic string, since uint64) ([]*Message, uint64, bool, error) {
+func (b *Memory) History(ctx context.Context, topic string, since uint64) (Window, error) {
 	if !validTopic(topic) {
-		return nil, 0, false, fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, topic)
+		return Window{}, fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, topic)
 	}
 	if err := ctx.Err(); err != nil {
-		return nil, 0, false, err
+		return Window{}, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
-		return nil, 0, false, ErrClosed
+		return Window{}, ErrClosed
 	}
 	t := b.topics[topic]
 	if t == nil || (b.ttl > 0 && b.now().Sub(t.last) >= b.ttl) {
-		return nil, 0, since == 0, nil
+		return Window{Complete: since == 0}, nil
 	}
 	var msgs []*Message
 	if since < t.seq && len(t.hist) > 0 {
@@ -141,7 +146,7 @@ func (b *Memory) History(ctx context.Context, topic string, since uint64) ([]*Me
 		}
 		msgs = append([]*Message(nil), t.hist[start:]...)
 	}
-	return msgs, t.seq, complete(since, t.seq, msgs), nil
+	return Window{Epoch: t.epoch, Latest: t.seq, Msgs: msgs, Complete: complete(since, t.seq, msgs)}, nil
 }
 
 // Healthy implements Bus: nil until Close, ErrClosed after.

@@ -105,16 +105,20 @@ func TestMemoryHistoryTTL(t *testing.T) {
 		}
 	}
 	now = now.Add(59 * time.Minute)
-	if _, latest, ok, _ := b.History(ctx, "idle", 3); latest != 3 || !ok {
-		t.Fatalf("before the TTL: latest %d, complete %v", latest, ok)
+	before, _ := b.History(ctx, "idle", 3)
+	if before.Latest != 3 || !before.Complete || before.Epoch == "" {
+		t.Fatalf("before the TTL: %+v", before)
 	}
 	now = now.Add(2 * time.Minute)
-	if msgs, latest, ok, _ := b.History(ctx, "idle", 3); latest != 0 || ok || len(msgs) != 0 {
-		t.Fatalf("after the TTL: latest %d, complete %v, %d msgs", latest, ok, len(msgs))
+	if w, _ := b.History(ctx, "idle", 3); w.Latest != 0 || w.Complete || len(w.Msgs) != 0 || w.Epoch != "" {
+		t.Fatalf("after the TTL: %+v; want no stream", w)
 	}
-	// The next publish sweeps the idle topic and starts again at 1.
+	// The next publish sweeps the idle topic and starts a new stream at 1, under a new epoch.
 	if seq, _, _ := b.Publish(ctx, &Message{PkgID: 1, Topic: "idle"}, 5); seq != 1 {
 		t.Fatalf("seq after expiry = %d, want 1", seq)
+	}
+	if w, _ := b.History(ctx, "idle", 0); w.Latest != 1 || w.Epoch == "" || w.Epoch == before.Epoch {
+		t.Fatalf("after expiry and a publish: %+v; the epoch before was %q", w, before.Epoch)
 	}
 	b.mu.Lock()
 	n := len(b.topics)
@@ -135,9 +139,9 @@ func TestMemoryHistoryRing(t *testing.T) {
 		}
 	}
 	runtime.Gosched()
-	msgs, latest, ok, err := b.History(ctx, "t", 9993)
-	if err != nil || latest != 10000 || !ok || len(msgs) != 7 || msgs[0].Seq != 9994 {
-		t.Fatalf("History = %d msgs, latest %d, %v, %v", len(msgs), latest, ok, err)
+	w, err := b.History(ctx, "t", 9993)
+	if err != nil || w.Latest != 10000 || !w.Complete || len(w.Msgs) != 7 || w.Msgs[0].Seq != 9994 {
+		t.Fatalf("History = %d msgs, latest %d, %v, %v", len(w.Msgs), w.Latest, w.Complete, err)
 	}
 	b.mu.Lock()
 	c := cap(b.topics["t"].hist)

@@ -14,31 +14,44 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+// A history topic's stream lives in two keys with the topic as hash tag (one cluster slot):
+//
+//	<prefix>topic:{<topic>}:stream  hash: epoch (the stream's identity), seq (its last seq)
+//	<prefix>topic:{<topic>}:hist    list: the last kept entries, oldest first
+//
+// The epoch and the counter are fields of one key, so nothing (eviction, expiry, FLUSHDB, a
+// restart without persistence, a failover to an empty replica) can take one and leave the other:
+// a counter that starts again always starts under a new epoch. The history list always belongs
+// to the current epoch: the script that creates a stream deletes whatever list it finds.
+
 // publishScript assigns the topic's next seq, appends the message to its history (trimmed to
 // the last ARGV[2] entries) and publishes it: one atomic round trip, so every subscriber sees the
 // topic's messages in seq order. Go sends the JSON of the message and of the envelope without
-// their tails; the script closes them around the seq, which is why the entry always ends with
-// ,"seq":<n>} and the seq of any entry can be read back from its end.
+// their tails; the script closes them around the seq (and, in the published copy, the epoch),
+// which is why a history entry always ends with ,"seq":<n>} and the seq of any entry can be read
+// back from its end.
 //
-//	KEYS[1] = <prefix>topic:{<topic>}:seq   KEYS[2] = <prefix>topic:{<topic>}:hist
-//	ARGV    = channel, history, ttl in ms (0 = none), message head, envelope head
+// When the topic has no stream (never published, expired, lost with Redis's data) or one that is
+// not as the buses make them (not a hash, an epoch not of [0-9a-f], a seq not a number), the
+// script starts one, so a damaged key costs the topic's subscribers a recovered:false rather than
+// every later publish an error: the epoch is ARGV[6], a fresh
+// candidate every Publish sends and the script keeps only in that case, seq starts at 1, and the
+// history of an earlier stream and the counter key of earlier versions (:seq) are deleted.
+//
+//	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <prefix>topic:{<topic>}:seq (old)
+//	ARGV    = channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
 //	returns {seq, subscribers that received it}
-//
-// If the seq key was lost (eviction) while the history survived, the counter continues after the
-// last kept entry instead of restarting at 1, so seqs never repeat within a history.
 const publishLua = `
-local seq = redis.call('INCR', KEYS[1])
-if seq == 1 then
-  local last = redis.call('LINDEX', KEYS[2], -1)
-  if last then
-    local prev = tonumber(string.match(last, '"seq":(%d+)}$'))
-    if prev and prev >= seq then
-      seq = prev + 1
-      redis.call('SET', KEYS[1], seq)
-    end
-  end
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+local epoch = not s.err and s[1]
+if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) then
+  epoch = ARGV[6]
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
 end
-local entry = ARGV[4] .. ',"seq":' .. string.format('%d', seq) .. '}'
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local tail = ',"seq":' .. string.format('%d', seq) .. '}'
+local entry = ARGV[4] .. tail
 redis.call('RPUSH', KEYS[2], entry)
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
 local ttl = tonumber(ARGV[3])
@@ -46,30 +59,29 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-local n = redis.call('PUBLISH', ARGV[1], ARGV[5] .. entry .. '}')
+local n = redis.call('PUBLISH', ARGV[1], ARGV[5] .. ARGV[4] .. ',"epoch":"' .. epoch .. '"' .. tail .. '}')
 return {seq, n}
 `
 
-// historyScript reads the latest seq and the entries after ARGV[1] in one consistent view.
+// historyScript reads the stream and the entries after ARGV[1] in one consistent view.
 //
-//	KEYS as publishScript;  ARGV[1] = since
-//	returns {latest, seq of the oldest kept entry (0 = none), {entries with seq > since}}
+//	KEYS as publishScript (KEYS[3] unused);  ARGV[1] = since
+//	returns {latest, epoch ("" = no stream), seq of the oldest kept entry (0 = none), {entries with seq > since}}
 const historyLua = `
-local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
-local last = redis.call('LINDEX', KEYS[2], -1)
-if last then
-  local s = tonumber(string.match(last, '"seq":(%d+)}$'))
-  if s and s > latest then latest = s end
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+if s.err or not s[1] then
+  return {0, '', 0, {}}
 end
+local latest = tonumber(s[2] or '0') or 0
 local since = tonumber(ARGV[1])
 local first = redis.call('LINDEX', KEYS[2], 0)
 if since >= latest or not first then
-  return {latest, 0, {}}
+  return {latest, s[1], 0, {}}
 end
 local oldest = tonumber(string.match(first, '"seq":(%d+)}$')) or 0
 local start = 0
 if since >= oldest then start = since - oldest + 1 end
-return {latest, oldest, redis.call('LRANGE', KEYS[2], start, -1)}
+return {latest, s[1], oldest, redis.call('LRANGE', KEYS[2], start, -1)}
 `
 
 var (
@@ -78,8 +90,8 @@ var (
 )
 
 // Redis is the cluster bus: every node using the same Redis and prefix subscribes to
-// <prefix>bus and delivers what comes through it. History topics keep their seq counter and
-// entries at <prefix>topic:{<topic>}:seq and :hist (the hash tag puts both in one cluster slot).
+// <prefix>bus and delivers what comes through it. History topics keep their stream (epoch and
+// seq counter) and entries at <prefix>topic:{<topic>}:stream and :hist (see publishScript).
 type Redis struct {
 	client  redis.UniversalClient
 	prefix  string
@@ -162,8 +174,15 @@ func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Mess
 	return r, nil
 }
 
-func (r *Redis) seqKey(topic string) string  { return r.prefix + "topic:{" + topic + "}:seq" }
-func (r *Redis) histKey(topic string) string { return r.prefix + "topic:{" + topic + "}:hist" }
+func (r *Redis) streamKey(topic string) string { return r.prefix + "topic:{" + topic + "}:stream" }
+func (r *Redis) histKey(topic string) string   { return r.prefix + "topic:{" + topic + "}:hist" }
+
+// oldSeqKey is where versions before epochs kept the counter; a new stream deletes it.
+func (r *Redis) oldSeqKey(topic string) string { return r.prefix + "topic:{" + topic + "}:seq" }
+
+func (r *Redis) keys(topic string) []string {
+	return []string{r.streamKey(topic), r.histKey(topic), r.oldSeqKey(topic)}
+}
 
 // Publish implements Bus. nodes is PUBLISH's answer: the subscribers of the channel (in a Redis
 // Cluster, those connected to the node that ran it).
@@ -196,9 +215,8 @@ func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, i
 	}
 
 	head := bytes.TrimSuffix(body, []byte("}")) // the script appends ,"seq":<n>}
-	res, err := publishScript.Run(callCtx, r.client,
-		[]string{r.seqKey(m.Topic), r.histKey(m.Topic)},
-		r.channel, history, r.cfg.historyTTL.Milliseconds(), head, r.envHead).Int64Slice()
+	res, err := publishScript.Run(callCtx, r.client, r.keys(m.Topic),
+		r.channel, history, r.cfg.historyTTL.Milliseconds(), head, r.envHead, newEpoch()).Int64Slice()
 	if err == nil && (len(res) != 2 || res[0] <= 0) {
 		err = fmt.Errorf("publish script returned %v", res)
 	}
@@ -209,53 +227,56 @@ func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, i
 }
 
 // History implements Bus.
-func (r *Redis) History(ctx context.Context, topic string, since uint64) ([]*Message, uint64, bool, error) {
+func (r *Redis) History(ctx context.Context, topic string, since uint64) (Window, error) {
 	if !validTopic(topic) {
-		return nil, 0, false, fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, topic)
+		return Window{}, fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, topic)
 	}
 	if r.ctx.Err() != nil {
-		return nil, 0, false, ErrClosed
+		return Window{}, ErrClosed
 	}
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
 	defer cancel()
-	res, err := historyScript.Run(callCtx, r.client,
-		[]string{r.seqKey(topic), r.histKey(topic)}, strconv.FormatUint(since, 10)).Slice()
+	res, err := historyScript.Run(callCtx, r.client, r.keys(topic), strconv.FormatUint(since, 10)).Slice()
 	if err != nil {
-		return nil, 0, false, r.trouble.fail(ctx, opHistory, err)
+		return Window{}, r.trouble.fail(ctx, opHistory, err)
 	}
-	msgs, latest, err := parseHistory(res, since)
+	w, err := parseHistory(res, since)
 	if err != nil {
 		r.trouble.record(opHistory, err)
-		return nil, 0, false, fmt.Errorf("%w: %s: %w", ErrUnavailable, opHistory, err)
+		return Window{}, fmt.Errorf("%w: %s: %w", ErrUnavailable, opHistory, err)
 	}
-	return msgs, latest, complete(since, latest, msgs), nil
+	w.Complete = complete(since, w.Latest, w.Msgs)
+	return w, nil
 }
 
-// parseHistory decodes historyScript's answer, keeping the entries with seq > since.
-func parseHistory(res []any, since uint64) ([]*Message, uint64, error) {
-	if len(res) != 3 {
-		return nil, 0, fmt.Errorf("history script returned %d values, want 3", len(res))
+// parseHistory decodes historyScript's answer, keeping the entries with seq > since; each gets
+// the stream's epoch (the entries do not repeat it: the whole list belongs to one stream).
+func parseHistory(res []any, since uint64) (Window, error) {
+	if len(res) != 4 {
+		return Window{}, fmt.Errorf("history script returned %d values, want 4", len(res))
 	}
 	latest, ok := res[0].(int64)
-	entries, ok2 := res[2].([]any)
-	if !ok || !ok2 || latest < 0 {
-		return nil, 0, fmt.Errorf("history script returned %T, %T", res[0], res[2])
+	epoch, ok2 := res[1].(string)
+	entries, ok3 := res[3].([]any)
+	if !ok || !ok2 || !ok3 || latest < 0 || len(epoch) > MaxEpochLen {
+		return Window{}, fmt.Errorf("history script returned %T %v, %T %.20q, %T", res[0], res[0], res[1], res[1], res[3])
 	}
-	msgs := make([]*Message, 0, len(entries))
+	w := Window{Epoch: epoch, Latest: uint64(latest), Msgs: make([]*Message, 0, len(entries))}
 	for _, e := range entries {
 		s, ok := e.(string)
 		if !ok {
-			return nil, 0, fmt.Errorf("history entry is %T", e)
+			return Window{}, fmt.Errorf("history entry is %T", e)
 		}
 		var m Message
 		if err := json.Unmarshal([]byte(s), &m); err != nil {
-			return nil, 0, fmt.Errorf("history entry: %w", err)
+			return Window{}, fmt.Errorf("history entry: %w", err)
 		}
 		if m.Seq > since {
-			msgs = append(msgs, &m)
+			m.Epoch = epoch
+			w.Msgs = append(w.Msgs, &m)
 		}
 	}
-	return msgs, uint64(latest), nil
+	return w, nil
 }
 
 // Healthy implements Bus: nil while subscribed and our own probe came back within the last 3

@@ -58,7 +58,9 @@ func TestRedisUndecodable(t *testing.T) {
 	b := newRedisBus(t, c, prefix, "node-a", rec.deliver, WithMetrics(set), WithLogger(logs.logger()))
 	ctx := context.Background()
 	bad := []string{``, `nope`, `{}`, `{"n":"x","k":"m"}`, `{"n":"x","k":"z"}`, `{"k":"p"}`,
-		`{"n":"x","k":"m","m":{"pkg_id":"one"}}`, `[1,2]`, `{"n":"x","k":"m","m":{"pkg_id":1,"data":{`}
+		`{"n":"x","k":"m","m":{"pkg_id":"one"}}`, `[1,2]`, `{"n":"x","k":"m","m":{"pkg_id":1,"data":{`,
+		// A seq without the epoch of its stream.
+		`{"n":"x","k":"m","m":{"pkg_id":1,"data":{},"topic":"t","seq":2}}`}
 	for _, p := range bad {
 		if err := c.Publish(ctx, prefix+"bus", p).Err(); err != nil {
 			t.Fatal(err)
@@ -79,21 +81,23 @@ func TestRedisUndecodable(t *testing.T) {
 	}
 }
 
-// TestRedisKeys: the keys are where the contract says, hold JSON of the Message with seq,
-// and expire with WithHistoryTTL.
+// TestRedisKeys: the keys are where the contract says — the stream hash (epoch, seq) and the
+// history list of JSON Messages with their seq — and expire with WithHistoryTTL.
 func TestRedisKeys(t *testing.T) {
 	c := redistest.Client(t)
 	prefix := redistest.Prefix(t, c)
-	b := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver, WithHistoryTTL(time.Hour))
+	rec := &recorder{}
+	b := newRedisBus(t, c, prefix, "node-a", rec.deliver, WithHistoryTTL(time.Hour))
 	ctx := context.Background()
 	for range 3 {
 		if _, _, err := b.Publish(ctx, &Message{PkgID: 5, Data: json.RawMessage(`{"x":"}"}`), Topic: "dash:x-1"}, 2); err != nil {
 			t.Fatal(err)
 		}
 	}
-	seqKey, histKey := prefix+"topic:{dash:x-1}:seq", prefix+"topic:{dash:x-1}:hist"
-	if v, err := c.Get(ctx, seqKey).Result(); err != nil || v != "3" {
-		t.Fatalf("GET %s = %q, %v", seqKey, v, err)
+	streamKey, histKey := prefix+"topic:{dash:x-1}:stream", prefix+"topic:{dash:x-1}:hist"
+	stream, err := c.HGetAll(ctx, streamKey).Result()
+	if err != nil || stream["seq"] != "3" || len(stream["epoch"]) != 16 || len(stream) != 2 {
+		t.Fatalf("HGETALL %s = %v, %v; want seq 3 and a 16-digit epoch", streamKey, stream, err)
 	}
 	entries, err := c.LRange(ctx, histKey, 0, -1).Result()
 	if err != nil || len(entries) != 2 {
@@ -102,43 +106,140 @@ func TestRedisKeys(t *testing.T) {
 	if want := `{"pkg_id":5,"data":{"x":"}"},"topic":"dash:x-1","seq":3}`; entries[1] != want {
 		t.Fatalf("entry = %s, want %s", entries[1], want)
 	}
-	for _, k := range []string{seqKey, histKey} {
+	for _, k := range []string{streamKey, histKey} {
 		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl < 59*time.Minute || ttl > time.Hour {
 			t.Fatalf("PTTL %s = %s, %v", k, ttl, err)
 		}
+	}
+	// What travels on the channel carries the epoch.
+	if got := rec.waitLen(t, 3, 5*time.Second)[2]; got.Epoch != stream["epoch"] || got.Seq != 3 {
+		t.Fatalf("delivered %+v, want epoch %s seq 3", got, stream["epoch"])
 	}
 	// Without the option the keys do not expire.
 	b2 := newRedisBus(t, c, prefix, "node-b", (&recorder{}).deliver)
 	if _, _, err := b2.Publish(ctx, &Message{PkgID: 5, Topic: "other"}, 2); err != nil {
 		t.Fatal(err)
 	}
-	if ttl, err := c.PTTL(ctx, prefix+"topic:{other}:hist").Result(); err != nil || ttl != -1 {
-		t.Fatalf("PTTL without TTL = %s, %v", ttl, err)
+	for _, k := range []string{prefix + "topic:{other}:hist", prefix + "topic:{other}:stream"} {
+		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl != -1 {
+			t.Fatalf("PTTL %s without TTL = %s, %v", k, ttl, err)
+		}
 	}
 }
 
-// TestRedisSeqKeyLost: if the counter disappears but the history survives, seqs continue after
-// the last kept entry instead of starting again at 1.
-func TestRedisSeqKeyLost(t *testing.T) {
+// TestRedisStreamLost: the stream key gone while the history list survives (eviction, a key
+// deleted by hand): the next publish starts a new stream — a new epoch, seq 1 — and the entries
+// of the old stream are dropped rather than served as the new one's. Until then History says
+// there is no stream.
+func TestRedisStreamLost(t *testing.T) {
 	c := redistest.Client(t)
 	prefix := redistest.Prefix(t, c)
-	rec := &recorder{}
-	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
+	b := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver)
 	ctx := context.Background()
 	for range 5 {
 		if _, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := c.Del(ctx, prefix+"topic:{authors}:seq").Err(); err != nil {
+	before, err := b.History(ctx, "authors", 3)
+	if err != nil || before.Latest != 5 || !before.Complete || before.Epoch == "" {
+		t.Fatalf("History = %+v, %v", before, err)
+	}
+	if err := c.Del(ctx, prefix+"topic:{authors}:stream").Err(); err != nil {
 		t.Fatal(err)
 	}
-	msgs, latest, ok, err := b.History(ctx, "authors", 3)
-	if err != nil || latest != 5 || !ok || len(msgs) != 2 {
-		t.Fatalf("History with the counter lost = %d msgs, latest %d, %v, %v", len(msgs), latest, ok, err)
+	if w, err := b.History(ctx, "authors", 3); err != nil || w.Epoch != "" || w.Latest != 0 || w.Complete || len(w.Msgs) != 0 {
+		t.Fatalf("History with the stream lost = %+v, %v; want no stream", w, err)
 	}
-	if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil || seq != 6 {
-		t.Fatalf("Publish after the counter was lost = %d, %v; want 6", seq, err)
+	if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil || seq != 1 {
+		t.Fatalf("Publish after the stream was lost = %d, %v; want 1", seq, err)
+	}
+	w, err := b.History(ctx, "authors", 0)
+	if err != nil || w.Epoch == "" || w.Epoch == before.Epoch || w.Latest != 1 || len(w.Msgs) != 1 || !w.Complete {
+		t.Fatalf("History of the new stream = %+v, %v; the old epoch was %q", w, err, before.Epoch)
+	}
+}
+
+// TestRedisOddEpochReplaced: a stream key that is not as the buses make it (written by hand, or
+// by something else: an epoch not of [0-9a-f] — which is never echoed into the channel —, a seq
+// that is not a number, not a hash at all) does not make every publish fail: the stream starts
+// again. The counter key of versions before epochs (:seq) is deleted with it.
+func TestRedisOddEpochReplaced(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	rec := &recorder{}
+	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
+	ctx := context.Background()
+	stream, old := prefix+"topic:{dash.odd}:stream", prefix+"topic:{dash.odd}:seq"
+	for _, bad := range []string{`x","seq":99,"pkg_id":6`, "", strings.Repeat("a", 65), "ABCDEF", "bad seq", "not a hash"} {
+		var err error
+		switch bad {
+		case "bad seq":
+			err = c.HSet(ctx, stream, "epoch", "0123456789abcdef", "seq", "x1").Err()
+		case "not a hash":
+			err = c.Set(ctx, stream, "0123456789abcdef", 0).Err()
+		default:
+			err = c.HSet(ctx, stream, "epoch", bad, "seq", 41).Err()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bad == "not a hash" { // History reads it as no stream
+			if w, err := b.History(ctx, "dash.odd", 0); err != nil || w.Epoch != "" {
+				t.Fatalf("History of a stream key that is not a hash = %+v, %v", w, err)
+			}
+		}
+		if err := c.Set(ctx, old, 77, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "dash.odd"}, 10); err != nil || seq != 1 {
+			t.Fatalf("epoch %q: Publish = %d, %v; want a new stream at 1", bad, seq, err)
+		}
+		w, err := b.History(ctx, "dash.odd", 0)
+		if err != nil || w.Epoch == bad || len(w.Epoch) != 16 || w.Latest != 1 || len(w.Msgs) != 1 {
+			t.Fatalf("epoch %q: History = %+v, %v", bad, w, err)
+		}
+		if n, err := c.Exists(ctx, old).Result(); err != nil || n != 0 {
+			t.Fatalf("epoch %q: the old counter key is still there (%d, %v)", bad, n, err)
+		}
+		got := rec.waitLen(t, 1, 5*time.Second)
+		if m := got[len(got)-1]; m.Epoch != w.Epoch || m.Seq != 1 || m.PkgID != 1 {
+			t.Fatalf("epoch %q: delivered %+v", bad, m)
+		}
+		rec.mu.Lock()
+		rec.msgs = nil
+		rec.mu.Unlock()
+		if err := c.Del(ctx, stream).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRedisExpiryNewEpoch: with WithHistoryTTL a topic idle for longer loses its stream; the next
+// publish starts a new one under a new epoch.
+func TestRedisExpiryNewEpoch(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	b := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver, WithHistoryTTL(50*time.Millisecond))
+	ctx := context.Background()
+	if _, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "dash.ttl"}, 10); err != nil {
+		t.Fatal(err)
+	}
+	before, err := b.History(ctx, "dash.ttl", 0)
+	if err != nil || before.Epoch == "" {
+		t.Fatalf("History = %+v, %v", before, err)
+	}
+	if !waitFor(10*time.Second, func() bool {
+		w, err := b.History(ctx, "dash.ttl", 0)
+		return err == nil && w.Epoch == ""
+	}) {
+		t.Fatal("the stream did not expire")
+	}
+	if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "dash.ttl"}, 10); err != nil || seq != 1 {
+		t.Fatalf("Publish after expiry = %d, %v", seq, err)
+	}
+	if w, err := b.History(ctx, "dash.ttl", 0); err != nil || w.Epoch == "" || w.Epoch == before.Epoch {
+		t.Fatalf("History after expiry = %+v, %v; epoch before %q", w, err, before.Epoch)
 	}
 }
 
@@ -164,7 +265,7 @@ func TestRedisDown(t *testing.T) {
 	if _, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 5); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Publish with history = %v, want ErrUnavailable", err)
 	}
-	if _, _, _, err := b.History(ctx, "authors", 0); !errors.Is(err, ErrUnavailable) {
+	if _, err := b.History(ctx, "authors", 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("History = %v, want ErrUnavailable", err)
 	}
 	if err := b.Healthy(ctx); !errors.Is(err, ErrUnhealthy) {
@@ -183,7 +284,7 @@ func TestRedisDown(t *testing.T) {
 	cancelled, cancel := context.WithCancel(ctx)
 	cancel()
 	before := counter(set, `redis_errors_total{operation="bus_history"}`)
-	if _, _, _, err := b.History(cancelled, "authors", 0); !errors.Is(err, context.Canceled) {
+	if _, err := b.History(cancelled, "authors", 0); !errors.Is(err, context.Canceled) {
 		t.Fatalf("History with a cancelled context = %v", err)
 	}
 	if counter(set, `redis_errors_total{operation="bus_history"}`) != before {

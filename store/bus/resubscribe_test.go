@@ -123,6 +123,10 @@ func TestResubscribeAfterRestart(t *testing.T) {
 	if seq, _, err := a.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil || seq != 1 {
 		t.Fatalf("Publish = %d, %v", seq, err)
 	}
+	first, err := a.History(ctx, "authors", 0)
+	if err != nil || first.Epoch == "" {
+		t.Fatalf("History = %+v, %v", first, err)
+	}
 
 	for round := range 2 {
 		srv.Kill()
@@ -145,13 +149,17 @@ func TestResubscribeAfterRestart(t *testing.T) {
 		deliversAgain(t, a, rb, "after restart "+string(rune('0'+round)))
 		deliversAgain(t, b, ra, "after restart, other way "+string(rune('0'+round)))
 	}
-	// The restarted server lost the history: a client at seq 1 must reload.
-	if _, latest, ok, err := b.History(ctx, "authors", 1); err != nil || latest != 0 || ok {
-		t.Fatalf("History after losing the data = latest %d, complete %v, %v; want 0, false", latest, ok, err)
+	// The restarted server lost the history: no stream any more, so a client at seq 1 must
+	// reload.
+	if h, err := b.History(ctx, "authors", 1); err != nil || h.Latest != 0 || h.Complete || h.Epoch != "" {
+		t.Fatalf("History after losing the data = %+v, %v; want no epoch, latest 0, not complete", h, err)
 	}
-	// The scripts are loaded again by themselves.
+	// The scripts are loaded again by themselves; the stream starts again under a new epoch.
 	if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "authors"}, 10); err != nil || seq != 1 {
 		t.Fatalf("Publish with history after the restart = %d, %v", seq, err)
+	}
+	if h, err := b.History(ctx, "authors", 0); err != nil || h.Epoch == "" || h.Epoch == first.Epoch {
+		t.Fatalf("History after the restart and a publish = %+v, %v; the epoch before was %q", h, err, first.Epoch)
 	}
 	if !waitFor(5*time.Second, func() bool {
 		got := ra.snapshot()
@@ -336,8 +344,8 @@ func TestOnSubscribedAfterResubscribe(t *testing.T) {
 	if mark < 0 || mark > len(got)-2 || got[mark+1].Seq != 2 {
 		t.Fatalf("deliveries %+v: want the marker before seq 2", got)
 	}
-	if msgs, latest, ok, err := a.History(ctx, "dash.o", 0); err != nil || latest != 2 || !ok || len(msgs) != 2 {
-		t.Fatalf("History = %d msgs, latest %d, complete %v, %v", len(msgs), latest, ok, err)
+	if h, err := a.History(ctx, "dash.o", 0); err != nil || h.Latest != 2 || !h.Complete || len(h.Msgs) != 2 {
+		t.Fatalf("History = %+v, %v", h, err)
 	}
 
 	remove()

@@ -58,9 +58,6 @@ func lookupCommand(name string) (command, bool) {
 	return command{}, false
 }
 
-// hint follows every usage error.
-const hint = "Run 'switchboard --help' for usage."
-
 // writeUsage prints the whole program's help.
 func writeUsage(w io.Writer) {
 	fmt.Fprintln(w, "Usage: switchboard [command] [flags]")
@@ -132,12 +129,12 @@ func writeFlags(w io.Writer, fs *flag.FlagSet, extra ...[2]string) {
 // writeEnv lists the variables (all when names is nil) with their defaults and meanings, from
 // config: the same list README.md's table shows.
 func writeEnv(w io.Writer, names []string) {
-	fmt.Fprintln(w, "Environment (default after the name):")
+	fmt.Fprintln(w, "Environment:")
 	for _, v := range config.Vars() {
 		if names != nil && !slices.Contains(names, v.Name) {
 			continue
 		}
-		fmt.Fprintf(w, "  %s  %s\n      %s\n", v.Name, config.Plain(v.Default), config.Plain(v.Meaning))
+		fmt.Fprintf(w, "  %s (default: %s)\n      %s\n", v.Name, config.Plain(v.Default), config.Plain(v.Meaning))
 	}
 }
 
@@ -166,11 +163,11 @@ func newFlagSet(name string) *flag.FlagSet {
 }
 
 func addAddrFlag(fs *flag.FlagSet, f *cliFlags) {
-	fs.StringVar(&f.addr, "addr", "", "listen `HOST:PORT` (overrides SWITCHBOARD_ADDR)")
+	fs.StringVar(&f.addr, "addr", "", "listen on `HOST:PORT` (overrides SWITCHBOARD_ADDR)")
 }
 
 func addDataDirFlag(fs *flag.FlagSet, f *cliFlags) {
-	fs.StringVar(&f.dataDir, "data-dir", "", "data `DIR`ectory (overrides SWITCHBOARD_DATA_DIR)")
+	fs.StringVar(&f.dataDir, "data-dir", "", "the data `DIR` (overrides SWITCHBOARD_DATA_DIR)")
 }
 
 func serveFlags(f *cliFlags) *flag.FlagSet {
@@ -189,20 +186,20 @@ func parseFlags(c command, fs *flag.FlagSet, args []string, stdout io.Writer) er
 		writeCommandUsage(stdout, c, fs)
 		return errHelpShown
 	case err != nil:
-		return usageError{c.name + ": " + flagError(err, args)}
+		return usageError{msg: c.name + ": " + flagError(err, args), cmd: c.name}
 	case fs.NArg() > 0:
-		return usageError{fmt.Sprintf("%s: unexpected argument %q", c.name, fs.Arg(0))}
+		return usageError{msg: fmt.Sprintf("%s: unexpected argument %q", c.name, fs.Arg(0)), cmd: c.name}
 	}
 	return nil
 }
 
 // flagError rewrites the flag package's "flag provided but not defined: -x" as the user
-// typed the flag.
+// typed the flag, and spells the others' flag names with two dashes, as the help does.
 func flagError(err error, args []string) string {
 	msg := err.Error()
 	name, ok := strings.CutPrefix(msg, "flag provided but not defined: -")
 	if !ok {
-		return msg
+		return strings.Replace(msg, " flag -", " flag --", 1)
 	}
 	for _, a := range args {
 		if n := strings.TrimLeft(a, "-"); n == name || strings.HasPrefix(n, name+"=") {

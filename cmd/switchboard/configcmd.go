@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,14 +25,14 @@ func configCommand(ctx context.Context, c command, args []string, env environmen
 	var f cliFlags
 	fs := newFlagSet(c.name)
 	check := fs.Bool("check", false, "also reach PostgreSQL, Redis and the identity provider; exit 1 naming what failed")
-	timeout := fs.Duration("timeout", 5*time.Second, "how long --check waits for each dependency")
+	timeout := fs.Duration("timeout", 5*time.Second, "how long (a `DURATION`) --check waits for each dependency")
 	addAddrFlag(fs, &f)
 	addDataDirFlag(fs, &f)
 	if err := parseFlags(c, fs, args, stdout); err != nil {
 		return err
 	}
 	if *timeout <= 0 {
-		return usageError{fmt.Sprintf("config: --timeout must be positive, got %s", *timeout)}
+		return usageError{msg: fmt.Sprintf("config: --timeout must be positive, got %s", *timeout), cmd: c.name}
 	}
 	cfg, settings, cfgErr := env.resolve(f.overrides())
 	writeSettings(stdout, cfg, settings)
@@ -42,6 +43,8 @@ func configCommand(ctx context.Context, c command, args []string, env environmen
 	if !*check {
 		return preflight(cfg)
 	}
+	// go-redis reports failed dials through its global logger; the check reports them itself.
+	redis.SetLogger(redisLog{slog.New(slog.DiscardHandler)})
 	return runChecks(ctx, cfg, *timeout, stdout)
 }
 

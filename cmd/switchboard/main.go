@@ -40,7 +40,7 @@ func exitCode(err error, stderr io.Writer) int {
 	case err == nil, errors.Is(err, errHelpShown):
 		return 0
 	case errors.As(err, &usage):
-		fmt.Fprintf(stderr, "switchboard: %s\n%s\n", usage.msg, hint)
+		fmt.Fprintf(stderr, "switchboard: %s\n%s\n", usage.msg, usage.hint())
 		return 2
 	default:
 		fmt.Fprintln(stderr, "switchboard:", err)
@@ -83,7 +83,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	}
 	c, ok := lookupCommand(name)
 	if !ok {
-		return usageError{fmt.Sprintf("unknown command %q", name)}
+		return usageError{msg: fmt.Sprintf("unknown command %q", name)}
 	}
 	env := newEnvironment(environ)
 	switch c.name {
@@ -123,7 +123,7 @@ func run(ctx context.Context, args, environ []string, stdout, stderr io.Writer) 
 	case "config":
 		return configCommand(ctx, c, args, env, stdout, stderr)
 	}
-	return usageError{fmt.Sprintf("unknown command %q", name)}
+	return usageError{msg: fmt.Sprintf("unknown command %q", name)}
 }
 
 // help prints the program's usage, or one command's.
@@ -134,7 +134,7 @@ func help(args []string, stdout io.Writer) error {
 	}
 	c, ok := lookupCommand(args[0])
 	if !ok || len(args) > 1 {
-		return usageError{fmt.Sprintf("help: unknown command %q", strings.Join(args, " "))}
+		return usageError{msg: fmt.Sprintf("help: unknown command %q", strings.Join(args, " "))}
 	}
 	var f cliFlags
 	switch c.name {

@@ -23,16 +23,16 @@ func tokenCommand(ctx context.Context, c command, args []string, env environment
 	fs := newFlagSet(c.name)
 	user := fs.String("user", "", "user `NAME` (also the token's sub); required")
 	roles := fs.String("roles", "", "comma-separated `ROLES`, e.g. get-authors,create-author")
-	ttl := fs.Duration("ttl", time.Hour, "lifetime, e.g. 30m or 24h (at most 720h)")
+	ttl := fs.Duration("ttl", time.Hour, "lifetime, a `DURATION` such as 30m or 24h (at most 720h)")
 	addDataDirFlag(fs, &f)
 	if err := parseFlags(c, fs, args, stdout); err != nil {
 		return err
 	}
 	if *user == "" {
-		return usageError{"token: --user is required"}
+		return usageError{msg: "token: --user is required", cmd: c.name}
 	}
 	if *ttl <= 0 || *ttl > 30*24*time.Hour {
-		return usageError{fmt.Sprintf("token: --ttl must be between 1s and 720h, got %s", *ttl)}
+		return usageError{msg: fmt.Sprintf("token: --ttl must be between 1s and 720h, got %s", *ttl), cmd: c.name}
 	}
 	cfg, _, err := env.resolve(f.overrides())
 	if err != nil {

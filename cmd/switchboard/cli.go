@@ -199,7 +199,7 @@ func flagError(err error, args []string) string {
 	msg := err.Error()
 	name, ok := strings.CutPrefix(msg, "flag provided but not defined: -")
 	if !ok {
-		return strings.Replace(msg, " flag -", " flag --", 1)
+		return strings.NewReplacer(" flag -", " flag --", "argument: -", "argument: --").Replace(msg)
 	}
 	for _, a := range args {
 		if n := strings.TrimLeft(a, "-"); n == name || strings.HasPrefix(n, name+"=") {

@@ -258,20 +258,33 @@ func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
 // buildVersion is the version for logs: the -ldflags one, else the module's (a tagged
 // `go install`), else "dev".
 func buildVersion() string {
+	bi, _ := debug.ReadBuildInfo()
+	return moduleVersion(bi)
+}
+
+func moduleVersion(bi *debug.BuildInfo) string {
 	if version != "dev" {
 		return version
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+	if bi != nil && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
 	return version
 }
 
-// versionLine is what `switchboard version` prints: the version, the VCS revision and time
-// when the build recorded them, and the Go version.
+// versionLine is what `switchboard version` prints.
 func versionLine() string {
+	bi, _ := debug.ReadBuildInfo()
+	return formatVersion(bi)
+}
+
+// formatVersion: the version, then the VCS revision, its time and "modified" when the build
+// recorded them (go build does inside a git checkout unless -buildvcs=false), then the Go
+// version.
+func formatVersion(bi *debug.BuildInfo) string {
 	var details []string
-	if bi, ok := debug.ReadBuildInfo(); ok {
+	goVersion := runtime.Version()
+	if bi != nil {
 		settings := map[string]string{}
 		for _, s := range bi.Settings {
 			settings[s.Key] = s.Value
@@ -285,10 +298,13 @@ func versionLine() string {
 		if settings["vcs.modified"] == "true" {
 			details = append(details, "modified")
 		}
+		if bi.GoVersion != "" {
+			goVersion = bi.GoVersion
+		}
 	}
-	line := "switchboard " + buildVersion()
+	line := "switchboard " + moduleVersion(bi)
 	if len(details) > 0 {
 		line += " (" + strings.Join(details, ", ") + ")"
 	}
-	return line + " " + runtime.Version()
+	return line + " " + goVersion
 }

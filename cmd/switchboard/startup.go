@@ -172,8 +172,14 @@ func prepareDevUsers(cfg config.Config, stderr io.Writer, tty bool, log *slog.Lo
 	if len(created) == 0 {
 		return nil
 	}
+	names := make([]string, len(created))
+	for i, u := range created {
+		names[i] = u.Username
+	}
 	if tty {
 		writeDemoUsers(stderr, created, users.Path(), cfg.Addr)
+		log.Warn("DEVELOPMENT USERS created; their passwords are shown above on the terminal, never logged",
+			"users", names, "users_file", users.Path())
 		return nil
 	}
 	path := filepath.Join(cfg.DataDir, devPasswordsFile)
@@ -181,10 +187,6 @@ func prepareDevUsers(cfg config.Config, stderr io.Writer, tty bool, log *slog.Lo
 		// Passwords nobody can learn are no use: drop the users so the next start makes new ones.
 		_ = os.Remove(users.Path())
 		return fmt.Errorf("SWITCHBOARD_DATA_DIR: cannot save the new development users' passwords: %w", err)
-	}
-	names := make([]string, len(created))
-	for i, u := range created {
-		names[i] = u.Username
 	}
 	log.Warn("DEVELOPMENT USERS created; their passwords are in "+path+
 		" (readable only by this account): read it, then delete it", "users", names, "users_file", users.Path())

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -41,8 +43,8 @@ type app struct {
 	conns     limits.ConnCounter
 	stopConns func() error // stops the connection counter's heartbeat
 	login     loginService
-	// demoUsers are the development users this app created, passwords included: only when
-	// newApp runs without serve (which creates them first and shows them once); never logged.
+	// demoUsers are the development users this app created with a new users file, passwords
+	// included: serve shows them once; never logged.
 	demoUsers []auth.DemoUser
 	bus       interface {
 		hub.Bus
@@ -72,6 +74,10 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	defer func() {
 		if err != nil {
 			a.close(context.Background())
+			if len(a.demoUsers) > 0 {
+				// Nobody will see their passwords: the next start creates new ones.
+				_ = os.Remove(filepath.Join(cfg.DataDir, auth.DevUsersFile))
+			}
 		}
 	}()
 	if a.db, err = store.Open(ctx, cfg.Database(), cfg.DBConnectTimeout); err != nil {
@@ -235,8 +241,8 @@ func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
 
 // newLogin answers POST /login and POST /refresh: the OIDC password and refresh grants against
 // the configured issuer, or the development users file with the development issuer's own
-// refresh tokens. serve creates the users file first and shows the new passwords once; when it
-// is created here instead (newApp without serve), they are returned, never logged.
+// refresh tokens. The demo users it creates with a new users file are returned with their
+// passwords, never logged: serve shows them once (announceDemoUsers).
 func newLogin(cfg config.Config, log *slog.Logger) (loginService, []auth.DemoUser, error) {
 	if !cfg.DevIssuer() {
 		return auth.NewPasswordGrant(auth.PasswordGrantConfig{
@@ -250,9 +256,6 @@ func newLogin(cfg config.Config, log *slog.Logger) (loginService, []auth.DemoUse
 	users, created, err := auth.OpenDevUsers(cfg.DataDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
-	}
-	if len(created) > 0 {
-		log.Warn("DEVELOPMENT USERS created; their passwords are not logged", "users_file", users.Path())
 	}
 	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, created, nil
 }

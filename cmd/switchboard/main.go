@@ -208,16 +208,16 @@ func serve(ctx context.Context, cfg config.Config, env environment, stderr io.Wr
 	if err != nil {
 		return fmt.Errorf("SWITCHBOARD_ADDR: %w", err)
 	}
-	if cfg.DevIssuer() {
-		if err := prepareDevUsers(cfg, stderr, isTerminal(stderr), log); err != nil {
-			_ = ln.Close()
-			return err
-		}
-	}
 	a, err := newApp(ctx, cfg, log)
 	if err != nil {
 		_ = ln.Close()
 		return err
+	}
+	if len(a.demoUsers) > 0 {
+		if err := announceDemoUsers(cfg, a.demoUsers, stderr, isTerminal(stderr), log); err != nil {
+			_ = ln.Close()
+			return errors.Join(err, a.close(context.Background()))
+		}
 	}
 	return a.serve(ctx, ln)
 }

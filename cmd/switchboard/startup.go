@@ -160,36 +160,29 @@ func checkRBACFile(cfg config.Config) error {
 	return nil
 }
 
-// prepareDevUsers opens the development users file, creating it with demo users on first
-// start, and shows the new users' passwords once: on the terminal when stderr is one, else in
-// a file beside the users file that only this account can read. Never in the log, which is
-// kept and shipped elsewhere.
-func prepareDevUsers(cfg config.Config, stderr io.Writer, tty bool, log *slog.Logger) error {
-	users, created, err := auth.OpenDevUsers(cfg.DataDir)
-	if err != nil {
-		return fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
-	}
-	if len(created) == 0 {
-		return nil
-	}
+// announceDemoUsers shows the passwords of the development users newApp just created, once:
+// on the terminal when stderr is one, else in a file beside the users file that only this
+// account can read. Never in the log, which is kept and shipped elsewhere. When that fails the
+// users file is removed, so the next start creates users whose passwords can be learnt.
+func announceDemoUsers(cfg config.Config, created []auth.DemoUser, stderr io.Writer, tty bool, log *slog.Logger) error {
+	usersPath := filepath.Join(cfg.DataDir, auth.DevUsersFile)
 	names := make([]string, len(created))
 	for i, u := range created {
 		names[i] = u.Username
 	}
 	if tty {
-		writeDemoUsers(stderr, created, users.Path(), cfg.Addr)
+		writeDemoUsers(stderr, created, usersPath, cfg.Addr)
 		log.Warn("DEVELOPMENT USERS created; their passwords are shown above on the terminal, never logged",
-			"users", names, "users_file", users.Path())
+			"users", names, "users_file", usersPath)
 		return nil
 	}
 	path := filepath.Join(cfg.DataDir, devPasswordsFile)
-	if err := writePasswordsFile(path, created, users.Path(), cfg.Addr); err != nil {
-		// Passwords nobody can learn are no use: drop the users so the next start makes new ones.
-		_ = os.Remove(users.Path())
+	if err := writePasswordsFile(path, created, usersPath, cfg.Addr); err != nil {
+		_ = os.Remove(usersPath)
 		return fmt.Errorf("SWITCHBOARD_DATA_DIR: cannot save the new development users' passwords: %w", err)
 	}
 	log.Warn("DEVELOPMENT USERS created; their passwords are in "+path+
-		" (readable only by this account): read it, then delete it", "users", names, "users_file", users.Path())
+		" (readable only by this account): read it, then delete it", "users", names, "users_file", usersPath)
 	return nil
 }
 

@@ -325,3 +325,20 @@ func TestAnnounceDemoUsersCannotSave(t *testing.T) {
 		t.Fatalf("the users file stayed: %v", err)
 	}
 }
+
+// serve starts despite likely mistakes, and says what they are.
+func TestServeWarnsAboutLikelyMistakes(t *testing.T) {
+	env := baseEnv(t, "SWITCHBOARD_ADRR", "127.0.0.1:1", "SWITCHBOARD_ALLOWED_ORIGINS", "example.com,https://ok.example")
+	_, stderr, stop := serveCLI(t, env)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"SWITCHBOARD_ADRR is not a Switchboard setting and is ignored; did you mean SWITCHBOARD_ADDR?",
+		`SWITCHBOARD_ALLOWED_ORIGINS: \"example.com\" has no scheme`,
+	} {
+		if !strings.Contains(stderr.String(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, stderr.String())
+		}
+	}
+}

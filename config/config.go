@@ -13,37 +13,40 @@ import (
 
 // Config is the whole server configuration. Field comments name the environment variable.
 type Config struct {
-	Addr               string        // SWITCHBOARD_ADDR
-	DatabaseURL        string        // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
-	RedisURL           string        // SWITCHBOARD_REDIS_URL; empty = in-process, single node
-	RedisPrefix        string        // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
-	OIDCIssuer         string        // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
-	OIDCClientID       string        // SWITCHBOARD_OIDC_CLIENT_ID
-	OIDCClientSecret   string        // SWITCHBOARD_OIDC_CLIENT_SECRET
-	OIDCRoleClaims     []string      // SWITCHBOARD_OIDC_ROLE_CLAIMS: dot paths to role lists; "{client_id}" is replaced
-	JWTLeeway          time.Duration // SWITCHBOARD_JWT_LEEWAY (at most 30s)
-	AllowedOrigins     []string      // SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; empty = any
-	RateLimitPerMinute int           // SWITCHBOARD_RATE_LIMIT_PER_MINUTE (HTTP, per user)
-	WSMessageRateLimit int           // SWITCHBOARD_WS_MESSAGE_RATE_LIMIT (frames per user per minute)
-	LoginRateLimit     int           // SWITCHBOARD_LOGIN_RATE_LIMIT (POST /login per username and per client IP per minute)
-	WSMaxConnsPerUser  int           // SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER
-	WSMaxMessageBytes  int           // SWITCHBOARD_WS_MAX_MESSAGE_BYTES (inbound, after reassembly)
-	WSSendQueueBytes   int           // SWITCHBOARD_WS_SEND_QUEUE_BYTES (outbound budget per connection)
-	WSMaxInFlight      int           // SWITCHBOARD_WS_MAX_IN_FLIGHT (unanswered requests per connection)
-	WSPingInterval     time.Duration // SWITCHBOARD_WS_PING_INTERVAL; a peer silent for 2x this is dropped
-	WSWriteTimeout     time.Duration // SWITCHBOARD_WS_WRITE_TIMEOUT (one flush to one socket)
-	MaxRequestBytes    int64         // SWITCHBOARD_MAX_REQUEST_BYTES (HTTP bodies)
-	HandlerPoolSize    int           // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
-	HandlerTimeout     time.Duration // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
-	RBACFile           string        // SWITCHBOARD_RBAC_FILE; empty = built-in policy
-	TrustedProxies     []netip.Prefix
-	MetricsAddr        string        // SWITCHBOARD_METRICS_ADDR
-	PprofAddr          string        // SWITCHBOARD_PPROF_ADDR: net/http/pprof for profiling; empty = off
-	DataDir            string        // SWITCHBOARD_DATA_DIR
-	LogLevel           string        // SWITCHBOARD_LOG_LEVEL: debug|info|warn|error
-	LogFormat          string        // SWITCHBOARD_LOG_FORMAT: text|json
-	DBConnectTimeout   time.Duration // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
-	ShutdownTimeout    time.Duration // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+	Addr               string         // SWITCHBOARD_ADDR
+	DatabaseURL        string         // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
+	RedisURL           string         // SWITCHBOARD_REDIS_URL; empty = in-process, single node
+	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
+	OIDCIssuer         string         // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
+	OIDCClientID       string         // SWITCHBOARD_OIDC_CLIENT_ID
+	OIDCClientSecret   string         // SWITCHBOARD_OIDC_CLIENT_SECRET
+	OIDCRoleClaims     []string       // SWITCHBOARD_OIDC_ROLE_CLAIMS: dot paths to role lists; "{client_id}" is replaced
+	JWTLeeway          time.Duration  // SWITCHBOARD_JWT_LEEWAY (at most 30s)
+	AllowedOrigins     []string       // SWITCHBOARD_ALLOWED_ORIGINS, comma-separated; empty = any
+	RateLimitPerMinute int            // SWITCHBOARD_RATE_LIMIT_PER_MINUTE (HTTP, per user)
+	WSMessageRateLimit int            // SWITCHBOARD_WS_MESSAGE_RATE_LIMIT (frames per user per minute)
+	LoginRateLimit     int            // SWITCHBOARD_LOGIN_RATE_LIMIT (POST /login per username and per client IP per minute)
+	WSMaxConnsPerUser  int            // SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER
+	WSMaxMessageBytes  int            // SWITCHBOARD_WS_MAX_MESSAGE_BYTES (inbound, after reassembly)
+	WSSendQueueBytes   int            // SWITCHBOARD_WS_SEND_QUEUE_BYTES (outbound budget per connection)
+	WSMaxInFlight      int            // SWITCHBOARD_WS_MAX_IN_FLIGHT (unanswered requests per connection)
+	WSPingInterval     time.Duration  // SWITCHBOARD_WS_PING_INTERVAL; a peer silent for 2x this is dropped
+	WSWriteTimeout     time.Duration  // SWITCHBOARD_WS_WRITE_TIMEOUT (one flush to one socket)
+	MaxRequestBytes    int64          // SWITCHBOARD_MAX_REQUEST_BYTES (HTTP bodies)
+	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
+	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
+	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
+	TrustedProxies     []netip.Prefix // SWITCHBOARD_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
+	MetricsAddr        string         // SWITCHBOARD_METRICS_ADDR
+	PprofAddr          string         // SWITCHBOARD_PPROF_ADDR: net/http/pprof for profiling; empty = off
+	DataDir            string         // SWITCHBOARD_DATA_DIR
+	LogLevel           string         // SWITCHBOARD_LOG_LEVEL: debug|info|warn|error
+	LogFormat          string         // SWITCHBOARD_LOG_FORMAT: text|json
+	DBConnectTimeout   time.Duration  // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
+	ShutdownTimeout    time.Duration  // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+	// DevIssuerPublic (SWITCHBOARD_DEV_ISSUER_PUBLIC) lets the built-in development issuer
+	// serve on an address other machines reach; without it such a configuration is refused.
+	DevIssuerPublic bool
 }
 
 // Default returns the configuration used when no variable is set: the embedded default
@@ -107,8 +110,26 @@ func (c Config) DevIssuer() bool { return c.OIDCIssuer == "" }
 // Load starts from Default, applies the SWITCHBOARD_* variables that getenv returns, and
 // validates the result. getenv is os.Getenv in main and a map lookup in tests.
 func Load(getenv func(string) string) (Config, error) {
+	c, _, err := Resolve(getenv, nil)
+	return c, err
+}
+
+// Resolve is Load with command-line overrides, keyed by variable name and stronger than the
+// environment, that also reports every variable's value in effect and where it came from
+// (secrets redacted), for `switchboard config`.
+func Resolve(getenv func(string) string, overrides map[string]string) (Config, []Setting, error) {
 	c := Default()
-	p := parser{getenv: getenv}
+	p := parser{getenv: getenv, overrides: overrides}
+	bind(&p, &c)
+	// Report parse and validation problems together; a field that failed to parse keeps its
+	// default, so Validate does not repeat it.
+	err := errors.Join(append(p.errs, c.Validate())...)
+	return c, settings(p.bound), err
+}
+
+// bind applies every variable to its field. It is the one list of the variables: Vars, the
+// help text and `switchboard config` are built from what it binds.
+func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_ADDR", &c.Addr)
 	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
 	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
@@ -140,9 +161,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
 	p.duration("SWITCHBOARD_DB_CONNECT_TIMEOUT", &c.DBConnectTimeout)
 	p.duration("SWITCHBOARD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
-	// Report parse and validation problems together; a field that failed to parse keeps its
-	// default, so Validate does not repeat it.
-	return c, errors.Join(append(p.errs, c.Validate())...)
+	p.boolean("SWITCHBOARD_DEV_ISSUER_PUBLIC", &c.DevIssuerPublic)
 }
 
 // Validate checks every field and reports all problems at once.
@@ -237,7 +256,28 @@ func (c Config) Validate() error {
 	if c.DataDir == "" {
 		bad("SWITCHBOARD_DATA_DIR", "must not be empty")
 	}
+	if c.DevIssuer() && !c.DevIssuerPublic && !IsLoopback(c.Addr) {
+		// Anyone who reaches /login could then sign in as the demo admin, who holds every role.
+		bad("SWITCHBOARD_ADDR", "%s is reachable from other machines, and without SWITCHBOARD_OIDC_ISSUER the built-in "+
+			"development issuer would serve them (its admin user holds every role); set SWITCHBOARD_OIDC_ISSUER, "+
+			"listen on 127.0.0.1, or set SWITCHBOARD_DEV_ISSUER_PUBLIC=true to allow it", c.Addr)
+	}
 	return errors.Join(errs...)
+}
+
+// IsLoopback reports whether the listen address addr (host:port) accepts connections only
+// from this machine: a loopback IP or "localhost". An empty host, 0.0.0.0, :: or any other name
+// or address listens where other machines can reach it.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 func scheme(u string) string {

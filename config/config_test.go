@@ -29,6 +29,7 @@ func TestDefaultIsValidAndEmbedded(t *testing.T) {
 func TestOverrides(t *testing.T) {
 	c, err := Load(env(map[string]string{
 		"SWITCHBOARD_ADDR":                  "0.0.0.0:9000",
+		"SWITCHBOARD_DEV_ISSUER_PUBLIC":     "true",
 		"SWITCHBOARD_DATABASE_URL":          "postgres://postgres@127.0.0.1:5432/x",
 		"SWITCHBOARD_ALLOWED_ORIGINS":       " https://a.example , https://b.example,",
 		"SWITCHBOARD_TRUSTED_PROXIES":       "10.0.0.0/8, 127.0.0.1",

@@ -9,16 +9,50 @@ import (
 	"time"
 )
 
-// parser applies environment variables to fields, collecting every error instead of stopping
-// at the first, so a user fixes their environment in one go.
+// Source says where a setting's value came from.
+type Source string
+
+// The sources of a setting, strongest last.
+const (
+	SourceDefault Source = "default"
+	SourceEnv     Source = "environment"
+	SourceFlag    Source = "flag"
+)
+
+// parser applies environment variables (and command-line overrides, which win) to fields,
+// collecting every error instead of stopping at the first, so a user fixes their environment
+// in one go. It also remembers every variable it was asked about, where its value came from and
+// how to show the field, so the list of variables has one source: Load's calls.
 type parser struct {
-	getenv func(string) string
-	errs   []error
+	getenv    func(string) string
+	overrides map[string]string // variable name → value given on the command line
+	errs      []error
+	bound     []binding
 }
 
-func (p *parser) lookup(name string) (string, bool) {
+// binding is one variable applied to one field.
+type binding struct {
+	name   string
+	source Source
+	show   func() string // the field's value, as a user would write it
+}
+
+func (p *parser) lookup(name string, show func() string) (string, bool) {
+	b := binding{name: name, source: SourceDefault, show: show}
+	defer func() { p.bound = append(p.bound, b) }()
+	if v, ok := p.overrides[name]; ok {
+		b.source = SourceFlag
+		return strings.TrimSpace(v), true
+	}
+	if p.getenv == nil {
+		return "", false
+	}
 	v := strings.TrimSpace(p.getenv(name))
-	return v, v != ""
+	if v == "" {
+		return "", false
+	}
+	b.source = SourceEnv
+	return v, true
 }
 
 func (p *parser) fail(name, want, got string) {
@@ -26,13 +60,26 @@ func (p *parser) fail(name, want, got string) {
 }
 
 func (p *parser) str(name string, dst *string) {
-	if v, ok := p.lookup(name); ok {
+	if v, ok := p.lookup(name, func() string { return *dst }); ok {
 		*dst = v
 	}
 }
 
+func (p *parser) boolean(name string, dst *bool) {
+	v, ok := p.lookup(name, func() string { return strconv.FormatBool(*dst) })
+	if !ok {
+		return
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		p.fail(name, "true or false", v)
+		return
+	}
+	*dst = b
+}
+
 func (p *parser) integer(name string, dst *int) {
-	if v, ok := p.lookup(name); ok {
+	if v, ok := p.lookup(name, func() string { return strconv.Itoa(*dst) }); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {
 			p.fail(name, "a whole number", v)
@@ -43,7 +90,7 @@ func (p *parser) integer(name string, dst *int) {
 }
 
 func (p *parser) int64(name string, dst *int64) {
-	if v, ok := p.lookup(name); ok {
+	if v, ok := p.lookup(name, func() string { return strconv.FormatInt(*dst, 10) }); ok {
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
 			p.fail(name, "a whole number of bytes", v)
@@ -54,7 +101,7 @@ func (p *parser) int64(name string, dst *int64) {
 }
 
 func (p *parser) duration(name string, dst *time.Duration) {
-	if v, ok := p.lookup(name); ok {
+	if v, ok := p.lookup(name, func() string { return dst.String() }); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil {
 			p.fail(name, "a duration with a unit such as 500ms, 10s or 1m", v)
@@ -65,13 +112,19 @@ func (p *parser) duration(name string, dst *time.Duration) {
 }
 
 func (p *parser) list(name string, dst *[]string) {
-	if v, ok := p.lookup(name); ok {
+	if v, ok := p.lookup(name, func() string { return strings.Join(*dst, ",") }); ok {
 		*dst = splitList(v)
 	}
 }
 
 func (p *parser) prefixes(name string, dst *[]netip.Prefix) {
-	v, ok := p.lookup(name)
+	v, ok := p.lookup(name, func() string {
+		s := make([]string, len(*dst))
+		for i, pr := range *dst {
+			s[i] = pr.String()
+		}
+		return strings.Join(s, ",")
+	})
 	if !ok {
 		return
 	}

@@ -36,6 +36,7 @@ type APIConfig struct {
 	RatePerMinute   int              // per user (per client IP before authentication)
 	LoginRateLimit  int              // POST /login per username and per client IP
 	Login           auth.Login       // nil: no /login
+	Refresh         TokenRefresher   // nil: no /refresh
 	Sessions        SessionStore     // nil: logins are not recorded
 	Auditor         actors.Auditor   // nil: HTTP calls are not recorded
 	TrustedProxies  []netip.Prefix
@@ -64,7 +65,11 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os, loginSchema: ls}
+	rs, err := actors.NewSchema("refresh", refreshSchema)
+	if err != nil {
+		return nil, err
+	}
+	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os, loginSchema: ls, refreshSchema: rs}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed(routeAudit{rbac: "POST /api/broadcast", action: "BROADCAST", resource: "broadcasts"}, a.broadcast))
@@ -76,6 +81,7 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	a.handleFacade(mux, "GET /audit-logs", facadeRoute{pkgID: actors.PkgGetAuditLogs, data: a.auditQuery, success: okPage})
 	a.handleFacade(mux, "GET /audit-logs/{id}", facadeRoute{pkgID: actors.PkgGetAuditLogs, data: a.pathIDOnly, success: ok200})
 	mux.HandleFunc("POST /login", a.login)
+	mux.HandleFunc("POST /refresh", a.refresh)
 	mux.HandleFunc("GET /health", a.health)
 	mux.HandleFunc("GET /readyz", a.health)
 	mux.HandleFunc("GET /livez", func(w http.ResponseWriter, r *http.Request) {
@@ -93,6 +99,7 @@ type api struct {
 	broadcastSchema *actors.Schema
 	objectSchema    *actors.Schema
 	loginSchema     *actors.Schema
+	refreshSchema   *actors.Schema
 }
 
 // routeAudit says how a route is authorised and recorded: rbac is the policy's route key

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -40,7 +42,10 @@ type app struct {
 	limiter   limits.RateLimiter
 	conns     limits.ConnCounter
 	stopConns func() error // stops the connection counter's heartbeat
-	login     auth.Login
+	login     loginService
+	// demoUsers are the development users this app created with a new users file, passwords
+	// included: serve shows them once; never logged.
+	demoUsers []auth.DemoUser
 	bus       interface {
 		hub.Bus
 		Healthy(context.Context) error
@@ -53,26 +58,39 @@ type app struct {
 	pprofSrv   *http.Server
 }
 
+// loginService answers POST /login and POST /refresh (auth.PasswordGrant, auth.DevLogin).
+type loginService interface {
+	auth.Login
+	transport.TokenRefresher
+}
+
 // newApp opens the database (retrying PostgreSQL up to the connect timeout), migrates it and
-// starts the actors. Nothing listens yet: serve does that.
-func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, err error) {
-	a = &app{cfg: cfg, log: log, metrics: metrics.NewSet(), node: nodeID()}
+// starts the actors. Nothing listens yet: serve does that. An error names the variable to
+// change, and whatever was opened is closed again.
+func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, err error) {
+	// a is not the named result: every failure returns nil, and the cleanup needs the
+	// half-built app.
+	a := &app{cfg: cfg, log: log, metrics: metrics.NewSet(), node: nodeID()}
 	defer func() {
 		if err != nil {
 			a.close(context.Background())
+			if len(a.demoUsers) > 0 {
+				// Nobody will see their passwords: the next start creates new ones.
+				_ = os.Remove(filepath.Join(cfg.DataDir, auth.DevUsersFile))
+			}
 		}
 	}()
 	if a.db, err = store.Open(ctx, cfg.Database(), cfg.DBConnectTimeout); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", databaseVar(cfg), err)
 	}
 	if err = a.db.Migrate(ctx); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s: %w", databaseVar(cfg), err)
 	}
 	a.db.Observe(a.metrics)
 	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics})
 	policy, err := actors.LoadPolicy(cfg.RBACFile)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("SWITCHBOARD_RBAC_FILE: %w", err)
 	}
 	if a.verifier, err = newVerifier(cfg, log); err != nil {
 		return nil, err
@@ -80,7 +98,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if err = a.openLimits(); err != nil {
 		return nil, err
 	}
-	if a.login, err = newLogin(cfg, log); err != nil {
+	if a.login, a.demoUsers, err = newLogin(cfg, log); err != nil {
 		return nil, err
 	}
 	a.system = actor.NewActorSystem(
@@ -91,7 +109,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	)
 	late := &lateDeliver{}
 	if err = a.openBus(late.Deliver); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("SWITCHBOARD_REDIS_URL: %w", err)
 	}
 	a.hub = hub.Start(a.system.Root, hub.Options{
 		PingInterval: cfg.WSPingInterval, Bus: a.bus, History: policy.HistoryOf, Logger: log, Metrics: a.metrics,
@@ -132,7 +150,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	if cfg.DevIssuer() {
 		dev, err := auth.OpenDevIssuer(cfg.DataDir)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
 		}
 		extra["GET "+auth.DevJWKSPath] = dev.JWKSHandler()
 		extra["GET /.well-known/openid-configuration"] = dev.DiscoveryHandler("http://" + cfg.Addr)
@@ -141,7 +159,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		Verifier: a.verifier, Policy: policy, Hub: a.hub, WS: a.ws,
 		Root: a.system.Root, Handlers: a.handlers.PID, HandlerTimeout: cfg.HandlerTimeout, Registry: reg, Auditor: a.audit,
 		RateLimiter: a.limiter, RatePerMinute: cfg.RateLimitPerMinute, LoginRateLimit: cfg.LoginRateLimit,
-		Login: a.login, Sessions: a.sessions(), TrustedProxies: cfg.TrustedProxies,
+		Login: a.login, Refresh: a.login, Sessions: a.sessions(), TrustedProxies: cfg.TrustedProxies,
 		Health: []transport.HealthCheck{
 			{Name: "database", Check: a.db.Ping},
 			{Name: "redis", Check: a.redisPing()},
@@ -201,39 +219,45 @@ func newVerifier(cfg config.Config, log *slog.Logger) (*auth.Verifier, error) {
 	if cfg.DevIssuer() {
 		dev, err := auth.OpenDevIssuer(cfg.DataDir)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
 		}
 		vc.Issuer = auth.DevIssuerID
 		vc.KeySet = dev.PublicKeySet()
 		log.Warn("DEVELOPMENT MODE: tokens come from the built-in development issuer; set SWITCHBOARD_OIDC_ISSUER in production",
 			"key", dev.KeyPath())
+		if !config.IsLoopback(cfg.Addr) {
+			log.Warn("DEVELOPMENT ISSUER ON A PUBLIC ADDRESS (SWITCHBOARD_DEV_ISSUER_PUBLIC=true): anyone who reaches "+
+				cfg.Addr+" can try the development users' passwords at /login", "addr", cfg.Addr)
+		}
 	} else {
 		vc.Issuer = cfg.OIDCIssuer
 	}
-	return auth.NewVerifier(context.Background(), vc)
+	v, err := auth.NewVerifier(context.Background(), vc)
+	if err != nil {
+		return nil, fmt.Errorf("SWITCHBOARD_OIDC_ISSUER: %w", err)
+	}
+	return v, nil
 }
 
-// newLogin answers POST /login: the OIDC password grant against the configured issuer, or the
-// development users file (created with demo users on first start, printed once).
-func newLogin(cfg config.Config, log *slog.Logger) (auth.Login, error) {
+// newLogin answers POST /login and POST /refresh: the OIDC password and refresh grants against
+// the configured issuer, or the development users file with the development issuer's own
+// refresh tokens. The demo users it creates with a new users file are returned with their
+// passwords, never logged: serve shows them once (announceDemoUsers).
+func newLogin(cfg config.Config, log *slog.Logger) (loginService, []auth.DemoUser, error) {
 	if !cfg.DevIssuer() {
 		return auth.NewPasswordGrant(auth.PasswordGrantConfig{
 			Issuer: cfg.OIDCIssuer, ClientID: cfg.OIDCClientID, ClientSecret: cfg.OIDCClientSecret, Logger: log,
-		}), nil
+		}), nil, nil
 	}
 	dev, err := auth.OpenDevIssuer(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
 	}
 	users, created, err := auth.OpenDevUsers(cfg.DataDir)
 	if err != nil {
-		return nil, err
+		return nil, nil, fmt.Errorf("SWITCHBOARD_DATA_DIR: %w", err)
 	}
-	for _, u := range created {
-		log.Warn("DEVELOPMENT USER created (shown once; stored as a bcrypt hash in "+users.Path()+")",
-			"username", u.Username, "password", u.Password, "roles", u.Roles)
-	}
-	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, nil
+	return auth.DevLogin{Users: users, Issuer: dev, ClientID: cfg.OIDCClientID}, created, nil
 }
 
 // serve listens on ln (and the metrics address) until ctx ends, then shuts down in order.
@@ -245,7 +269,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 		if err != nil {
 			_ = ln.Close()
 			a.close(context.Background())
-			return err
+			return fmt.Errorf("SWITCHBOARD_METRICS_ADDR: %w", err)
 		}
 		go func() { errc <- a.metricsSrv.Serve(mln) }()
 	}
@@ -254,7 +278,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 		if err != nil {
 			_ = ln.Close()
 			a.close(context.Background())
-			return err
+			return fmt.Errorf("SWITCHBOARD_PPROF_ADDR: %w", err)
 		}
 		a.log.Warn("profiling endpoints on " + pln.Addr().String() + "/debug/pprof/ — do not expose them")
 		go func() { errc <- a.pprofSrv.Serve(pln) }()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"os"
 	"time"
 
@@ -28,7 +27,7 @@ func (a *app) openLimits() error {
 	}
 	opt, err := redis.ParseURL(a.cfg.RedisURL)
 	if err != nil {
-		return fmt.Errorf("SWITCHBOARD_REDIS_URL: %w", err)
+		return redisURLError(err)
 	}
 	opt.ContextTimeoutEnabled = true
 	opt.DialTimeout = time.Second

@@ -46,6 +46,8 @@ type DevIssuer struct {
 	priv jwk.Key // RSA private key with kid, alg RS256, use sig
 	pub  jwk.Set
 	jwks []byte
+	// rsaPub checks the development issuer's own refresh tokens.
+	rsaPub *rsa.PublicKey
 }
 
 // MintParams describes a development token. Subject and ClientID are required; Username
@@ -77,6 +79,25 @@ func OpenDevIssuer(dataDir string) (*DevIssuer, error) {
 	return newDevIssuer(path, key)
 }
 
+// LoadDevIssuer loads the key OpenDevIssuer created in dataDir and never creates one: a
+// command that mints tokens for a running server must use that server's key, and a key
+// created anywhere else would sign tokens no server accepts. A missing key (or data
+// directory) is ErrNoDevKey.
+func LoadDevIssuer(dataDir string) (*DevIssuer, error) {
+	if dataDir == "" {
+		return nil, errors.New("auth: development issuer needs a data directory")
+	}
+	path := filepath.Join(dataDir, DevKeyFile)
+	key, err := loadDevKey(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s does not exist", ErrNoDevKey, path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return newDevIssuer(path, key)
+}
+
 func newDevIssuer(path string, key *rsa.PrivateKey) (*DevIssuer, error) {
 	priv, err := jwk.FromRaw(key)
 	if err != nil {
@@ -101,7 +122,7 @@ func newDevIssuer(path string, key *rsa.PrivateKey) (*DevIssuer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth: development key set: %w", err)
 	}
-	return &DevIssuer{path: path, priv: priv, pub: set, jwks: jwks}, nil
+	return &DevIssuer{path: path, priv: priv, pub: set, jwks: jwks, rsaPub: &key.PublicKey}, nil
 }
 
 // readPrivateFile reads at most limit+1 bytes of a regular file that only its owner may read;
@@ -205,6 +226,10 @@ func createDevKey(path string) (*rsa.PrivateKey, error) {
 
 // KeyPath is the file holding the private key.
 func (d *DevIssuer) KeyPath() string { return d.path }
+
+// KeyID is the kid of the signing key (its RFC 7638 thumbprint), in every token's header and
+// in the JWKS: two DevIssuers sign alike exactly when their KeyIDs are equal.
+func (d *DevIssuer) KeyID() string { return d.priv.KeyID() }
 
 // PublicKeySet returns a copy of the public key set (one RSA key with kid, alg RS256, use sig).
 func (d *DevIssuer) PublicKeySet() jwk.Set {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,8 +14,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwa"
-	"github.com/lestrrat-go/jwx/v2/jws"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -25,6 +22,8 @@ const (
 	DevUsersFile = "dev-users.json"
 	// DefaultDevRefreshTTL applies when DevLogin.RefreshTTL is zero.
 	DefaultDevRefreshTTL = 8 * time.Hour
+	// DefaultDevSessionMax applies when DevLogin.SessionMax is zero.
+	DefaultDevSessionMax = 24 * time.Hour
 
 	maxUsersFileLen = 1 << 20
 	// bcrypt ignores everything after 72 bytes; longer passwords are refused rather than
@@ -220,6 +219,17 @@ func parseUsers(path string, data []byte) (*DevUsers, error) {
 	return u, nil
 }
 
+// Lookup returns the user named username (a copy), without a password check: for a refresh,
+// whose token already proves the login.
+func (u *DevUsers) Lookup(username string) (DevUser, bool) {
+	user, ok := u.users[username]
+	if !ok {
+		return DevUser{}, false
+	}
+	user.Roles = slices.Clone(user.Roles)
+	return user, true
+}
+
 // Path is the users file.
 func (u *DevUsers) Path() string { return u.path }
 
@@ -259,8 +269,8 @@ func (u *DevUsers) Authenticate(ctx context.Context, username, password string) 
 // user's roles in realm_access.roles), so it verifies exactly like `switchboard token`'s.
 // The refresh token is a JWT signed by the same key with typ "Refresh", aud DevIssuerID and
 // no azp (as Keycloak's refresh tokens are JWTs with typ "Refresh"): self-contained, so a
-// future refresh endpoint can redeem it without server-side state, and refused by the
-// Verifier as an access token on two counts (audience, typ). Nothing redeems it yet.
+// refresh endpoint redeems it (Refresh) without server-side state, and the Verifier refuses it
+// as an access token on two counts (audience, typ).
 type DevLogin struct {
 	Users    *DevUsers
 	Issuer   *DevIssuer
@@ -269,15 +279,18 @@ type DevLogin struct {
 	TTL time.Duration
 	// RefreshTTL is the refresh token lifetime. Default DefaultDevRefreshTTL.
 	RefreshTTL time.Duration
+	// SessionMax bounds how long refreshing keeps a login alive: no refresh token outlives
+	// the password check plus SessionMax. Default DefaultDevSessionMax.
+	SessionMax time.Duration
 }
 
-// Login implements Login.
-func (l DevLogin) Login(ctx context.Context, username, password string) (Tokens, error) {
+// withDefaults checks the configuration and fills in the default lifetimes.
+func (l DevLogin) withDefaults() (DevLogin, error) {
 	if l.Users == nil || l.Issuer == nil {
-		return Tokens{}, errors.New("auth: DevLogin needs Users and Issuer")
+		return l, errors.New("auth: DevLogin needs Users and Issuer")
 	}
-	if l.TTL < 0 || l.RefreshTTL < 0 {
-		return Tokens{}, fmt.Errorf("auth: DevLogin: negative TTL (%s, refresh %s)", l.TTL, l.RefreshTTL)
+	if l.TTL < 0 || l.RefreshTTL < 0 || l.SessionMax < 0 {
+		return l, fmt.Errorf("auth: DevLogin: negative lifetime (%s, refresh %s, session %s)", l.TTL, l.RefreshTTL, l.SessionMax)
 	}
 	if l.TTL == 0 {
 		l.TTL = DefaultDevTokenTTL
@@ -285,51 +298,41 @@ func (l DevLogin) Login(ctx context.Context, username, password string) (Tokens,
 	if l.RefreshTTL == 0 {
 		l.RefreshTTL = DefaultDevRefreshTTL
 	}
+	if l.SessionMax == 0 {
+		l.SessionMax = DefaultDevSessionMax
+	}
+	return l, nil
+}
+
+// Login implements Login.
+func (l DevLogin) Login(ctx context.Context, username, password string) (Tokens, error) {
+	l, err := l.withDefaults()
+	if err != nil {
+		return Tokens{}, err
+	}
 	user, err := l.Users.Authenticate(ctx, username, password)
 	if err != nil {
 		return Tokens{}, err
 	}
+	return l.issue(user, time.Now())
+}
+
+// issue mints an access token and a refresh token for user, whose password was checked at
+// authTime.
+func (l DevLogin) issue(user DevUser, authTime time.Time) (Tokens, error) {
 	access, _, err := l.Issuer.Mint(MintParams{
 		Subject: user.Username, Username: user.Username, ClientID: l.ClientID, Roles: user.Roles, TTL: l.TTL,
 	})
 	if err != nil {
 		return Tokens{}, err
 	}
-	refresh, err := l.Issuer.mintRefresh(user.Username, l.ClientID, l.RefreshTTL)
+	refresh, err := l.Issuer.mintRefresh(refreshParams{
+		subject: user.Username, clientID: l.ClientID, ttl: l.RefreshTTL, authTime: authTime, sessionMax: l.SessionMax,
+	})
 	if err != nil {
 		return Tokens{}, err
 	}
 	// Like Keycloak: the configured lifetime (the token's exp is in whole seconds, so it
 	// may end up to a second earlier, well within the verifier's leeway).
 	return Tokens{AccessToken: access, RefreshToken: refresh, ExpiresIn: int(l.TTL / time.Second)}, nil
-}
-
-// mintRefresh signs a refresh token (see DevLogin).
-func (d *DevIssuer) mintRefresh(subject, clientID string, ttl time.Duration) (string, error) {
-	jti := make([]byte, 16)
-	_, _ = rand.Read(jti)
-	now := time.Now()
-	payload, err := json.Marshal(map[string]any{
-		"iss":       DevIssuerID,
-		"aud":       []string{DevIssuerID},
-		"sub":       subject,
-		"typ":       "Refresh",
-		"client_id": clientID,
-		"iat":       now.Unix(),
-		"nbf":       now.Unix(),
-		"exp":       now.Add(ttl).Unix(),
-		"jti":       hex.EncodeToString(jti),
-	})
-	if err != nil {
-		return "", fmt.Errorf("auth: mint refresh token: %w", err)
-	}
-	hdr := jws.NewHeaders()
-	if err := hdr.Set(jws.TypeKey, "JWT"); err != nil {
-		return "", fmt.Errorf("auth: mint refresh token: %w", err)
-	}
-	tok, err := jws.Sign(payload, jws.WithKey(jwa.RS256, d.priv, jws.WithProtectedHeaders(hdr)))
-	if err != nil {
-		return "", fmt.Errorf("auth: mint refresh token: %w", err)
-	}
-	return string(tok), nil
 }

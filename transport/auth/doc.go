@@ -23,9 +23,11 @@
 // most 4096 tokens and about 4 MiB, dropping arbitrary entries when full; failures are never
 // cached. Results for the same token share Claims.Roles, which callers must not modify.
 //
-// Login (POST /login) has two implementations: PasswordGrant, the OIDC password grant
-// against the issuer's token endpoint, and DevLogin, the development users file with the
-// DevIssuer. A PasswordGrant is safe for concurrent use; each Login is bounded by its
+// Login (POST /login) and Refresh (POST /refresh) have two implementations: PasswordGrant, the
+// OIDC password and refresh grants against the issuer's token endpoint, and DevLogin, the
+// development users file with the DevIssuer, whose refresh tokens are self-contained JWTs
+// (typ Refresh, aud the issuer) that only DevLogin.Refresh accepts. LoadDevIssuer opens an
+// existing development key and, unlike OpenDevIssuer, never creates one. A PasswordGrant is safe for concurrent use; each Login is bounded by its
 // Timeout, and Close releases its idle connections. DevUsers is immutable after
 // OpenDevUsers and safe for concurrent use; it runs at most GOMAXPROCS bcrypt comparisons
 // at once, and a Login waiting for one ends with its context.

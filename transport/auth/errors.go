@@ -33,7 +33,14 @@ var (
 	// usably (network error, timeout, 5xx, a malformed answer, or a rejected client
 	// configuration, which is logged at error level for the operator).
 	ErrIdPUnavailable = errors.New("identity provider unavailable")
+	// ErrInvalidRefreshToken: a refresh token that is not one (an access token, garbage, one
+	// signed by another key or issued to another client), has expired or was revoked, or
+	// whose user no longer exists: the IdP's invalid_grant on a refresh. The edge answers 401.
+	ErrInvalidRefreshToken = errors.New("invalid or expired refresh token")
 )
+
+// ErrNoDevKey: LoadDevIssuer found no development key in the data directory.
+var ErrNoDevKey = errors.New("no development issuer key")
 
 // fail builds a client-safe error: the sentinel, optionally followed by a fixed reason.
 // Library errors (which may quote token fragments) are logged by the caller, never wrapped.

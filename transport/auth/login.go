@@ -29,7 +29,9 @@ type Tokens struct {
 // Login exchanges a username and password for tokens. It is implemented by the OIDC
 // password grant (PasswordGrant) and by the development users file (DevLogin). Errors wrap
 // ErrBadCredentials (answer 401) or ErrIdPUnavailable (answer 503); any other error is a
-// configuration mistake (500). No implementation logs the password or a token.
+// configuration mistake (500). No implementation logs the password or a token. Both
+// implementations also have Refresh(ctx, refreshToken) (Tokens, error), whose errors wrap
+// ErrInvalidRefreshToken (401) or ErrIdPUnavailable (503).
 type Login interface {
 	Login(ctx context.Context, username, password string) (Tokens, error)
 }
@@ -154,38 +156,73 @@ func (p *PasswordGrant) Login(ctx context.Context, username, password string) (T
 	if username == "" || password == "" {
 		return Tokens{}, fail(ErrBadCredentials, "")
 	}
+	form := url.Values{
+		"grant_type": {"password"},
+		"username":   {username},
+		"password":   {password},
+		"scope":      {"openid"},
+	}
+	return p.grant(ctx, form, grantKind{name: "login", rejected: ErrBadCredentials, logArgs: []any{"username", username}})
+}
+
+// Refresh posts grant_type=refresh_token (with client_id and client_secret when configured)
+// to the token endpoint: the tokens a Login answered, renewed. invalid_grant (an expired,
+// revoked or foreign refresh token) is ErrInvalidRefreshToken; the IdP's failures are
+// ErrIdPUnavailable, as for Login. When the IdP answers without a new refresh token, the one
+// given stays in use (RFC 6749 §6) and is answered again.
+func (p *PasswordGrant) Refresh(ctx context.Context, refreshToken string) (Tokens, error) {
+	if p.cfgErr != nil {
+		return Tokens{}, p.cfgErr
+	}
+	if refreshToken == "" {
+		return Tokens{}, fail(ErrInvalidRefreshToken, "")
+	}
+	form := url.Values{
+		"grant_type":    {"refresh_token"},
+		"refresh_token": {refreshToken},
+	}
+	tokens, err := p.grant(ctx, form, grantKind{name: "refresh", rejected: ErrInvalidRefreshToken})
+	if err == nil && tokens.RefreshToken == "" {
+		tokens.RefreshToken = refreshToken
+	}
+	return tokens, err
+}
+
+// grantKind says how grant reports one kind of grant.
+type grantKind struct {
+	name     string // "login" or "refresh", in log messages
+	rejected error  // what the IdP's invalid_grant means
+	logArgs  []any  // what identifies the request in a debug log (never a secret)
+}
+
+// grant posts form (plus the client's credentials) to the token endpoint and reads the answer.
+func (p *PasswordGrant) grant(ctx context.Context, form url.Values, kind grantKind) (Tokens, error) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	endpoint, err := p.tokenEndpoint(ctx)
 	if err != nil {
 		return Tokens{}, err
 	}
-	form := url.Values{
-		"grant_type": {"password"},
-		"client_id":  {p.cfg.ClientID},
-		"username":   {username},
-		"password":   {password},
-		"scope":      {"openid"},
-	}
+	form.Set("client_id", p.cfg.ClientID)
 	if p.cfg.ClientSecret != "" {
 		form.Set("client_secret", p.cfg.ClientSecret)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
 	if err != nil {
-		return Tokens{}, fmt.Errorf("auth: password grant: %w", err)
+		return Tokens{}, fmt.Errorf("auth: %s grant: %w", form.Get("grant_type"), err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 	res, err := p.post.Do(req)
 	if err != nil {
-		// url.Error names the endpoint and the cause; the form (password) is not in it.
-		p.log.Warn("auth: login: token endpoint unreachable", "error", err)
+		// url.Error names the endpoint and the cause; the form (password, token) is not in it.
+		p.log.Warn("auth: "+kind.name+": token endpoint unreachable", "error", err)
 		return Tokens{}, unavailable(ctx)
 	}
 	defer res.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(res.Body, maxDocBytes+1))
 	if err != nil {
-		p.log.Warn("auth: login: reading the token response failed", "error", err)
+		p.log.Warn("auth: "+kind.name+": reading the token response failed", "error", err)
 		return Tokens{}, unavailable(ctx)
 	}
 	var tr tokenResponse
@@ -195,34 +232,35 @@ func (p *PasswordGrant) Login(ctx context.Context, username, password string) (T
 	}
 	switch {
 	case res.StatusCode == http.StatusOK:
-		return p.tokens(tr, jsonErr)
+		return p.tokens(kind, tr, jsonErr)
 	case (res.StatusCode == http.StatusBadRequest || res.StatusCode == http.StatusUnauthorized) &&
 		jsonErr == nil && tr.Error == "invalid_grant":
-		// Wrong password, unknown user, disabled account, pending required actions.
-		p.log.Debug("auth: login rejected by the identity provider", "username", username,
-			"error", tr.Error, "description", tr.ErrorDescription)
-		return Tokens{}, fail(ErrBadCredentials, "")
+		// Login: wrong password, unknown user, disabled account, pending required actions.
+		// Refresh: expired, revoked or ended session, or issued to another client.
+		p.log.Debug("auth: "+kind.name+" rejected by the identity provider",
+			append(kind.logArgs, "error", tr.Error, "description", tr.ErrorDescription)...)
+		return Tokens{}, fail(kind.rejected, "")
 	case (res.StatusCode == http.StatusBadRequest || res.StatusCode == http.StatusUnauthorized) && jsonErr == nil:
 		// invalid_client, unauthorized_client, unsupported_grant_type, invalid_scope: not
 		// the user's fault, and it will not pass by retrying.
-		p.log.Error("auth: login: the identity provider rejected the client; check the client id and secret, "+
+		p.log.Error("auth: "+kind.name+": the identity provider rejected the client; check the client id and secret, "+
 			"and that the client allows direct access grants (password grant)",
 			"status", res.StatusCode, "error", tr.Error, "description", tr.ErrorDescription)
 		return Tokens{}, fail(ErrIdPUnavailable, "")
 	default:
-		p.log.Warn("auth: login: unexpected answer from the token endpoint",
+		p.log.Warn("auth: "+kind.name+": unexpected answer from the token endpoint",
 			"status", res.StatusCode, "error", tr.Error, "description", tr.ErrorDescription)
 		return Tokens{}, fail(ErrIdPUnavailable, "")
 	}
 }
 
-func (p *PasswordGrant) tokens(tr tokenResponse, jsonErr error) (Tokens, error) {
+func (p *PasswordGrant) tokens(kind grantKind, tr tokenResponse, jsonErr error) (Tokens, error) {
 	if jsonErr != nil || tr.AccessToken == "" {
-		p.log.Warn("auth: login: token endpoint answered 200 without a usable token response", "error", jsonErr)
+		p.log.Warn("auth: "+kind.name+": token endpoint answered 200 without a usable token response", "error", jsonErr)
 		return Tokens{}, fail(ErrIdPUnavailable, "")
 	}
 	if tr.TokenType != "" && !strings.EqualFold(tr.TokenType, "Bearer") {
-		p.log.Error("auth: login: the identity provider issued a token that is not a bearer token; "+
+		p.log.Error("auth: "+kind.name+": the identity provider issued a token that is not a bearer token; "+
 			"disable DPoP/holder-of-key binding for this client", "token_type", tr.TokenType)
 		return Tokens{}, fail(ErrIdPUnavailable, "")
 	}

@@ -46,23 +46,36 @@ func WithClientSecret(secret string) Option { return func(i *Issuer) { i.secret 
 // WithTokenTTL sets the lifetime of tokens from the token endpoint (default 5 minutes).
 func WithTokenTTL(d time.Duration) Option { return func(i *Issuer) { i.ttl = d } }
 
+// WithRefreshTTL sets the lifetime of refresh tokens (default 6 times the token TTL). An
+// expired refresh token is answered like Keycloak's: 400 invalid_grant "Token is not active".
+func WithRefreshTTL(d time.Duration) Option { return func(i *Issuer) { i.refreshTTL = d } }
+
 // WithoutKeyAlg publishes JWKs without "alg", so verifiers must infer it from the key type.
 func WithoutKeyAlg() Option { return func(i *Issuer) { i.omitAlg = true } }
 
 // Issuer is a running test issuer.
 type Issuer struct {
-	srv      *httptest.Server
-	clientID string
-	secret   string
-	ttl      time.Duration
-	omitAlg  bool
-	fetches  atomic.Int64
-	down     atomic.Bool
+	srv        *httptest.Server
+	clientID   string
+	secret     string
+	ttl        time.Duration
+	refreshTTL time.Duration
+	omitAlg    bool
+	fetches    atomic.Int64
+	down       atomic.Bool
 
 	mu      sync.Mutex
 	keys    []signingKey // the last one is current
 	users   map[string]user
-	refresh map[string]string // refresh token → username
+	refresh map[string]refreshGrant // refresh token → what it renews
+	grants  map[string]int          // grant_type → successful grants
+}
+
+// refreshGrant is what a refresh token stands for.
+type refreshGrant struct {
+	username string
+	clientID string
+	expires  time.Time
 }
 
 type signingKey struct {
@@ -83,10 +96,14 @@ func New(t testing.TB, opts ...Option) *Issuer {
 		clientID: DefaultClientID,
 		ttl:      5 * time.Minute,
 		users:    map[string]user{},
-		refresh:  map[string]string{},
+		refresh:  map[string]refreshGrant{},
+		grants:   map[string]int{},
 	}
 	for _, o := range opts {
 		o(i)
+	}
+	if i.refreshTTL == 0 {
+		i.refreshTTL = 6 * i.ttl
 	}
 	i.addKey(t)
 	mux := http.NewServeMux()
@@ -123,12 +140,35 @@ func (i *Issuer) KeyID() string {
 	return i.keys[len(i.keys)-1].kid
 }
 
+// RemoveUser deletes a user: its password grant and refresh tokens stop working.
+func (i *Issuer) RemoveUser(username string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	delete(i.users, username)
+}
+
 // AddUser registers (or replaces) a user for the password grant. clientRoles maps a
 // client id to roles, published under resource_access.
 func (i *Issuer) AddUser(username, password string, realmRoles []string, clientRoles map[string][]string) {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	i.users[username] = user{password: password, realmRoles: slices.Clone(realmRoles), clientRoles: clientRoles}
+}
+
+// RevokeRefreshTokens invalidates every refresh token issued so far (a logout, an ended
+// session, an admin's "sign out everywhere"): using one is then invalid_grant.
+func (i *Issuer) RevokeRefreshTokens() {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	clear(i.refresh)
+}
+
+// Grants counts the successful token endpoint answers for grantType ("password",
+// "refresh_token").
+func (i *Issuer) Grants(grantType string) int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.grants[grantType]
 }
 
 // RotateKey adds a new signing key and makes it current; the old keys stay in the JWKS.
@@ -225,7 +265,8 @@ func (i *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var username string
-	switch r.PostForm.Get("grant_type") {
+	grantType := r.PostForm.Get("grant_type")
+	switch grantType {
 	case "password", "":
 		i.mu.Lock()
 		u, ok := i.users[r.PostForm.Get("username")]
@@ -234,16 +275,26 @@ func (i *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "invalid_grant", "error_description": "Invalid user credentials"})
 			return
 		}
-		username = r.PostForm.Get("username")
+		username, grantType = r.PostForm.Get("username"), "password"
 	case "refresh_token":
+		// Like Keycloak (without "revoke refresh token"): a refresh token stays usable until
+		// it expires or is revoked, and only by the client it was issued to.
 		i.mu.Lock()
-		name, ok := i.refresh[r.PostForm.Get("refresh_token")]
+		g, ok := i.refresh[r.PostForm.Get("refresh_token")]
+		_, userExists := i.users[g.username]
 		i.mu.Unlock()
-		if !ok {
+		switch {
+		case !ok || g.clientID != clientID:
 			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "Invalid refresh token"})
 			return
+		case !time.Now().Before(g.expires):
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "Token is not active"})
+			return
+		case !userExists:
+			writeJSON(w, http.StatusBadRequest, map[string]string{"error": "invalid_grant", "error_description": "User not found"})
+			return
 		}
-		username = name
+		username = g.username
 	default:
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "unsupported_grant_type"})
 		return
@@ -255,12 +306,13 @@ func (i *Issuer) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	refresh := randomHex(32)
 	i.mu.Lock()
-	i.refresh[refresh] = username
+	i.refresh[refresh] = refreshGrant{username: username, clientID: clientID, expires: time.Now().Add(i.refreshTTL)}
+	i.grants[grantType]++
 	i.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]any{
 		"access_token":       access,
 		"expires_in":         int(i.ttl / time.Second),
-		"refresh_expires_in": int(6 * i.ttl / time.Second),
+		"refresh_expires_in": int(i.refreshTTL / time.Second),
 		"refresh_token":      refresh,
 		"token_type":         "Bearer",
 		"not-before-policy":  0,

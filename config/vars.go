@@ -1,0 +1,147 @@
+package config
+
+import (
+	"net/url"
+	"strings"
+)
+
+// Var documents one SWITCHBOARD_* environment variable. Vars lists them in the order Load
+// applies them; `switchboard --help` prints them and README.md's table must say the same
+// (a test compares them).
+type Var struct {
+	Name    string
+	Default string // as documented: the default value, or what leaving it empty means
+	Meaning string // one line; `code` in backquotes, as in README.md
+	Secret  bool   // its value is never printed
+}
+
+// doc is what Load's bindings do not know about a variable: what it means, how its default
+// reads when the value itself says nothing ("empty"), and whether it is secret.
+type doc struct {
+	defaultText string // "" = the value Default() gives it
+	meaning     string
+	secret      bool
+	// redactURL: the value is a URL whose password must not be shown.
+	redactURL bool
+}
+
+// docs describes every variable bind applies; a test fails when one is missing.
+var docs = map[string]doc{
+	"SWITCHBOARD_ADDR": {meaning: "HTTP + WebSocket listener; an address other machines reach needs " +
+		"`SWITCHBOARD_OIDC_ISSUER` or `SWITCHBOARD_DEV_ISSUER_PUBLIC=true`"},
+	"SWITCHBOARD_DATABASE_URL": {defaultText: "`sqlite://<data dir>/switchboard.db`", redactURL: true,
+		meaning: "`postgres://user@host:5432/db?sslmode=disable` for PostgreSQL (retried for " +
+			"`SWITCHBOARD_DB_CONNECT_TIMEOUT` at start)"},
+	"SWITCHBOARD_REDIS_URL": {defaultText: "empty (in-process, single node)", redactURL: true,
+		meaning: "`redis://…`: limits, sessions and broadcasts across nodes"},
+	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channel in Redis (sessions " +
+		"excepted): deployments sharing one Redis need different prefixes, or their broadcasts cross"},
+	"SWITCHBOARD_OIDC_ISSUER": {defaultText: "empty (development issuer)",
+		meaning: "e.g. `http://keycloak:8080/realms/HW-App`"},
+	"SWITCHBOARD_OIDC_CLIENT_ID": {meaning: "audience / `azp`, and the `resource_access` key for roles"},
+	"SWITCHBOARD_OIDC_CLIENT_SECRET": {secret: true,
+		meaning: "confidential client's secret (for the password and refresh grants of `/login` and `/refresh`)"},
+	"SWITCHBOARD_OIDC_ROLE_CLAIMS": {meaning: "where roles are read in the token, for IdPs other than " +
+		"Keycloak (`{client_id}` is replaced)"},
+	"SWITCHBOARD_JWT_LEEWAY":                  {meaning: "clock skew allowed on `exp`/`nbf` (at most `30s`)"},
+	"SWITCHBOARD_ALLOWED_ORIGINS":             {defaultText: "empty (any)", meaning: "comma-separated, exactly as browsers send them (`https://app.example.com`); other `Origin`s get `403`"},
+	"SWITCHBOARD_RATE_LIMIT_PER_MINUTE":       {meaning: "HTTP requests per user per minute"},
+	"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT":       {meaning: "WebSocket frames per user per minute"},
+	"SWITCHBOARD_LOGIN_RATE_LIMIT":            {meaning: "`POST /login` attempts per username and per client IP per minute; `POST /refresh` calls per client IP per minute"},
+	"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER": {meaning: "concurrent connections per user"},
+	"SWITCHBOARD_WS_MAX_MESSAGE_BYTES":        {meaning: "inbound frame limit (after reassembly); over it: close `1009`"},
+	"SWITCHBOARD_WS_SEND_QUEUE_BYTES":         {meaning: "outbound budget per connection; over it: close `1013 slow consumer`"},
+	"SWITCHBOARD_WS_MAX_IN_FLIGHT": {meaning: "unanswered requests per connection; past it the server " +
+		"stops reading that socket until answers go out"},
+	"SWITCHBOARD_WS_PING_INTERVAL":  {meaning: "server pings; a peer silent for twice this is dropped"},
+	"SWITCHBOARD_WS_WRITE_TIMEOUT":  {meaning: "one write to one socket; a peer that blocks longer is dropped"},
+	"SWITCHBOARD_MAX_REQUEST_BYTES": {meaning: "HTTP body limit (`413`), chunked bodies included"},
+	"SWITCHBOARD_HANDLER_POOL_SIZE": {meaning: "handler actors (concurrent handler calls)"},
+	"SWITCHBOARD_HANDLER_TIMEOUT":   {meaning: "one handler call"},
+	"SWITCHBOARD_RBAC_FILE":         {defaultText: "empty (built-in policy)", meaning: "roles per pkg_id, route and topic pattern"},
+	"SWITCHBOARD_TRUSTED_PROXIES":   {meaning: "CIDRs whose `X-Forwarded-For` is believed"},
+	"SWITCHBOARD_METRICS_ADDR":      {meaning: "an extra listener serving only `/metrics`"},
+	"SWITCHBOARD_PPROF_ADDR": {meaning: "a listener with Go's `/debug/pprof/` profiling endpoints " +
+		"(keep it private)"},
+	"SWITCHBOARD_DATA_DIR": {meaning: "development issuer key and users file, SQLite default file; " +
+		"`switchboard token` reads the key from here"},
+	"SWITCHBOARD_LOG_LEVEL":          {meaning: "`debug`, `info`, `warn` or `error`"},
+	"SWITCHBOARD_LOG_FORMAT":         {meaning: "`text`, or `json` for production"},
+	"SWITCHBOARD_DB_CONNECT_TIMEOUT": {meaning: "how long PostgreSQL is retried at start"},
+	"SWITCHBOARD_SHUTDOWN_TIMEOUT":   {meaning: "one deadline over the whole shutdown"},
+	"SWITCHBOARD_DEV_ISSUER_PUBLIC": {meaning: "`true` lets the development issuer (and its `/login`) " +
+		"serve on an address other machines reach; refused otherwise"},
+}
+
+// Vars returns every variable Load reads, in order, with its documented default.
+func Vars() []Var {
+	c := Default()
+	p := parser{}
+	bind(&p, &c)
+	out := make([]Var, 0, len(p.bound))
+	for _, b := range p.bound {
+		d := docs[b.name]
+		def := d.defaultText
+		if def == "" {
+			def = "`" + b.show() + "`"
+			if b.show() == "" {
+				def = "empty"
+			}
+		}
+		out = append(out, Var{Name: b.name, Default: def, Meaning: d.meaning, Secret: d.secret})
+	}
+	return out
+}
+
+// Setting is one variable's value in effect, as `switchboard config` shows it.
+type Setting struct {
+	Name   string
+	Value  string // secrets and URL passwords redacted; "" when empty
+	Source Source
+}
+
+// Redacted stands in for a secret's value.
+const Redacted = "[REDACTED]"
+
+func settings(bound []binding) []Setting {
+	out := make([]Setting, 0, len(bound))
+	for _, b := range bound {
+		out = append(out, Setting{Name: b.name, Value: redact(docs[b.name], b.show()), Source: b.source})
+	}
+	return out
+}
+
+func redact(d doc, v string) string {
+	switch {
+	case v == "":
+		return ""
+	case d.secret:
+		return Redacted
+	case d.redactURL:
+		return RedactURL(v)
+	}
+	return v
+}
+
+// RedactURL returns u with its password replaced, or the whole value replaced when it does
+// not parse (the password could be anywhere in it).
+func RedactURL(u string) string {
+	parsed, err := url.Parse(u)
+	if err != nil {
+		return Redacted
+	}
+	if _, has := parsed.User.Password(); has {
+		parsed.User = url.UserPassword(parsed.User.Username(), "xxxxx")
+		return parsed.String()
+	}
+	return u
+}
+
+// Known reports whether name is a variable Load reads.
+func Known(name string) bool {
+	_, ok := docs[name]
+	return ok
+}
+
+// Plain strips README's markdown from a meaning or default, for a terminal.
+func Plain(s string) string { return strings.ReplaceAll(s, "`", "") }

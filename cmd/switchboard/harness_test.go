@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -42,15 +44,79 @@ func startServer(t testing.TB, edit func(*config.Config)) *testServer {
 	return startServerLogged(t, edit, testLogger(t))
 }
 
+// seedPassword is the password of the demo users (admin, reader) that seedDataDir writes.
+const seedPassword = "seed-password"
+
+// seed is a data directory with a development key and a users file, made once per test
+// process and copied into each server's fresh data directory (unless the test's edit function
+// wrote its own there): an RSA key and bcrypt hashes
+// at the default cost take seconds per server under the race detector. Its users are the demo
+// users, with seedPassword hashed at the lowest cost. TestMain removes it.
+var seed struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+func seedDataDir(t testing.TB, dir string) {
+	t.Helper()
+	seed.once.Do(func() {
+		if seed.dir, seed.err = os.MkdirTemp("", "switchboard-test-seed-"); seed.err != nil {
+			return
+		}
+		if _, seed.err = auth.OpenDevIssuer(seed.dir); seed.err != nil {
+			return
+		}
+		writeDevUsers(t, seed.dir,
+			loginUser{"admin", seedPassword, []string{"admin", "broadcast", "create-author", "delete-author", "get-authors", "update-author"}},
+			loginUser{"reader", seedPassword, []string{"get-authors"}})
+	})
+	if seed.err != nil {
+		t.Fatalf("seed data directory: %v", seed.err)
+	}
+	for _, name := range []string{auth.DevKeyFile, auth.DevUsersFile} {
+		b, err := os.ReadFile(filepath.Join(seed.dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A file the test wrote itself (in its edit function) stays.
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(b); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if seed.dir != "" {
+		_ = os.RemoveAll(seed.dir)
+	}
+	os.Exit(code)
+}
+
 // startServerLogged is startServer with the server's logs going to log.
 func startServerLogged(t testing.TB, edit func(*config.Config), log *slog.Logger) *testServer {
 	t.Helper()
 	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
+	fresh := t.TempDir()
+	cfg.DataDir = fresh
 	cfg.Addr = "127.0.0.1:0"
 	cfg.ShutdownTimeout = 10 * time.Second
 	if edit != nil {
 		edit(&cfg)
+	}
+	if cfg.DataDir == fresh && cfg.DevIssuer() {
+		seedDataDir(t, fresh)
 	}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -29,12 +30,26 @@ func TestDecodeEnvelope(t *testing.T) {
 		{"missing req_id", `{"pkg_id":1}`, 1, zeroUUID, "", "/req_id"},
 		{"numeric req_id", `{"pkg_id":1,"req_id":5}`, 1, zeroUUID, "", "/req_id"},
 		{"non-uuid req_id is echoed", `{"pkg_id":1,"req_id":"abc"}`, 1, "abc", "", "/req_id"},
+		{"empty req_id is echoed", `{"pkg_id":1,"req_id":""}`, 1, "", "", "/req_id"},
+		{"req_id of 64 printable characters is echoed", `{"pkg_id":1,"req_id":"` + strings.Repeat("~", 64) + `"}`, 1, strings.Repeat("~", 64), "", "/req_id"},
+		{"req_id of 65 characters is not", `{"pkg_id":1,"req_id":"` + strings.Repeat("a", 65) + `"}`, 1, zeroUUID, "", "/req_id"},
+		{"req_id of 60 KB is not", `{"pkg_id":1,"req_id":"` + strings.Repeat("a", 60<<10) + `"}`, 1, zeroUUID, "", "/req_id"},
+		{"req_id with an ANSI escape is not", `{"pkg_id":1,"req_id":"\u001b[2J"}`, 1, zeroUUID, "", "/req_id"},
+		{"req_id with NUL is not", `{"pkg_id":1,"req_id":"a\u0000"}`, 1, zeroUUID, "", "/req_id"},
+		{"req_id with DEL is not", `{"pkg_id":1,"req_id":"a\u007f"}`, 1, zeroUUID, "", "/req_id"},
+		{"req_id not ASCII is not", `{"pkg_id":1,"req_id":"é"}`, 1, zeroUUID, "", "/req_id"},
 		{"bad req_id and pkg_id", `{"pkg_id":"x","req_id":"abc"}`, 0, "abc", "", "/req_id"},
 		{"missing pkg_id", `{"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
+		{"null pkg_id", `{"pkg_id":null,"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
 		{"fractional pkg_id", `{"pkg_id":1.5,"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
 		{"string pkg_id", `{"pkg_id":"1","req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
 		{"huge pkg_id", `{"pkg_id":99999999999,"req_id":"` + someUUID + `"}`, 0, someUUID, "", "/pkg_id"},
 		{"data not an object", `{"pkg_id":1,"req_id":"` + someUUID + `","data":[1]}`, 1, someUUID, "", "/data"},
+		{"data 32 levels deep", `{"pkg_id":1,"req_id":"` + someUUID + `","data":` + nested(actors.MaxDepth) + `}`, 1, someUUID, nested(actors.MaxDepth), ""},
+		{"data 33 levels deep", `{"pkg_id":1,"req_id":"` + someUUID + `","data":` + nested(actors.MaxDepth+1) + `}`, 1, someUUID, "", "/data"},
+		{"data 9 000 levels deep", `{"pkg_id":1,"req_id":"` + someUUID + `","data":` + nested(9000) + `}`, 1, someUUID, "", "/data"},
+		{"frame deeper than encoding/json allows", `{"pkg_id":1,"req_id":"` + someUUID + `","data":` + nested(10001) + `}`, 0, zeroUUID, "", "/"},
+		{"brackets in strings do not count", `{"pkg_id":1,"req_id":"` + someUUID + `","data":{"a":"` + strings.Repeat("[{", 40) + `\"[["}}`, 1, someUUID, `{"a":"` + strings.Repeat("[{", 40) + `\"[["}`, ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -59,6 +74,27 @@ func TestDecodeEnvelope(t *testing.T) {
 			}
 		})
 	}
+}
+
+// nested is a JSON object depth levels deep: {"a":[{"a":[…{}…]}]}.
+func nested(depth int) string {
+	var b strings.Builder
+	for i := 1; i < depth; i++ {
+		if i%2 == 1 {
+			b.WriteString(`{"a":`)
+		} else {
+			b.WriteString(`[`)
+		}
+	}
+	b.WriteString(`{}`)
+	for i := depth - 1; i >= 1; i-- {
+		if i%2 == 1 {
+			b.WriteString(`}`)
+		} else {
+			b.WriteString(`]`)
+		}
+	}
+	return b.String()
 }
 
 func TestDecodeEnvelopeCopiesData(t *testing.T) {

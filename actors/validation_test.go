@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -249,4 +250,48 @@ func newTestPipeline(t testing.TB, reg *Registry) *Pipeline {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// BenchmarkDepthExceeds measures the depth check on a small request (the fast path) and on
+// about 4 KB of nested objects and strings (the exact scan).
+func BenchmarkDepthExceeds(b *testing.B) {
+	small := []byte(`{"filters":{"name":"John","id":3},"page":2,"per_page":50}`)
+	var items []string
+	for i := 0; i < 40; i++ {
+		items = append(items, `{"id":`+strconv.Itoa(i)+`,"name":"author number `+strconv.Itoa(i)+` with a \"quoted\" word","tags":["a","b",{"c":[1,2,3]}]}`)
+	}
+	large := []byte(`{"items":[` + strings.Join(items, ",") + `]}`)
+	for _, bc := range []struct {
+		name string
+		doc  []byte
+	}{{"small", small}, {"4K", large}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(bc.doc)))
+			for b.Loop() {
+				if DepthExceeds(bc.doc, MaxDepth) {
+					b.Fatal("too deep")
+				}
+			}
+		})
+	}
+}
+
+// An RBAC file must say one thing only: refused are pkg_id keys in another spelling than the
+// canonical one ("01" and "1" would both be pkg_id 1, the winner chosen by map order), null
+// role lists for pkg_ids and routes (null reads like "nobody" but [] means "anyone"), and data
+// after the document.
+func TestPolicyFileRefusals(t *testing.T) {
+	for _, bad := range []string{
+		`{"pkg_ids":{"01":["a"]}}`, `{"pkg_ids":{"+1":[]}}`, `{"pkg_ids":{" 1":[]}}`, `{"pkg_ids":{"4294967297":[]}}`,
+		`{"pkg_ids":{"1":null}}`, `{"routes":{"POST /api/broadcast":null}}`,
+		`{"pkg_ids":{"1":[]}} {"pkg_ids":{"1":["admin"]}}`, `{} x`,
+	} {
+		if p, err := ParsePolicy([]byte(bad)); err == nil {
+			t.Errorf("ParsePolicy(%s) accepted: %+v", bad, p)
+		}
+	}
+	p, err := ParsePolicy([]byte(`{"pkg_ids":{"-1":[],"7":["a"]},"routes":{"GET /x":[]}} ` + "\n"))
+	if err != nil || len(p.PkgIDs[-1]) != 0 || p.PkgIDs[7][0] != "a" || p.Routes["GET /x"] == nil {
+		t.Fatalf("ParsePolicy: %+v, %v", p, err)
+	}
 }

@@ -109,22 +109,28 @@ func TestDecodeEnvelopeCopiesData(t *testing.T) {
 }
 
 // FuzzDecodeEnvelope: any frame yields exactly one of a request or a refusal, and the answer
-// the server would send is valid JSON.
+// the server would send is valid JSON. A request carries a UUID and an object no deeper than
+// actors.MaxDepth; a refusal echoes a req_id only as PROTOCOL.md §1.2 allows and names an
+// envelope field. Seeds: f.Add below and testdata/fuzz/FuzzDecodeEnvelope.
 func FuzzDecodeEnvelope(f *testing.F) {
 	for _, s := range []string{`{"pkg_id":1,"req_id":"` + someUUID + `"}`, `{}`, `[]`, `"x"`, `{"pkg_id":1,"req_id":"\u0000\"<>"}`, "\xff"} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) > 64<<10 {
+			t.Skip("larger than SWITCHBOARD_WS_MAX_MESSAGE_BYTES allows: closed with 1009 before decoding")
+		}
 		req, bad := decodeEnvelope(frame)
 		if (req == nil) == (bad == nil) {
 			t.Fatalf("want exactly one of request and refusal: %v %v", req, bad)
 		}
 		if req != nil {
-			if !json.Valid(req.Data) || req.Data[0] != '{' {
-				t.Fatalf("request data not an object: %q", req.Data)
+			if !json.Valid(req.Data) || req.Data[0] != '{' || actors.DepthExceeds(req.Data, actors.MaxDepth) || !isUUID(req.ReqID) {
+				t.Fatalf("request %+v data %q", req, req.Data)
 			}
 			return
 		}
+		checkRefusal(t, bad)
 		out, err := jsonCodec{}.EncodeResponse(bad)
 		if err != nil {
 			t.Fatal(err)
@@ -134,4 +140,22 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			t.Fatalf("refusal is not JSON: %q", payload)
 		}
 	})
+}
+
+// checkRefusal holds for every envelope refusal of either codec: status 2 at an envelope
+// path, and a req_id that is the zero UUID, a UUID, or at most 64 printable ASCII characters.
+func checkRefusal(t *testing.T, bad *actors.Response) {
+	t.Helper()
+	errs := bad.Data.(actors.InvalidData).Errors
+	if bad.Status != actors.StatusInvalidData || bad.Msg != "Invalid data" || len(errs) != 1 {
+		t.Fatalf("refusal %+v", bad)
+	}
+	switch errs[0].Path {
+	case "/", "/req_id", "/pkg_id", "/data":
+	default:
+		t.Fatalf("refusal path %q", errs[0].Path)
+	}
+	if id := bad.ReqID; !isUUID(id) && echoReqID(id) != id {
+		t.Fatalf("refusal echoes req_id %q", id)
+	}
 }

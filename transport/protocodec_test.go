@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -446,8 +447,10 @@ func TestProtoDecodeCopies(t *testing.T) {
 }
 
 // FuzzProtoDecode: any frame yields exactly one of a request or a refusal, never a panic; a
-// request carries a UUID and a JSON object and agrees with what Google's runtime reads from the
-// same bytes; a refusal encodes to a Frame that runtime accepts, echoing the same req_id.
+// request carries a UUID and a UTF-8 JSON object no deeper than actors.MaxDepth and agrees
+// with what Google's runtime reads from the same bytes; a refusal follows checkRefusal and
+// encodes to a Frame that runtime accepts, echoing the same req_id. Seeds: below and
+// testdata/fuzz/FuzzProtoDecode.
 func FuzzProtoDecode(f *testing.F) {
 	for _, s := range [][]byte{
 		raw{}.varint(1, 1).bytes(2, someUUID).bytes(3, `{"a":[1,2]}`),
@@ -460,12 +463,16 @@ func FuzzProtoDecode(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) > 64<<10 {
+			t.Skip("larger than SWITCHBOARD_WS_MAX_MESSAGE_BYTES allows: closed with 1009 before decoding")
+		}
 		req, bad := protoCodec{}.decode(frame)
 		if (req == nil) == (bad == nil) {
 			t.Fatalf("want exactly one of request and refusal: %v %v", req, bad)
 		}
 		if req != nil {
-			if !isUUID(req.ReqID) || !json.Valid(req.Data) || req.Data[0] != '{' {
+			if !isUUID(req.ReqID) || !json.Valid(req.Data) || req.Data[0] != '{' || !utf8.Valid(req.Data) ||
+				actors.DepthExceeds(req.Data, actors.MaxDepth) {
 				t.Fatalf("request %+v data %q", req, req.Data)
 			}
 			if p, err := officialDecode(t, frame); err == nil {
@@ -479,6 +486,7 @@ func FuzzProtoDecode(f *testing.F) {
 			}
 			return
 		}
+		checkRefusal(t, bad)
 		out, err := protoCodec{}.EncodeResponse(bad)
 		if err != nil {
 			t.Fatal(err)

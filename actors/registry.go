@@ -9,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/santhosh-tekuri/jsonschema/v6/kind"
@@ -146,6 +147,12 @@ func validate(sch *jsonschema.Schema, data json.RawMessage) []FieldError {
 // surrogate escape, and no NUL in any string or member name (each one reported at its path).
 // A document nested too deep is not decoded at all (nil).
 func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldError) {
+	inst, errs := validateAll(sch, data)
+	return inst, boundErrors(errs)
+}
+
+// validateAll is validateDecoded without the bound on the errors.
+func validateAll(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldError) {
 	problem, nul := checkText(data)
 	if problem == textNotUTF8 || problem == textTooDeep {
 		return nil, []FieldError{{Path: "/", Message: problem.message()}}
@@ -183,6 +190,39 @@ func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []Field
 	}
 	walk(ve)
 	return inst, out
+}
+
+// Bounds on what a refusal carries. A 64 KiB frame can hold thousands of bad strings, and the
+// library's messages quote what they refuse (every unknown member name, a value that does not
+// match a pattern): unbounded, the answer would be many times the request.
+const (
+	maxFieldErrors       = 20
+	maxFieldMessageBytes = 300
+)
+
+// boundErrors keeps the first maxFieldErrors errors, says how many more there were, and cuts
+// long messages (on a character boundary).
+func boundErrors(errs []FieldError) []FieldError {
+	if len(errs) > maxFieldErrors {
+		more := len(errs) - (maxFieldErrors - 1)
+		errs = append(errs[:maxFieldErrors-1:maxFieldErrors-1],
+			FieldError{Path: "/", Message: strconv.Itoa(more) + " more problems not listed"})
+	}
+	for i, e := range errs {
+		errs[i].Message, errs[i].Path = cutText(e.Message, maxFieldMessageBytes), cutText(e.Path, maxFieldMessageBytes)
+	}
+	return errs
+}
+
+// cutText returns s, or its first n bytes or fewer (a whole number of characters) and "…".
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
 }
 
 // leafMessage is the message of one schema error. The server's own formats say what is wrong

@@ -295,3 +295,31 @@ func TestPolicyFileRefusals(t *testing.T) {
 		t.Fatalf("ParsePolicy: %+v, %v", p, err)
 	}
 }
+
+// A refusal stays small however much bad input a request holds: at most 20 errors (the last
+// saying how many more there were) of at most about 300 bytes each.
+func TestRefusalsAreBounded(t *testing.T) {
+	reg := builtinRegistry(t)
+	many := `{"x":[` + strings.Repeat(`"\u0000",`, 5000) + `"\u0000"]}`
+	errs := reg.Validate(PkgGetAuthors, json.RawMessage(many))
+	if len(errs) != maxFieldErrors || errs[0].Path != "/x/0" || errs[maxFieldErrors-1].Message != "4982 more problems not listed" {
+		t.Fatalf("%d errors: first %+v, last %+v", len(errs), errs[0], errs[len(errs)-1])
+	}
+	var members []string
+	for i := 0; i < 3000; i++ {
+		members = append(members, `"member`+strconv.Itoa(i)+`":1`)
+	}
+	errs = reg.Validate(PkgGetAuthors, json.RawMessage(`{"filters":{`+strings.Join(members, ",")+`}}`))
+	if len(errs) == 0 {
+		t.Fatal("unknown filters accepted")
+	}
+	for _, e := range errs {
+		if len(e.Message) > maxFieldMessageBytes+len("…") || len(e.Path) > maxFieldMessageBytes+len("…") {
+			t.Fatalf("error of %d bytes: %.80s…", len(e.Message), e.Message)
+		}
+	}
+	long := strings.Repeat("é", 400)
+	if got := cutText(long, 301); len(got) != 300+len("…") || !strings.HasSuffix(got, "…") {
+		t.Fatalf("cutText cut inside a character: %d bytes", len(got))
+	}
+}

@@ -122,6 +122,15 @@ func TestInputNULRefused(t *testing.T) {
 		if got := decodeAuthors(t, c.call(1, nil)); len(got) != 0 {
 			t.Fatalf("authors after refused writes: %+v", got)
 		}
+		// The refused requests are in the audit log, NULs and all (13 frames, 7 HTTP calls).
+		eventually(t, e2eWait, "the refused requests in the audit log", func() bool {
+			e := c.call(20, map[string]any{"filters": map[string]any{"user_id": "nul-user"}, "per_page": 100})
+			if e.status() != 0 {
+				t.Fatalf("GET_AUDIT_LOGS: %+v", e)
+			}
+			m, _ := decodeMeta(t, e)
+			return m.Total >= 20
+		})
 		if strings.Contains(logs.String(), "level=ERROR") {
 			t.Fatalf("refused input was logged as an error:\n%s", logs.String())
 		}

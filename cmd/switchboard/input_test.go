@@ -118,11 +118,17 @@ func TestInputNULRefused(t *testing.T) {
 			expectInvalidHTTP(t, resp.StatusCode, body, tc.errPath, "NUL")
 		}
 
+		// Text that is not UTF-8 is refused too, rather than stored as U+FFFD.
+		resp, body := s.do(t, "GET", "/authors?name=%FF", token, "")
+		expectInvalidHTTP(t, resp.StatusCode, body, "/filters/name", "UTF-8")
+		resp, body = s.do(t, "POST", "/authors", token, "{\"name\":\"\xff\"}")
+		expectInvalidHTTP(t, resp.StatusCode, body, "/", "UTF-8")
+
 		// The connection is still open and the database untouched.
 		if got := decodeAuthors(t, c.call(1, nil)); len(got) != 0 {
 			t.Fatalf("authors after refused writes: %+v", got)
 		}
-		// The refused requests are in the audit log, NULs and all (13 frames, 7 HTTP calls).
+		// The refused requests are in the audit log, NULs and all (13 frames, 9 HTTP calls).
 		eventually(t, e2eWait, "the refused requests in the audit log", func() bool {
 			e := c.call(20, map[string]any{"filters": map[string]any{"user_id": "nul-user"}, "per_page": 100})
 			if e.status() != 0 {

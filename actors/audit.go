@@ -20,8 +20,8 @@ type AuditReader interface {
 // PkgGetAuditLogs is GET_AUDIT_LOGS (PROTOCOL.md §1.4).
 const PkgGetAuditLogs = 20
 
-// auditSchema is the data of pkg_id 20. since/until are checked by the handler: the schema
-// compiler does not assert "format" by default, and a bad time must name its field.
+// auditSchema is the data of pkg_id 20. since/until are checked by the handler rather than
+// with "format": "date-time", for a message of ours that names the field and shows an example.
 // "id" (an addition to PROTOCOL.md §1.4, for the façade's GET /audit-logs/{id}) asks for one
 // row and must come alone (checked by the handler, for a clearer message than the schema's).
 const auditSchema = `{"type":"object","properties":{

@@ -47,7 +47,8 @@ const filtersSchema = `{"type":"object","additionalProperties":false,"properties
 	"id":{"type":"integer","minimum":1,"maximum":9223372036854775807},
 	"name":{"type":"string","maxLength":255}}}`
 
-const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"pattern":"\\S"}`
+// nameSchema: 1–255 characters, no control character, at least one visible one (names.go).
+const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"format":"` + nameFormat + `"}`
 
 // AuthorRoutes returns the routes of pkg_ids 1–5 over s. Successful writes publish an event on
 // AuthorsTopic after the store call returned (the write is committed); events may be nil.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	_ "embed"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path"
 	"strconv"
@@ -57,28 +59,41 @@ func LoadPolicy(file string) (*Policy, error) {
 }
 
 // ParsePolicy decodes and checks a policy document. Unknown keys are an error, so a typo does
-// not silently deny (or allow) anything.
+// not silently deny (or allow) anything; so is anything after the document, and a null role
+// list for a pkg_id or route (write [] for "any authenticated user": null reads too much like
+// "nobody" to mean the opposite).
 func ParsePolicy(b []byte) (*Policy, error) {
 	var raw struct {
-		PkgIDs map[string][]string `json:"pkg_ids"`
-		Routes map[string][]string `json:"routes"`
-		Topics []TopicRule         `json:"topics"`
+		PkgIDs map[string]*[]string `json:"pkg_ids"`
+		Routes map[string]*[]string `json:"routes"`
+		Topics []TopicRule          `json:"topics"`
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&raw); err != nil {
 		return nil, fmt.Errorf("not a valid policy: %w", err)
 	}
-	p := &Policy{PkgIDs: make(map[int][]string, len(raw.PkgIDs)), Routes: raw.Routes, Topics: raw.Topics}
-	for k, roles := range raw.PkgIDs {
-		id, err := strconv.Atoi(k)
-		if err != nil {
-			return nil, fmt.Errorf("pkg_ids: key %q is not a number", k)
-		}
-		p.PkgIDs[id] = nonNil(roles)
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errors.New("not a valid policy: data after the policy document")
 	}
-	for k, roles := range p.Routes {
-		p.Routes[k] = nonNil(roles)
+	p := &Policy{PkgIDs: make(map[int][]string, len(raw.PkgIDs)), Routes: make(map[string][]string, len(raw.Routes)), Topics: raw.Topics}
+	for k, roles := range raw.PkgIDs {
+		// Only the canonical spelling: "1" and "01" (or "+1") would both name pkg_id 1, and
+		// which of their role lists won would depend on map order.
+		id, err := strconv.ParseInt(k, 10, 32)
+		if err != nil || strconv.FormatInt(id, 10) != k {
+			return nil, fmt.Errorf("pkg_ids: key %q is not a pkg_id (a decimal integer without a plus sign, leading zeros or spaces)", k)
+		}
+		if roles == nil {
+			return nil, fmt.Errorf("pkg_ids %s: roles are null; use [] for any authenticated user", k)
+		}
+		p.PkgIDs[int(id)] = nonNil(*roles)
+	}
+	for k, roles := range raw.Routes {
+		if roles == nil {
+			return nil, fmt.Errorf("routes %q: roles are null; use [] for any authenticated user", k)
+		}
+		p.Routes[k] = nonNil(*roles)
 	}
 	for i, t := range p.Topics {
 		if _, err := path.Match(t.Pattern, ""); err != nil || t.Pattern == "" {

@@ -9,8 +9,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+	"github.com/santhosh-tekuri/jsonschema/v6/kind"
 )
 
 // HandlerFunc runs one request whose data has passed the route's schema. It returns the
@@ -119,6 +121,10 @@ func compileSchema(name, doc string) (*jsonschema.Schema, error) {
 	}
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft2020)
+	// Formats are assertions here (draft 2020-12 makes them annotations by default): a schema
+	// names a format to have it checked.
+	c.AssertFormat()
+	c.RegisterFormat(&jsonschema.Format{Name: nameFormat, Validate: checkName})
 	url := "switchboard:///pkg/" + name + ".json"
 	if err := c.AddResource(url, parsed); err != nil {
 		return nil, err
@@ -135,10 +141,33 @@ func validate(sch *jsonschema.Schema, data json.RawMessage) []FieldError {
 // validateDecoded validates data and also returns it decoded (objects as map[string]any,
 // numbers as json.Number), for a caller that needs the document again: the audit log redacts
 // that value instead of decoding the bytes a second time.
+//
+// Before the schema come the rules every document obeys, whatever its pkg_id or route: UTF-8,
+// at most MaxDepth levels deep (checked on the bytes, before any recursive decoding), no lone
+// surrogate escape, and no NUL in any string or member name (each one reported at its path).
+// A document nested too deep is not decoded at all (nil).
 func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldError) {
+	inst, errs := validateAll(sch, data)
+	return inst, boundErrors(errs)
+}
+
+// validateAll is validateDecoded without the bound on the errors.
+func validateAll(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldError) {
+	problem, nul := checkText(data)
+	if problem == textNotUTF8 || problem == textTooDeep {
+		return nil, []FieldError{{Path: "/", Message: problem.message()}}
+	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
 	if err != nil {
 		return nil, []FieldError{{Path: "/", Message: "not valid JSON"}}
+	}
+	if problem != textOK {
+		return inst, []FieldError{{Path: "/", Message: problem.message()}}
+	}
+	if nul {
+		if errs := nulErrors(inst); len(errs) > 0 {
+			return inst, errs
+		}
 	}
 	err = sch.Validate(inst)
 	if err == nil {
@@ -152,7 +181,7 @@ func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []Field
 	var walk func(e *jsonschema.ValidationError)
 	walk = func(e *jsonschema.ValidationError) {
 		if len(e.Causes) == 0 {
-			out = append(out, FieldError{Path: pointer(e.InstanceLocation), Message: e.ErrorKind.LocalizedString(printer)})
+			out = append(out, FieldError{Path: pointer(e.InstanceLocation), Message: leafMessage(e.ErrorKind)})
 			return
 		}
 		for _, c := range e.Causes {
@@ -161,6 +190,48 @@ func validateDecoded(sch *jsonschema.Schema, data json.RawMessage) (any, []Field
 	}
 	walk(ve)
 	return inst, out
+}
+
+// Bounds on what a refusal carries. A 64 KiB frame can hold thousands of bad strings, and the
+// library's messages quote what they refuse (every unknown member name, a value that does not
+// match a pattern): unbounded, the answer would be many times the request.
+const (
+	maxFieldErrors       = 20
+	maxFieldMessageBytes = 300
+)
+
+// boundErrors keeps the first maxFieldErrors errors, says how many more there were, and cuts
+// long messages (on a character boundary).
+func boundErrors(errs []FieldError) []FieldError {
+	if len(errs) > maxFieldErrors {
+		more := len(errs) - (maxFieldErrors - 1)
+		errs = append(errs[:maxFieldErrors-1:maxFieldErrors-1],
+			FieldError{Path: "/", Message: strconv.Itoa(more) + " more problems not listed"})
+	}
+	for i, e := range errs {
+		errs[i].Message, errs[i].Path = cutText(e.Message, maxFieldMessageBytes), cutText(e.Path, maxFieldMessageBytes)
+	}
+	return errs
+}
+
+// cutText returns s, or its first n bytes or fewer (a whole number of characters) and "…".
+func cutText(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
+
+// leafMessage is the message of one schema error. The server's own formats say what is wrong
+// in words written for the client; the library's wording would quote the value first.
+func leafMessage(k jsonschema.ErrorKind) string {
+	if f, ok := k.(*kind.Format); ok && f.Want == nameFormat && f.Err != nil {
+		return f.Err.Error()
+	}
+	return k.LocalizedString(printer)
 }
 
 func pointer(tokens []string) string {

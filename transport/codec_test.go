@@ -3,6 +3,7 @@ package transport
 import (
 	"encoding/binary"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -84,6 +85,23 @@ func TestEncodeBroadcast(t *testing.T) {
 
 func BenchmarkDecodeEnvelope(b *testing.B) {
 	frame := []byte(`{"pkg_id":1,"req_id":"` + someUUID + `","data":{"filters":{"name":"John"}}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if req, _ := decodeEnvelope(frame); req == nil {
+			b.Fatal("refused")
+		}
+	}
+}
+
+// BenchmarkDecodeEnvelope4K decodes a frame whose data is about 4 KB of nested objects and
+// strings, where the depth check on the bytes costs the most.
+func BenchmarkDecodeEnvelope4K(b *testing.B) {
+	var items []string
+	for i := 0; i < 40; i++ {
+		items = append(items, `{"id":`+strconv.Itoa(i)+`,"name":"author number `+strconv.Itoa(i)+` with a \"quoted\" word","tags":["a","b",{"c":[1,2,3]}]}`)
+	}
+	frame := []byte(`{"pkg_id":1,"req_id":"` + someUUID + `","data":{"items":[` + strings.Join(items, ",") + `]}}`)
+	b.SetBytes(int64(len(frame)))
 	b.ReportAllocs()
 	for b.Loop() {
 		if req, _ := decodeEnvelope(frame); req == nil {

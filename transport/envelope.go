@@ -23,10 +23,17 @@ var emptyObject = json.RawMessage("{}")
 
 // decodeEnvelope turns a text frame into a Request, or into the status-2 Response the client
 // gets instead. It never fails otherwise and copies what it keeps (frame buffers are reused).
+// Nothing here recurses: encoding/json reads the envelope's members as raw bytes with its
+// iterative scanner, and data's depth is counted on the bytes (actors.DepthExceeds) before
+// anything decodes it.
 func decodeEnvelope(frame []byte) (*actors.Request, *actors.Response) {
 	var env envelope
 	if err := json.Unmarshal(frame, &env); err != nil {
-		return nil, invalidEnvelope(0, zeroUUID, "/", "frame is not a JSON object")
+		msg := "frame is not a JSON object"
+		if actors.DepthExceeds(frame, actors.MaxDepth+1) {
+			msg = "frame is not a JSON object or is " + actors.DepthMessage // encoding/json stops at 10 000
+		}
+		return nil, invalidEnvelope(0, zeroUUID, "/", msg)
 	}
 	pkgID, pkgOK := parsePkgID(env.PkgID)
 	reqID, ok := parseReqID(env.ReqID)
@@ -34,7 +41,7 @@ func decodeEnvelope(frame []byte) (*actors.Request, *actors.Response) {
 		return nil, invalidEnvelope(pkgID, reqID, "/req_id", "req_id must be a UUID string")
 	}
 	if !pkgOK {
-		return nil, invalidEnvelope(0, reqID, "/pkg_id", "pkg_id must be an integer")
+		return nil, invalidEnvelope(0, reqID, "/pkg_id", pkgIDMessage(len(env.PkgID) == 0 || string(env.PkgID) == "null"))
 	}
 	data := env.Data
 	switch d := bytes.TrimSpace(data); {
@@ -42,6 +49,8 @@ func decodeEnvelope(frame []byte) (*actors.Request, *actors.Response) {
 		data = emptyObject
 	case d[0] != '{':
 		return nil, invalidEnvelope(pkgID, reqID, "/data", "data must be an object")
+	case actors.DepthExceeds(d, actors.MaxDepth):
+		return nil, invalidEnvelope(pkgID, reqID, "/data", actors.DepthMessage)
 	}
 	return &actors.Request{PkgID: pkgID, ReqID: reqID, Data: data, Transport: "ws"}, nil
 }
@@ -53,14 +62,49 @@ func invalidEnvelope(pkgID int, reqID, path, msg string) *actors.Response {
 	}
 }
 
-// parseReqID returns the req_id and whether it is a UUID. A string that is not a UUID is
-// returned as given (it is echoed); anything else gives the zero UUID.
+// pkgIDMessage says what is wrong with a pkg_id that is missing or not a 32-bit integer.
+func pkgIDMessage(missing bool) string {
+	if missing {
+		return "pkg_id is required"
+	}
+	return "pkg_id must be a 32-bit integer"
+}
+
+// parseReqID returns the req_id to answer with and whether it is a UUID. A string that is not
+// a UUID is answered as echoReqID allows; anything else gives the zero UUID.
 func parseReqID(raw json.RawMessage) (string, bool) {
 	var s string
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 		return zeroUUID, false
 	}
-	return s, isUUID(s)
+	return answerReqID(s)
+}
+
+// answerReqID returns the req_id an answer carries for the string s, and whether s is a UUID.
+func answerReqID(s string) (string, bool) {
+	if isUUID(s) {
+		return s, true
+	}
+	return echoReqID(s), false
+}
+
+// maxEchoedReqID is the longest req_id that is not a UUID but still echoed (PROTOCOL.md §1.2).
+const maxEchoedReqID = 64
+
+// echoReqID is what an answer carries for a req_id that is not a UUID: the req_id itself when
+// it is at most 64 printable ASCII characters, so a client with its own ids can still match
+// the refusal; otherwise the zero UUID, so that 60 KB, terminal escapes or control characters
+// sent as a req_id are not reflected into the client's logs and screens.
+func echoReqID(s string) string {
+	if len(s) > maxEchoedReqID {
+		return zeroUUID
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return zeroUUID
+		}
+	}
+	return s
 }
 
 // isUUID accepts the canonical 8-4-4-4-12 hexadecimal form, any version.

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"switchboard/actors"
 )
@@ -132,20 +133,32 @@ func (q *queryData) int(name string, filter bool) {
 	v := q.r.URL.Query().Get(name)
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
-		path := "/" + name
-		if filter {
-			path = "/filters/" + name // paths point into the data the pipeline sees
-		}
-		q.errs = append(q.errs, actors.FieldError{Path: path, Message: "must be an integer, got " + quoteShort(v)})
+		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "must be an integer, got " + quoteShort(v)})
 		return
 	}
 	q.put(name, n, filter)
 }
 
+// str adds a string parameter. One that is not UTF-8 is refused here: encoding it into data
+// would silently turn its bytes into U+FFFD (a JSON body that is not UTF-8 is refused too).
 func (q *queryData) str(name string, filter bool) {
-	if q.has(name) {
-		q.put(name, q.r.URL.Query().Get(name), filter)
+	if !q.has(name) {
+		return
 	}
+	v := q.r.URL.Query().Get(name)
+	if !utf8.ValidString(v) {
+		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "not valid UTF-8"})
+		return
+	}
+	q.put(name, v, filter)
+}
+
+// path is the JSON pointer of a parameter in the data the pipeline sees.
+func (q *queryData) path(name string, filter bool) string {
+	if filter {
+		return "/filters/" + name
+	}
+	return "/" + name
 }
 
 func (q *queryData) put(name string, v any, filter bool) {

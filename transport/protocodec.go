@@ -142,11 +142,16 @@ func appendStringField(b []byte, num protowire.Number, s string) []byte {
 // malformed; fields Frame does not have are skipped as proto3 asks (groups up to maxGroupDepth
 // deep). Repeated fields of Frame take the last value. Only pkg_id, req_id and data matter in a
 // request; the other fields of Frame are read and ignored. Everything kept is copied.
+//
+// The answers agree with a JSON connection's (PROTOCOL.md §1.2): a missing pkg_id is a
+// malformed envelope (2 at /pkg_id; proto3 writes no 0, and there is no pkg_id 0), a req_id
+// that is not a UUID is echoed only when it is short printable ASCII, and data must be UTF-8
+// JSON no deeper than actors.MaxDepth.
 func (protoCodec) decode(frame []byte) (*actors.Request, *actors.Response) {
 	var (
-		pkgRaw       uint64
-		reqID, data  []byte
-		reqSeen, bad bool
+		pkgRaw                uint64
+		reqID, data           []byte
+		pkgSeen, reqSeen, bad bool
 	)
 	for b := frame; len(b) > 0; {
 		num, typ, n := protowire.ConsumeTag(b)
@@ -163,6 +168,7 @@ func (protoCodec) decode(frame []byte) (*actors.Request, *actors.Response) {
 			switch num {
 			case fieldPkgID:
 				pkgRaw, n = protowire.ConsumeVarint(b)
+				pkgSeen = n >= 0
 			case fieldReqID:
 				reqID, n = protowire.ConsumeBytes(b)
 				reqSeen = n >= 0
@@ -184,27 +190,32 @@ func (protoCodec) decode(frame []byte) (*actors.Request, *actors.Response) {
 		b = b[n:]
 	}
 	pkgID, pkgOK := int32Of(pkgRaw)
-	// A req_id is readable when it is there and UTF-8 (it goes back in a string field).
-	rid, readable := zeroUUID, reqSeen && len(reqID) > 0 && utf8.Valid(reqID)
-	if readable {
-		rid = string(reqID)
+	// What was read of req_id is answered with, as a JSON connection would (zero UUID when
+	// absent or empty, proto3's default).
+	rid, ridOK := zeroUUID, false
+	if reqSeen && len(reqID) > 0 {
+		rid, ridOK = answerReqID(string(reqID))
 	}
 	if bad {
 		// What was read before the damage is echoed, so the client can match the answer.
 		return nil, invalidEnvelope(pkgID, rid, "/", "frame is not a protobuf switchboard.v1.Frame")
 	}
-	if !readable || !isUUID(rid) {
+	if !ridOK {
 		return nil, invalidEnvelope(pkgID, rid, "/req_id", "req_id must be a UUID string")
 	}
-	if !pkgOK {
-		return nil, invalidEnvelope(0, rid, "/pkg_id", "pkg_id must be a 32-bit integer")
+	if !pkgSeen || !pkgOK {
+		return nil, invalidEnvelope(0, rid, "/pkg_id", pkgIDMessage(!pkgSeen))
 	}
 	d := trimJSONSpace(data)
 	switch {
 	case len(d) == 0 || string(d) == "null":
 		d = emptyObject
+	case !utf8.Valid(d):
+		return nil, invalidEnvelope(pkgID, rid, "/data", "data must be UTF-8 JSON text")
 	case d[0] != '{' || !json.Valid(d):
 		return nil, invalidEnvelope(pkgID, rid, "/data", "data must be a JSON object")
+	case actors.DepthExceeds(d, actors.MaxDepth):
+		return nil, invalidEnvelope(pkgID, rid, "/data", actors.DepthMessage)
 	default:
 		d = append(json.RawMessage(nil), d...)
 	}

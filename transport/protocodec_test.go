@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -362,7 +363,8 @@ func TestProtoDecode(t *testing.T) {
 		{"data trimmed", valid().bytes(3, "\n {\"a\":1}\t"), 1, someUUID, `{"a":1}`, ""},
 		{"field order free", raw{}.bytes(3, `{"b":2}`).bytes(2, someUUID).varint(1, 4), 4, someUUID, `{"b":2}`, ""},
 		{"last value wins", valid().varint(1, 5).bytes(3, `{"a":1}`).bytes(3, `{"a":2}`), 5, someUUID, `{"a":2}`, ""},
-		{"pkg_id absent is 0", raw{}.bytes(2, someUUID), 0, someUUID, `{}`, ""},
+		{"pkg_id 0 on the wire", raw{}.varint(1, 0).bytes(2, someUUID), 0, someUUID, `{}`, ""},
+		{"data 32 levels deep", valid().bytes(3, nested(actors.MaxDepth)), 1, someUUID, nested(actors.MaxDepth), ""},
 		{"negative pkg_id", raw{}.varint(1, uint64(1<<64-5)).bytes(2, someUUID), -5, someUUID, `{}`, ""},
 		{"response fields ignored", valid().varint(4, 3).bytes(5, "x").bytes(6, "\xff").bytes(7, "t").varint(8, 9), 1, someUUID, `{}`, ""},
 		{"unknown fields skipped", valid().varint(19, 1).bytes(10, "zz").tag(11, protowire.Fixed32Type).b(1, 2, 3, 4).
@@ -375,12 +377,22 @@ func TestProtoDecode(t *testing.T) {
 		{"missing req_id", raw{}.varint(1, 1), 1, zeroUUID, "", "/req_id"},
 		{"non-uuid req_id is echoed", raw{}.varint(1, 1).bytes(2, "abc"), 1, "abc", "", "/req_id"},
 		{"req_id not UTF-8", raw{}.varint(1, 1).bytes(2, "ab\xff"), 1, zeroUUID, "", "/req_id"},
+		{"req_id of 64 printable characters is echoed", raw{}.varint(1, 1).bytes(2, strings.Repeat("~", 64)), 1, strings.Repeat("~", 64), "", "/req_id"},
+		{"req_id of 65 characters is not", raw{}.varint(1, 1).bytes(2, strings.Repeat("a", 65)), 1, zeroUUID, "", "/req_id"},
+		{"req_id of 60 KB is not", raw{}.varint(1, 1).bytes(2, strings.Repeat("a", 60<<10)), 1, zeroUUID, "", "/req_id"},
+		{"req_id with an ANSI escape is not", raw{}.varint(1, 1).bytes(2, "\x1b[2J"), 1, zeroUUID, "", "/req_id"},
+		{"req_id with NUL is not", raw{}.varint(1, 1).bytes(2, "a\x00"), 1, zeroUUID, "", "/req_id"},
+		{"req_id not ASCII is not", raw{}.varint(1, 1).bytes(2, "é"), 1, zeroUUID, "", "/req_id"},
+		{"pkg_id absent", raw{}.bytes(2, someUUID), 0, someUUID, "", "/pkg_id"},
 		{"pkg_id beyond 32 bits", raw{}.varint(1, 1<<40).bytes(2, someUUID), 0, someUUID, "", "/pkg_id"},
 		{"pkg_id beyond 32 bits, negative", raw{}.varint(1, uint64(1<<64-(1<<40))).bytes(2, someUUID), 0, someUUID, "", "/pkg_id"},
 		{"data a list", valid().bytes(3, `[1]`), 1, someUUID, "", "/data"},
 		{"data a string", valid().bytes(3, `"x"`), 1, someUUID, "", "/data"},
 		{"data not JSON", valid().bytes(3, `{"a":`), 1, someUUID, "", "/data"},
 		{"data with trailing bytes", valid().bytes(3, `{}x`), 1, someUUID, "", "/data"},
+		{"data not UTF-8", valid().bytes(3, "{\"a\":\"\xff\"}"), 1, someUUID, "", "/data"},
+		{"data 33 levels deep", valid().bytes(3, nested(actors.MaxDepth+1)), 1, someUUID, "", "/data"},
+		{"data 10 001 levels deep", valid().bytes(3, nested(10001)), 1, someUUID, "", "/data"},
 
 		{"not protobuf", []byte(`{"pkg_id":1}`), 0, zeroUUID, "", "/"},
 		{"truncated varint", raw{}.b(0x08, 0x80), 0, zeroUUID, "", "/"},
@@ -442,8 +454,10 @@ func TestProtoDecodeCopies(t *testing.T) {
 }
 
 // FuzzProtoDecode: any frame yields exactly one of a request or a refusal, never a panic; a
-// request carries a UUID and a JSON object and agrees with what Google's runtime reads from the
-// same bytes; a refusal encodes to a Frame that runtime accepts, echoing the same req_id.
+// request carries a UUID and a UTF-8 JSON object no deeper than actors.MaxDepth and agrees
+// with what Google's runtime reads from the same bytes; a refusal follows checkRefusal and
+// encodes to a Frame that runtime accepts, echoing the same req_id. Seeds: below and
+// testdata/fuzz/FuzzProtoDecode.
 func FuzzProtoDecode(f *testing.F) {
 	for _, s := range [][]byte{
 		raw{}.varint(1, 1).bytes(2, someUUID).bytes(3, `{"a":[1,2]}`),
@@ -456,12 +470,16 @@ func FuzzProtoDecode(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
+		if len(frame) > 64<<10 {
+			t.Skip("larger than SWITCHBOARD_WS_MAX_MESSAGE_BYTES allows: closed with 1009 before decoding")
+		}
 		req, bad := protoCodec{}.decode(frame)
 		if (req == nil) == (bad == nil) {
 			t.Fatalf("want exactly one of request and refusal: %v %v", req, bad)
 		}
 		if req != nil {
-			if !isUUID(req.ReqID) || !json.Valid(req.Data) || req.Data[0] != '{' {
+			if !isUUID(req.ReqID) || !json.Valid(req.Data) || req.Data[0] != '{' || !utf8.Valid(req.Data) ||
+				actors.DepthExceeds(req.Data, actors.MaxDepth) {
 				t.Fatalf("request %+v data %q", req, req.Data)
 			}
 			if p, err := officialDecode(t, frame); err == nil {
@@ -475,6 +493,7 @@ func FuzzProtoDecode(f *testing.F) {
 			}
 			return
 		}
+		checkRefusal(t, bad)
 		out, err := protoCodec{}.EncodeResponse(bad)
 		if err != nil {
 			t.Fatal(err)

@@ -433,12 +433,12 @@ func (c closeSeen) String() string {
 // Churner actions: what a short-lived connection does before it ends, and so which close the
 // contract prescribes.
 const (
-	actNormal    = "normal"    // requests, then close 1000: the server answers 1000
-	actDrop      = "drop"      // requests, then the TCP connection is dropped: nothing to see
-	actTooBig    = "too-big"   // a frame over the size limit: 1009
-	actBinary    = "binary"    // a binary frame on a JSON connection: 1003
-	actBadUTF8   = "bad-utf8"  // a text frame that is not UTF-8: 1007
-	actExpire    = "expire"    // a token that expires in seconds: 4001 after exp (plus leeway)
+	actNormal    = "normal"     // requests, then close 1000: the server answers 1000
+	actDrop      = "drop"       // requests, then the TCP connection is dropped: nothing to see
+	actTooBig    = "too-big"    // a frame over the size limit: 1009
+	actBinary    = "binary"     // a binary frame on a JSON connection: 1003
+	actBadUTF8   = "bad-utf8"   // a text frame that is not UTF-8: 1007
+	actExpire    = "expire"     // a token that expires in seconds: 4001 after exp (plus leeway)
 	actOverLimit = "over-limit" // one connection more than the per-user limit: 1008
 )
 

@@ -113,6 +113,7 @@ type options struct {
 	keep          bool
 	settleTimeout time.Duration
 	rssSlackMiB   float64
+	heapSlackMiB  float64
 	jwtLeeway     time.Duration
 	connLimit     int
 	maxMsgBytes   int
@@ -228,7 +229,8 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.plot, "plot", "stress.svg", "stress: SVG file for the plot of RSS, goroutines and rates over time (\"\": none)")
 	fs.BoolVar(&o.keep, "keep", false, "stress: keep the temporary directory (server and Redis logs, data)")
 	fs.DurationVar(&o.settleTimeout, "settle-timeout", 30*time.Second, "stress: how long the server may take to come back to its baseline after the run")
-	fs.Float64Var(&o.rssSlackMiB, "rss-slack", 32, "stress: MiB the server's RSS may stay above its baseline after the run (or 25% of it, whichever is more)")
+	fs.Float64Var(&o.rssSlackMiB, "rss-slack", 16, "stress: MiB the server's anonymous RSS may stay above its baseline after the run (or half the baseline, whichever is more)")
+	fs.Float64Var(&o.heapSlackMiB, "heap-slack", 8, "stress: MiB the server's live heap may stay above its baseline after the run (or half the baseline, whichever is more)")
 	fs.DurationVar(&o.jwtLeeway, "jwt-leeway", 10*time.Second, "stress with --url: the server's SWITCHBOARD_JWT_LEEWAY (when 4001 is due)")
 	fs.IntVar(&o.connLimit, "conn-limit", 5, "stress with --url: the server's SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER")
 	fs.IntVar(&o.maxMsgBytes, "max-message-bytes", 65536, "stress with --url: the server's SWITCHBOARD_WS_MAX_MESSAGE_BYTES")

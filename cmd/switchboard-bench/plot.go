@@ -22,10 +22,19 @@ type plotSeries struct {
 	T, V  []float64
 }
 
-// plotPanel is one chart of the stack.
+// plotPanel is one chart of the stack; Refs are horizontal reference lines (a baseline, a
+// bound).
 type plotPanel struct {
 	Title  string
 	Series []plotSeries
+	Refs   []plotRef
+}
+
+// plotRef is a dotted horizontal line at V, labelled at the right end.
+type plotRef struct {
+	V     float64
+	Label string
+	Color string
 }
 
 // plotMark is a vertical line at T across every panel, labelled at the top.
@@ -47,7 +56,7 @@ type plotSpec struct {
 const (
 	plotLeft   = 80 // room for the y tick labels
 	plotRight  = 24
-	plotTop    = 44 // the figure's title
+	plotTop    = 56 // the figure's title
 	plotGap    = 46 // between panels: the panel's title and the x tick labels above it
 	plotBottom = 40 // the last panel's x tick labels and the axis title
 )
@@ -86,7 +95,7 @@ func writeSVG(w io.Writer, spec plotSpec) error {
 	fmt.Fprintf(b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n",
 		spec.Width, height, spec.Width, height)
 	fmt.Fprintf(b, `<rect x="0" y="0" width="%d" height="%d" fill="white"/>`+"\n", spec.Width, height)
-	fmt.Fprintf(b, `<text x="%d" y="22" font-size="15" font-weight="bold">%s</text>`+"\n", plotLeft, esc(spec.Title))
+	fmt.Fprintf(b, `<text x="%d" y="24" font-size="15" font-weight="bold">%s</text>`+"\n", plotLeft, esc(spec.Title))
 
 	for i, p := range spec.Panels {
 		top := float64(plotTop + i*(spec.PanelHeight+plotGap))
@@ -97,6 +106,11 @@ func writeSVG(w io.Writer, spec plotSpec) error {
 				if finite(v) {
 					vMax = math.Max(vMax, v)
 				}
+			}
+		}
+		for _, r := range p.Refs {
+			if finite(r.V) {
+				vMax = math.Max(vMax, r.V)
 			}
 		}
 		yTicks, yMax := niceTicks(vMax, 4)
@@ -125,6 +139,16 @@ func writeSVG(w io.Writer, spec plotSpec) error {
 				b.WriteString(`"/>` + "\n")
 			}
 		}
+		for _, r := range p.Refs {
+			if !finite(r.V) {
+				continue
+			}
+			c := esc(colorOr(r.Color, "#555"))
+			fmt.Fprintf(b, `<line class="ref" x1="%d" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="2,3"/>`+"\n",
+				plotLeft, y(r.V), plotLeft+plotW, y(r.V), c)
+			fmt.Fprintf(b, `<text x="%.1f" y="%.1f" text-anchor="end" font-size="10" fill="%s">%s</text>`+"\n",
+				plotLeft+plotW-4, y(r.V)-3, c, esc(r.Label))
+		}
 		if len(p.Series) > 1 { // a legend, right-aligned above the panel
 			lx := float64(spec.Width - plotRight)
 			for k := len(p.Series) - 1; k >= 0; k-- {
@@ -133,14 +157,15 @@ func writeSVG(w io.Writer, spec plotSpec) error {
 				lx -= float64(8*len(s.Name) + 16)
 			}
 		}
-		for _, m := range spec.Marks {
+		for k, m := range spec.Marks {
 			if !finite(m.T) {
 				continue
 			}
 			fmt.Fprintf(b, `<line class="mark" x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="5,3"/>`+"\n",
 				x(m.T), top, x(m.T), top+h, esc(colorOr(m.Color, "#d62728")))
-			if i == 0 {
-				fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" fill="%s">%s</text>`+"\n", x(m.T)+3, top+12, esc(colorOr(m.Color, "#d62728")), esc(m.Label))
+			if i == 0 { // labels on three rows, so that marks close together stay readable
+				fmt.Fprintf(b, `<text x="%.1f" y="%.1f" font-size="10" fill="%s">%s</text>`+"\n",
+					x(m.T)+3, top+12+float64(k%3)*12, esc(colorOr(m.Color, "#d62728")), esc(m.Label))
 			}
 		}
 		b.WriteString("</g>\n")

@@ -42,7 +42,8 @@ func TestWriteSVG(t *testing.T) {
 		Title: `stress <run> & "quotes"`,
 		Panels: []plotPanel{
 			{Title: "RSS (MiB)", Series: []plotSeries{{Name: "rss", T: []float64{0, 1, 2, 3}, V: []float64{30, 32, 31, 30}}}},
-			{Title: "goroutines", Series: []plotSeries{{Name: "g", T: []float64{0, 1, 2, 3}, V: []float64{40, nan, 90, 41}}}},
+			{Title: "goroutines", Series: []plotSeries{{Name: "g", T: []float64{0, 1, 2, 3}, V: []float64{40, nan, 90, 41}}},
+				Refs: []plotRef{{V: 40, Label: "baseline"}, {V: 62, Label: "bound"}, {V: nan, Label: "skipped"}}},
 			{Title: "deliveries/s", Series: []plotSeries{
 				{Name: "delivered", Color: "#2ca02c", T: []float64{0, 1, 2, 3}, V: []float64{0, 900, 0, 1200}},
 				{Name: "requests", Color: "#9467bd", T: []float64{0, 1, 2, 3}, V: []float64{0, 50, 40, 45}},
@@ -65,6 +66,9 @@ func TestWriteSVG(t *testing.T) {
 	marks := strings.Count(buf.String(), `class="mark"`)
 	if marks != 6 { // two marks across three panels
 		t.Fatalf("%d mark lines, want 6", marks)
+	}
+	if refs := strings.Count(buf.String(), `class="ref"`); refs != 2 {
+		t.Fatalf("%d reference lines, want 2", refs)
 	}
 	for _, want := range []string{"stress &lt;run&gt; &amp;", "redis back &lt;empty&gt;", "seconds from the start"} {
 		if !strings.Contains(buf.String(), want) {

@@ -421,6 +421,9 @@ type closeSeen struct {
 }
 
 func (c closeSeen) String() string {
+	if c.code == 0 && c.at.IsZero() {
+		return "stayed open"
+	}
 	if c.code == 0 {
 		return "no close frame"
 	}

@@ -214,8 +214,13 @@ func printStressReport(rep *reporter, r *stressReport) {
 	w = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "server\tbaseline\tpeak\tafter the run\tbound\t")
 	fmt.Fprintf(w, "goroutines\t%.0f\t%.0f\t%.0f\t%.0f\t\n", r.Baseline.Goroutines, r.Peak.Goroutines, r.End.Goroutines, r.Bounds.Goroutines)
-	fmt.Fprintf(w, "RSS MiB\t%.1f\t%.1f\t%.1f\t%.1f\t\n", r.Baseline.RSSMiB, r.Peak.RSSMiB, r.End.RSSMiB, r.Bounds.RSSMiB)
-	fmt.Fprintf(w, "heap MiB\t%.1f\t%.1f\t%.1f\t\t\n", r.Baseline.HeapMiB, r.Peak.HeapMiB, r.End.HeapMiB)
+	fmt.Fprintf(w, "RSS MiB (not judged)\t%.1f\t%.1f\t%.1f\t\t\n", r.Baseline.RSSMiB, r.Peak.RSSMiB, r.End.RSSMiB)
+	fmt.Fprintf(w, "anonymous RSS MiB\t%.1f\t%.1f\t%.1f\t%.1f\t\n", r.Baseline.AnonMiB, r.Peak.AnonMiB, r.End.AnonMiB, r.Bounds.AnonMiB)
+	heapBound := "not judged"
+	if r.Bounds.HeapMiB > 0 {
+		heapBound = fmt.Sprintf("%.1f", r.Bounds.HeapMiB)
+	}
+	fmt.Fprintf(w, "live heap MiB\t%.1f\t%.1f\t%.1f\t%s\t\n", r.Baseline.HeapMiB, r.Peak.HeapMiB, r.End.HeapMiB, heapBound)
 	_ = w.Flush()
 	back := "back within the bounds"
 	if !r.MemOK {
@@ -223,7 +228,7 @@ func printStressReport(rep *reporter, r *stressReport) {
 	}
 	gc := ""
 	if r.End.GCForced {
-		gc = ", measured right after a forced GC"
+		gc = ", measured right after forced collections"
 	}
 	fmt.Fprintf(out, "%s %.1fs after the last client closed%s\n", back, r.SettledSeconds, gc)
 	if r.Plot != "" {
@@ -233,12 +238,13 @@ func printStressReport(rep *reporter, r *stressReport) {
 
 // stressPlotSpec is the run's figure: RSS (and heap), goroutines, and the delivery and
 // request rates over time, with the faults marked.
-func stressPlotSpec(run string, o *options, samples []stressSample, faults []fault, start time.Time) plotSpec {
+func stressPlotSpec(run string, o *options, samples []stressSample, faults []fault, start time.Time, base memPoint, b memBounds) plotSpec {
 	n := len(samples)
 	t := make([]float64, n)
-	rss, heap, gor, del, req := make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
+	rss, anon, heap, gor := make([]float64, n), make([]float64, n), make([]float64, n), make([]float64, n)
+	del, req := make([]float64, n), make([]float64, n)
 	for i, s := range samples {
-		t[i], rss[i], heap[i], gor[i], del[i], req[i] = s.T, s.RSSMiB, s.HeapMiB, s.Goroutines, s.DeliveredPS, s.RequestsPS
+		t[i], rss[i], anon[i], heap[i], gor[i], del[i], req[i] = s.T, s.RSSMiB, s.AnonMiB, s.HeapMiB, s.Goroutines, s.DeliveredPS, s.RequestsPS
 	}
 	spec := plotSpec{
 		Title: fmt.Sprintf("switchboard-bench stress %s: %d subscribers, %d churners, %d rpc clients, %g broadcasts/s",
@@ -246,8 +252,11 @@ func stressPlotSpec(run string, o *options, samples []stressSample, faults []fau
 		Panels: []plotPanel{
 			{Title: "server memory (MiB)", Series: []plotSeries{
 				{Name: "RSS", Color: "#1f77b4", T: t, V: rss},
-				{Name: "heap allocated", Color: "#aec7e8", T: t, V: heap}}},
-			{Title: "server goroutines", Series: []plotSeries{{Name: "goroutines", Color: "#ff7f0e", T: t, V: gor}}},
+				{Name: "anonymous RSS", Color: "#17becf", T: t, V: anon},
+				{Name: "heap allocated", Color: "#aec7e8", T: t, V: heap}},
+				Refs: []plotRef{{V: base.AnonMiB, Label: "anonymous RSS baseline"}, {V: b.AnonMiB, Label: "anonymous RSS bound after the run", Color: "#d62728"}}},
+			{Title: "server goroutines", Series: []plotSeries{{Name: "goroutines", Color: "#ff7f0e", T: t, V: gor}},
+				Refs: []plotRef{{V: base.Goroutines, Label: "baseline"}, {V: b.Goroutines, Label: "bound after the run", Color: "#d62728"}}},
 			{Title: "per second", Series: []plotSeries{
 				{Name: "deliveries", Color: "#2ca02c", T: t, V: del},
 				{Name: "answers", Color: "#9467bd", T: t, V: req}}},

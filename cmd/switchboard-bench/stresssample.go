@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -116,6 +117,7 @@ func (l *eventLog) between(from, to time.Time) map[string]int {
 type stressSample struct {
 	T           float64 `json:"t"` // seconds since the start
 	RSSMiB      float64 `json:"rss_mib"`
+	AnonMiB     float64 `json:"rss_anon_mib"`
 	HeapMiB     float64 `json:"heap_mib"`
 	Goroutines  float64 `json:"goroutines"`
 	DeliveredPS float64 `json:"delivered_per_s"`
@@ -129,6 +131,7 @@ type stressSample struct {
 type memPoint struct {
 	Goroutines float64 `json:"goroutines"`
 	RSSMiB     float64 `json:"rss_mib"`
+	AnonMiB    float64 `json:"rss_anon_mib"`   // anonymous RSS: heap, stacks, runtime; not the binary's pages
 	HeapMiB    float64 `json:"heap_alloc_mib"` // live heap when taken right after a collection
 	GCForced   bool    `json:"gc_forced"`
 }
@@ -186,11 +189,12 @@ func (p *probe) forceGC(ctx context.Context) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
-// mem reads goroutines, RSS and heap, after a forced collection when gc is set and possible.
+// mem reads goroutines, RSS and heap, after forced collections when gc is set and possible
+// (two: the second also empties what sync.Pools kept through the first).
 func (p *probe) mem(ctx context.Context, gc bool) (memPoint, []byte, error) {
 	var m memPoint
 	if gc {
-		m.GCForced = p.forceGC(ctx)
+		m.GCForced = p.forceGC(ctx) && p.forceGC(ctx)
 	}
 	text, err := p.metrics(ctx)
 	if err != nil {
@@ -204,15 +208,39 @@ func (p *probe) mem(ctx context.Context, gc bool) (memPoint, []byte, error) {
 	h, _ := metricValue(text, "go_memstats_heap_alloc_bytes")
 	m.HeapMiB = h / (1 << 20)
 	if p.pid > 0 {
-		rss, err := procRSS(p.pid)
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
 		if err != nil {
 			return m, text, err
 		}
-		m.RSSMiB = float64(rss) / (1 << 20)
-	} else if v, ok := metricValue(text, "process_resident_memory_bytes"); ok {
-		m.RSSMiB = v / (1 << 20)
+		rss, ok1 := statusKB(b, "VmRSS:")
+		anon, ok2 := statusKB(b, "RssAnon:")
+		if !ok1 || !ok2 {
+			return m, text, fmt.Errorf("no VmRSS or RssAnon in /proc/%d/status", p.pid)
+		}
+		m.RSSMiB, m.AnonMiB = float64(rss)/1024, float64(anon)/1024
+	} else {
+		v, _ := metricValue(text, "process_resident_memory_bytes")
+		a, _ := metricValue(text, "process_resident_memory_anon_bytes")
+		m.RSSMiB, m.AnonMiB = v/(1<<20), a/(1<<20)
 	}
 	return m, text, nil
+}
+
+// statusKB reads a "Field:  123 kB" line of /proc/<pid>/status.
+func statusKB(status []byte, field string) (int64, bool) {
+	for line := range bytes.SplitSeq(status, []byte("\n")) {
+		rest, ok := bytes.CutPrefix(line, []byte(field))
+		if !ok {
+			continue
+		}
+		f := strings.Fields(string(rest))
+		if len(f) < 1 {
+			return 0, false
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		return kb, err == nil
+	}
+	return 0, false
 }
 
 // metricSeries returns every sample of the metric name (labelled or not) in Prometheus text,
@@ -302,10 +330,10 @@ func (s *sampler) run(ctx context.Context, rep *reporter) {
 		lastT, lastDel, lastAns = now, del, ans
 		m, text, err := s.p.mem(ctx, false)
 		if err == nil {
-			smp.RSSMiB, smp.HeapMiB, smp.Goroutines = m.RSSMiB, m.HeapMiB, m.Goroutines
+			smp.RSSMiB, smp.AnonMiB, smp.HeapMiB, smp.Goroutines = m.RSSMiB, m.AnonMiB, m.HeapMiB, m.Goroutines
 			smp.ServerConns, _ = metricValue(text, "ws_connections_active")
 		} else {
-			smp.RSSMiB, smp.HeapMiB, smp.Goroutines, smp.ServerConns = math.NaN(), math.NaN(), math.NaN(), math.NaN()
+			smp.RSSMiB, smp.AnonMiB, smp.HeapMiB, smp.Goroutines, smp.ServerConns = math.NaN(), math.NaN(), math.NaN(), math.NaN(), math.NaN()
 		}
 		if !reportedDeath && s.died != nil && s.died() {
 			reportedDeath = true
@@ -333,6 +361,9 @@ func peak(samples []stressSample) memPoint {
 		}
 		if finite(s.HeapMiB) {
 			m.HeapMiB = max(m.HeapMiB, s.HeapMiB)
+		}
+		if finite(s.AnonMiB) {
+			m.AnonMiB = max(m.AnonMiB, s.AnonMiB)
 		}
 	}
 	return m

@@ -91,7 +91,7 @@ func TestStressFlags(t *testing.T) {
 		t.Fatalf("defaults: %+v", o)
 	}
 	bad := []func(o *options){
-		func(o *options) { o.killAt = durationList{58 * time.Second} },                  // not back before the end
+		func(o *options) { o.killAt = durationList{58 * time.Second} },                   // not back before the end
 		func(o *options) { o.killAt = durationList{20 * time.Second, 21 * time.Second} }, // overlapping kills
 		func(o *options) { o.topicsPerSub = 7 },
 		func(o *options) { o.dsn = "postgres://db.example.com/x" },

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -131,10 +132,7 @@ func authMint(user, clientID string, ttl time.Duration, roles ...string) auth.Mi
 func runStress(ctx context.Context, o *options, rep *reporter) error {
 	env, err := setupStressEnv(ctx, o, rep)
 	if err != nil {
-		if env != nil {
-			env.close(rep)
-		}
-		return err
+		return err // setupStressEnv stopped what it had started
 	}
 	defer env.close(rep)
 	mo := *o
@@ -387,17 +385,25 @@ func (b memBounds) holds(m memPoint) bool {
 	return m.Goroutines <= b.Goroutines && m.AnonMiB <= b.AnonMiB && (b.HeapMiB == 0 || m.HeapMiB <= b.HeapMiB)
 }
 
-// settle polls the server (forcing a collection each time when it can) until goroutines and
-// RSS are within their bounds, or --settle-timeout passes.
+// settle polls the server once a second, forcing collections each time when it can, until its
+// figures have settled — goroutines unchanged and anonymous RSS within 0.5 MiB over three
+// readings — within their bounds, or --settle-timeout passes; it judges the last reading. A
+// reading taken right after the last client closed is a transient: the runtime is still giving
+// back what the connections held.
 func settle(ctx context.Context, p *probe, base memPoint, o *options) (memPoint, time.Duration, bool, memBounds) {
 	b := boundsFor(base, o)
 	start := time.Now()
 	var last memPoint
+	have, stable := false, 0
 	for i := 0; i < 10_000 && ctx.Err() == nil; i++ {
-		m, _, err := p.mem(ctx, true)
-		if err == nil {
-			last = m
-			if b.holds(m) {
+		if m, _, err := p.mem(ctx, true); err == nil {
+			if have && m.Goroutines == last.Goroutines && math.Abs(m.AnonMiB-last.AnonMiB) < 0.5 {
+				stable++
+			} else {
+				stable = 0
+			}
+			last, have = m, true
+			if stable >= 2 && b.holds(m) {
 				return m, time.Since(start), true, b
 			}
 		}
@@ -406,7 +412,7 @@ func settle(ctx context.Context, p *probe, base memPoint, o *options) (memPoint,
 		}
 		sleepCtx(ctx, time.Second)
 	}
-	return last, time.Since(start), false, b
+	return last, time.Since(start), have && b.holds(last), b
 }
 
 // runFaults injects the planned Redis faults at their times from the start of the run.

@@ -55,8 +55,6 @@ type sconn struct {
 	onFrame func(*envelope)
 	closed  chan struct{}
 	seen    closeSeen // written once before closed is closed
-	opened  time.Time
-	counted atomic.Bool
 }
 
 // dialStress opens one connection for who with token; onFrame receives every decoded frame.
@@ -71,7 +69,7 @@ func dialStress(st *stressState, who, token string, onFrame func(*envelope)) (*s
 		st.dialErrs.add(classify(err))
 		return nil, err
 	}
-	s.c, s.opened = c, time.Now()
+	s.c = c
 	return s, nil
 }
 

@@ -230,7 +230,7 @@ func printStressReport(rep *reporter, r *stressReport) {
 	if r.End.GCForced {
 		gc = ", measured right after forced collections"
 	}
-	fmt.Fprintf(out, "%s %.1fs after the last client closed%s\n", back, r.SettledSeconds, gc)
+	fmt.Fprintf(out, "%s, settled %.1fs after the last client closed%s\n", back, r.SettledSeconds, gc)
 	if r.Plot != "" {
 		fmt.Fprintf(out, "plot: %s\n", r.Plot)
 	}

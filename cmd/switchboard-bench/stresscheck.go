@@ -340,7 +340,7 @@ func (r *rpcAnswerCheck) answer(f rpcFrame) (rpcPending, bool) {
 		}
 	}
 	if idx < 0 {
-		r.v.add(vAnswerUnknown, "%s: req_id %s pkg %d status %d", r.who, f.reqID, f.pkgID, f.status)
+		r.v.add(vAnswerUnknown, "%s: req_id %q pkg %d status %d", r.who, f.reqID, f.pkgID, f.status)
 		return rpcPending{}, false
 	}
 	p := r.pending[idx]

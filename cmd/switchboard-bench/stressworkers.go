@@ -123,7 +123,7 @@ func (s *stressSubscriber) onFrame(e *envelope) {
 		s.st.answers.Add(1)
 		topic, ok := s.pend[e.ReqID]
 		if !ok {
-			s.st.v.add(vAnswerUnknown, "%s: req_id %s pkg %d", s.who, e.ReqID, e.PkgID)
+			s.st.v.add(vAnswerUnknown, "%s: req_id %q pkg %d", s.who, e.ReqID, e.PkgID)
 			return
 		}
 		delete(s.pend, e.ReqID)

@@ -266,7 +266,7 @@ func runStress(ctx context.Context, o *options, rep *reporter) error {
 		tot.gaps, tot.dups = tot.gaps+s.chk.gaps, tot.dups+s.chk.dups
 		s.mu.Unlock()
 	}
-	r := buildStressReport(o, st, env, tot, base, end, peak(samples), settledIn, memOK, bounds, tailNotes, serverCloses)
+	r := buildStressReport(o, st, env, tot, base, end, peak(samples), settledIn, memOK, bounds, tailNotes, final, serverCloses)
 	if o.plot != "" {
 		spec := stressPlotSpec(run, o, samples, st.faults.snapshot(), st.start, base, bounds)
 		if err := writePlotFile(o.plot, spec); err != nil {

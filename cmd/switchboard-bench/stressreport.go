@@ -38,10 +38,11 @@ type stressReport struct {
 	ServerCloses map[string]float64 `json:"server_closes,omitempty"` // ws_closes_total over the run
 	Told         map[string]int     `json:"told,omitempty"`
 
-	ViolationsTotal int64           `json:"violations_total"`
-	Violations      []violationKind `json:"violations,omitempty"`
-	Faults          []faultReport   `json:"faults,omitempty"`
-	TailNotes       []string        `json:"tail_notes,omitempty"`
+	ViolationsTotal int64                    `json:"violations_total"`
+	Violations      []violationKind          `json:"violations,omitempty"`
+	Faults          []faultReport            `json:"faults,omitempty"`
+	TailNotes       []string                 `json:"tail_notes,omitempty"`
+	TopicEnds       map[string]topicPosition `json:"topic_ends,omitempty"` // each topic's last seq and epoch
 
 	Baseline       memPoint  `json:"baseline"`
 	Peak           memPoint  `json:"peak"`
@@ -69,7 +70,7 @@ const faultSeenFor = 10 * time.Second
 type subTotals struct{ gaps, dups int64 }
 
 func buildStressReport(o *options, st *stressState, env *stressEnv, tot subTotals, base, end, pk memPoint, settled time.Duration,
-	memOK bool, b memBounds, tailNotes []string, serverCloses map[string]float64) *stressReport {
+	memOK bool, b memBounds, tailNotes []string, ends map[string]topicPosition, serverCloses map[string]float64) *stressReport {
 	mode := "self-contained"
 	if o.external {
 		mode = "external"
@@ -81,7 +82,7 @@ func buildStressReport(o *options, st *stressState, env *stressEnv, tot subTotal
 		Gaps: tot.gaps, Dups: tot.dups, Answers: st.answers.Load(),
 		Connects: st.dials.Load(), ConnectFailed: st.dialFails.Load(), ConnectErrors: st.dialErrs.snapshot(),
 		Closes: st.closes.snapshot(), ServerCloses: serverCloses, Told: st.told.snapshot(),
-		ViolationsTotal: st.v.total.Load(), Violations: st.v.snapshot(), TailNotes: tailNotes,
+		ViolationsTotal: st.v.total.Load(), Violations: st.v.snapshot(), TailNotes: tailNotes, TopicEnds: ends,
 		Baseline: base, Peak: pk, End: end, Bounds: b, SettledSeconds: settled.Seconds(), MemOK: memOK}
 	for _, f := range st.faults.snapshot() {
 		fr := faultReport{Kind: f.Kind, AtS: f.At.Sub(st.start).Seconds(), Err: f.Err}
@@ -208,6 +209,14 @@ func printStressReport(rep *reporter, r *stressReport) {
 	}
 	for _, n := range r.TailNotes {
 		fmt.Fprintf(out, "  note: %s\n", n)
+	}
+	var ends []string
+	for _, t := range sortedKeys(r.TopicEnds) {
+		e := r.TopicEnds[t]
+		ends = append(ends, fmt.Sprintf("%s seq %d epoch %q", t[strings.LastIndexByte(t, '.')+1:], e.Seq, e.Epoch))
+	}
+	if len(ends) > 0 {
+		fmt.Fprintf(out, "topic ends (last seq and epoch, read by a fresh SUBSCRIBE): %s\n", strings.Join(ends, ", "))
 	}
 
 	fmt.Fprintln(out)

@@ -26,6 +26,15 @@ var (
 	serverBinErr  error
 )
 
+// TestMain removes the server binary stressServerBin built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if serverBinPath != "" {
+		_ = os.RemoveAll(filepath.Dir(serverBinPath))
+	}
+	os.Exit(code)
+}
+
 // stressServerBin builds cmd/switchboard once for the tests of this package.
 func stressServerBin(t *testing.T) string {
 	t.Helper()

@@ -22,6 +22,7 @@ import (
 
 var (
 	serverBinOnce sync.Once
+	serverBinDir  string
 	serverBinPath string
 	serverBinErr  error
 )
@@ -29,8 +30,8 @@ var (
 // TestMain removes the server binary stressServerBin built.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if serverBinPath != "" {
-		_ = os.RemoveAll(filepath.Dir(serverBinPath))
+	if serverBinDir != "" {
+		_ = os.RemoveAll(serverBinDir)
 	}
 	os.Exit(code)
 }
@@ -48,12 +49,10 @@ func stressServerBin(t *testing.T) string {
 		t.Skip("-short: the stress scenario test builds and runs the server")
 	}
 	serverBinOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "switchboard-stress-test-")
-		if err != nil {
-			serverBinErr = err
-			return
+		serverBinDir, serverBinErr = os.MkdirTemp("", "switchboard-stress-test-")
+		if serverBinErr == nil {
+			serverBinPath, serverBinErr = buildServer(context.Background(), serverBinDir)
 		}
-		serverBinPath, serverBinErr = buildServer(context.Background(), dir)
 	})
 	if serverBinErr != nil {
 		t.Fatal(serverBinErr)

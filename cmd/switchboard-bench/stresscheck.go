@@ -473,14 +473,15 @@ func closeVerdict(action string, got closeSeen, subscribed, faulted bool, exp ti
 	if !ok {
 		return "", ""
 	}
+	wanted := closeSeen{code: want.code, reason: want.reason, at: time.Unix(1, 0)}
 	if action == actOverLimit && got.at.IsZero() {
 		if faulted {
 			return "", ""
 		}
-		return vCloseCode, fmt.Sprintf("%s: want %d %s, the connection stayed open", action, want.code, want.reason)
+		return vCloseCode, fmt.Sprintf("%s: want %s, the connection stayed open", action, wanted)
 	}
 	if got.code != want.code || want.reason != "" && got.reason != want.reason {
-		return vCloseCode, fmt.Sprintf("%s: want %d %s, got %s", action, want.code, want.reason, got)
+		return vCloseCode, fmt.Sprintf("%s: want %s, got %s", action, wanted, got)
 	}
 	if action == actExpire {
 		switch {

@@ -1,12 +1,14 @@
 // Command switchboard-bench is Switchboard's load tool: it opens real WebSocket
 // connections to a server on 127.0.0.1 and measures connection setup, broadcast fan-out and
-// request/response, comparing fan-out with a naive gws broadcaster built into the tool.
+// request/response, comparing fan-out with a naive gws broadcaster built into the tool; stress
+// runs a mixed load with Redis faults and checks the wire contract's invariants as it goes.
 //
 //	switchboard-bench connect  --n 10000 --c 64 --server-pid PID
 //	switchboard-bench fanout   --n 10000 --messages 300 --size 100 [--rate 5] [--compare=false]
 //	switchboard-bench fanout   --n 1000 --messages 2000 --size 2000 --rate 200 --slow 10
 //	switchboard-bench baseline --n 10000 --messages 300 --size 100
 //	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
+//	switchboard-bench stress   --duration 60s --kill-redis-at 20s,40s --redis-down 3s --plot stress.svg
 //
 // Progress goes to stderr, one JSON line per result to stdout, and a table at the end. Every
 // loop is bounded by a count and by --duration/--timeout; the tool only talks to loopback.
@@ -39,6 +41,22 @@ Scenarios:
   baseline   the fanout run against the built-in naive gws broadcaster only
   rpc        --n clients in a closed loop: GET_AUTHORS and CREATE_AUTHOR over WebSocket and
              GET/POST /authors over HTTP; with --direct-dsn, the same Bun query called directly
+  stress     a bounded mixed run that checks invariants as it goes; exits non-zero on a violation.
+             Self-contained by default: starts a private redis-server (--redis-port, else a free
+             port) and a server (--server-bin, else go build) with a temporary data directory,
+             SQLite (or --dsn), a unique SWITCHBOARD_REDIS_PREFIX, and stops both at the end.
+             --n subscribers hold --topics-per-sub of --topics dashboards.* topics, reconnect and
+             resubscribe with since+epoch; each topic message must come exactly once and in order
+             (seq = last+1 in one epoch) unless the server said so (recovered:false, 1013).
+             --churners connect, request and end in every way the contract names a close code
+             for (1000, 1009, 1003, 1007, 4001, 1008); --rpc-clients pipeline CREATE/GET/DELETE/
+             SUBSCRIBE/UNSUBSCRIBE and check answers come in request order; --producers POST
+             --rate broadcasts/s (--all-ratio of them to everyone). --kill-redis-at 20s,40s
+             kills -9 the private Redis and restarts it empty after --redis-down; --flush-redis-at
+             flushes it. At the end every subscriber must reach each topic's last message, and
+             the server's goroutines and RSS must come back near their baseline (within
+             --settle-timeout). Report: tables, a JSON line, and an SVG plot (--plot).
+             --url runs against a server someone else started (then no Redis faults).
 
 The server must accept the load: start it with raised per-user limits, e.g.
   SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=100000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=1000000 \
@@ -75,6 +93,30 @@ type options struct {
 	maxSamples int
 	slow       int
 	nofile     uint64
+
+	// stress
+	external      bool // --url was given: a server the tool did not start
+	topics        int
+	topicsPerSub  int
+	churners      int
+	rpcClients    int
+	rpcRate       float64
+	allRatio      float64
+	killAt        durationList
+	flushAt       durationList
+	redisDown     time.Duration
+	redisPort     int
+	redisBin      string
+	serverBin     string
+	dsn           string
+	plot          string
+	keep          bool
+	settleTimeout time.Duration
+	rssSlackMiB   float64
+	heapSlackMiB  float64
+	jwtLeeway     time.Duration
+	connLimit     int
+	maxMsgBytes   int
 }
 
 func main() {
@@ -97,6 +139,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags(o, stderr)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if o.scenario == "stress" {
+		if err := o.stressDefaults(set); err != nil {
+			return err
+		}
 	}
 	if o.scenario == "baseline-serve" { // the child process of --pin; not for users
 		return serveBaselineChild(ctx, o, stdout)
@@ -123,6 +175,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		err = runFanout(ctx, o, rep, false, true)
 	case "rpc":
 		err = runRPC(ctx, o, rep)
+	case "stress":
+		err = runStress(ctx, o, rep)
 	default:
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -159,6 +213,27 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
 	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
+	fs.IntVar(&o.topics, "topics", 6, "stress: dashboards.* topics")
+	fs.IntVar(&o.topicsPerSub, "topics-per-sub", 3, "stress: topics each subscriber holds")
+	fs.IntVar(&o.churners, "churners", 6, "stress: workers opening short-lived connections")
+	fs.IntVar(&o.rpcClients, "rpc-clients", 4, "stress: request/response connections")
+	fs.Float64Var(&o.rpcRate, "rpc-rate", 20, "stress: requests per second of each rpc client")
+	fs.Float64Var(&o.allRatio, "all-ratio", 0.1, "stress: share of the broadcasts sent to everyone instead of a topic")
+	fs.Var(&o.killAt, "kill-redis-at", "stress: times from the start to kill -9 the private redis-server (list or repeated: 20s,40s)")
+	fs.Var(&o.flushAt, "flush-redis-at", "stress: times from the start to FLUSHALL the private redis-server")
+	fs.DurationVar(&o.redisDown, "redis-down", 3*time.Second, "stress: how long Redis stays down after each kill")
+	fs.IntVar(&o.redisPort, "redis-port", 0, "stress: port of the private redis-server (0: a free one)")
+	fs.StringVar(&o.redisBin, "redis-bin", "redis-server", "stress: the redis-server binary")
+	fs.StringVar(&o.serverBin, "server-bin", "", "stress: the switchboard binary to start (default: go build it into a temporary directory)")
+	fs.StringVar(&o.dsn, "dsn", "", "stress: SWITCHBOARD_DATABASE_URL of the started server (default: SQLite in its temporary data directory)")
+	fs.StringVar(&o.plot, "plot", "stress.svg", "stress: SVG file for the plot of RSS, goroutines and rates over time (\"\": none)")
+	fs.BoolVar(&o.keep, "keep", false, "stress: keep the temporary directory (server and Redis logs, data)")
+	fs.DurationVar(&o.settleTimeout, "settle-timeout", 30*time.Second, "stress: how long the server may take to come back to its baseline after the run")
+	fs.Float64Var(&o.rssSlackMiB, "rss-slack", 16, "stress: MiB the server's anonymous RSS may stay above its baseline after the run (or half the baseline, whichever is more)")
+	fs.Float64Var(&o.heapSlackMiB, "heap-slack", 8, "stress: MiB the server's live heap may stay above its baseline after the run (or half the baseline, whichever is more)")
+	fs.DurationVar(&o.jwtLeeway, "jwt-leeway", 10*time.Second, "stress with --url: the server's SWITCHBOARD_JWT_LEEWAY (when 4001 is due)")
+	fs.IntVar(&o.connLimit, "conn-limit", 5, "stress with --url: the server's SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER")
+	fs.IntVar(&o.maxMsgBytes, "max-message-bytes", 65536, "stress with --url: the server's SWITCHBOARD_WS_MAX_MESSAGE_BYTES")
 	return fs
 }
 

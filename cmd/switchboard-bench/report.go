@@ -14,7 +14,7 @@ import (
 
 // result is one measured figure set; it becomes one JSON line and one table row.
 type result struct {
-	Scenario string `json:"scenario"`          // connect | fanout | rpc
+	Scenario string `json:"scenario"`          // connect | fanout | rpc | stress
 	Target   string `json:"target"`            // switchboard | baseline | direct
 	Mode     string `json:"mode,omitempty"`    // asap | rate | ws GET_AUTHORS | http GET /authors | …
 	Time     string `json:"time"`              // RFC 3339, end of the run
@@ -66,6 +66,8 @@ type result struct {
 
 	Errors map[string]int `json:"errors,omitempty"`
 	Notes  []string       `json:"notes,omitempty"`
+
+	Stress *stressReport `json:"stress,omitempty"` // the stress scenario's findings
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -92,7 +92,7 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 		PanicHandler: s.panicked,
 		// gws's close frames leave through the connection's writer, never straight to the
 		// socket, so they cannot land inside a frame the writer has started.
-		CloseWriter: func(socket *gws.Conn, payload []byte) { conn(socket).closeFromGWS(payload) },
+		CloseWriter: func(socket *gws.Conn, payload []byte, cause error) { conn(socket).closeFromGWS(payload, cause) },
 		NewSession:  func() gws.SessionStorage { return &connSession{} },
 	}
 }

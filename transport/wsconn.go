@@ -13,6 +13,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/lxzan/gws"
 
 	"switchboard/actors"
 	"switchboard/hub"
@@ -303,13 +304,19 @@ func (c *wsConn) Close(code uint16, reason string) {
 }
 
 // closeFromGWS is gws's CloseWriter: the read side answers a peer's close, or fails the
-// connection (protocol error 1002, invalid UTF-8 1007, message too big 1009, a panic 1011,
-// read error or timeout). The close frame goes out through this writer, after the rest of a
-// frame already started; queued frames are dropped.
-func (c *wsConn) closeFromGWS(payload []byte) {
+// connection (protocol error 1002, invalid UTF-8 1007, message too big 1009, a panic 1011).
+// The close frame goes out through this writer, after the rest of a frame already started;
+// queued frames are dropped. A read that ended without a close frame (the peer went away, or
+// stayed silent past the keepalive) gets none either: the socket is dropped (1006).
+func (c *wsConn) closeFromGWS(payload []byte, cause error) {
 	code := uint16(0)
 	if len(payload) >= 2 {
 		code = binary.BigEndian.Uint16(payload)
+	}
+	var peer *gws.CloseError
+	if code == CloseNormal && !errors.As(cause, &peer) {
+		c.fail()
+		return
 	}
 	c.mu.Lock()
 	if c.closing {

@@ -3,6 +3,7 @@ package transport
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+	"github.com/lxzan/gws"
 )
 
 // The writer's state machine against a real TCP socket pair with small buffers, so that
@@ -167,7 +169,7 @@ func TestWriterCloseKeepsRestOfStartedFrame(t *testing.T) {
 	p.c.queued -= n
 	// gws's read side fails the connection now (say, a protocol error) before the drain runs.
 	p.c.mu.Unlock()
-	p.c.closeFromGWS(binary.BigEndian.AppendUint16(nil, CloseProtocolError))
+	p.c.closeFromGWS(binary.BigEndian.AppendUint16(nil, CloseProtocolError), errors.New("protocol error"))
 	p.c.mu.Lock()
 	p.c.startDrainLocked()
 	got := p.readAll(t)
@@ -275,7 +277,7 @@ func TestWriterCutWithoutAnotherByteWhenFrameCannotFinish(t *testing.T) {
 // gws answers a peer's close (no status) through the writer: an empty close frame.
 func TestWriterAnswersPeerCloseWithoutStatus(t *testing.T) {
 	p := newWriterPair(t, 64<<10, 10*time.Second)
-	p.c.closeFromGWS(nil)
+	p.c.closeFromGWS(nil, &gws.CloseError{})
 	if got := p.readAll(t); !bytes.Equal(got, []byte{0x88, 0x00}) {
 		t.Fatalf("peer read % x", got)
 	}
@@ -305,4 +307,20 @@ func firstDiff(a, b []byte) int {
 		}
 	}
 	return min(len(a), len(b))
+}
+
+// A read that ended without a close frame (the peer went away or stayed silent) gets none
+// either: the socket is dropped and the close counts as 1006.
+func TestWriterPeerGoneGetsNoCloseFrame(t *testing.T) {
+	p := newWriterPair(t, 64<<10, 10*time.Second)
+	p.c.closeFromGWS(binary.BigEndian.AppendUint16(nil, CloseNormal), io.EOF)
+	if got := p.readAll(t); len(got) != 0 {
+		t.Fatalf("peer read % x", got)
+	}
+	p.c.mu.Lock()
+	code := p.c.sentCode
+	p.c.mu.Unlock()
+	if code != 1006 {
+		t.Fatalf("sent code %d, want 1006", code)
+	}
 }

@@ -154,10 +154,11 @@ type (
 
 		// CloseWriter, when set, takes over every close frame the connection would write
 		// (the answer to a peer's close, protocol and read errors, WriteClose): it is called
-		// with the close payload (status code and reason) instead of gws writing to the
-		// net.Conn and closing it. It must send the frame through its owner's writer, after
-		// any frame already started, and close the net.Conn afterwards. (Patched in.)
-		CloseWriter func(socket *Conn, payload []byte)
+		// with the close payload (status code and reason) and its cause (a *CloseError for a
+		// peer's close, the read error, or the status) instead of gws writing to the net.Conn
+		// and closing it. It must send the frame through its owner's writer, after any frame
+		// already started, and close the net.Conn afterwards. (Patched in.)
+		CloseWriter func(socket *Conn, payload []byte, cause error)
 
 		// PanicHandler is told of a panic recovered in the connection's read loop (frame
 		// parsing or an event callback); the connection is then closed with 1011. nil: the
@@ -238,7 +239,7 @@ type (
 		NewSession func() SessionStorage
 
 		// CloseWriter: see Config.CloseWriter. (Patched in.)
-		CloseWriter func(socket *Conn, payload []byte)
+		CloseWriter func(socket *Conn, payload []byte, cause error)
 
 		// PanicHandler: see Config.PanicHandler. (Patched in.)
 		PanicHandler func(socket *Conn, v any)

@@ -35,7 +35,7 @@ func (c *Conn) writeClose(ev error, reason []byte) error {
 	}
 	c.ev.Store(ev)
 	if c.config.CloseWriter != nil { // patched in: the owner writes the frame and closes
-		c.config.CloseWriter(c, reason)
+		c.config.CloseWriter(c, reason, ev)
 		return nil
 	}
 	err := c.doWrite(OpcodeCloseConnection, internal.Bytes(reason))

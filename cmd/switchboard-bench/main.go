@@ -7,6 +7,7 @@
 //	switchboard-bench fanout   --n 1000 --messages 2000 --size 2000 --rate 200 --slow 10
 //	switchboard-bench baseline --n 10000 --messages 300 --size 100
 //	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
+//	switchboard-bench headerflood --n 1000 --header-bytes 1048576 --server-pid PID
 //
 // Progress goes to stderr, one JSON line per result to stdout, and a table at the end. Every
 // loop is bounded by a count and by --duration/--timeout; the tool only talks to loopback.
@@ -39,6 +40,9 @@ Scenarios:
   baseline   the fanout run against the built-in naive gws broadcaster only
   rpc        --n clients in a closed loop: GET_AUTHORS and CREATE_AUTHOR over WebSocket and
              GET/POST /authors over HTTP; with --direct-dsn, the same Bun query called directly
+  headerflood --n connections at once, each sending --header-bytes of request headers that
+             never end, held until the server closes them or --duration (default 30s) ends;
+             the server's RSS (--server-pid) before, at its peak and --settle after
 
 The server must accept the load: start it with raised per-user limits, e.g.
   SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=100000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=1000000 \
@@ -50,31 +54,32 @@ Flags:
 
 // options are the flags shared by every scenario.
 type options struct {
-	scenario   string
-	url        string // ws://127.0.0.1:8000
-	url2       string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
-	http       string // http://127.0.0.1:8000
-	dataDir    string
-	clientID   string
-	n, c       int
-	perUser    int
-	messages   int
-	size       int
-	rate       float64
-	producers  int
-	duration   time.Duration
-	timeout    time.Duration
-	settle     time.Duration
-	serverPID  int
-	jsonOnly   bool
-	compare    bool
-	pin        string
-	readBuf    int
-	directDSN  string
-	seedRows   int
-	maxSamples int
-	slow       int
-	nofile     uint64
+	scenario    string
+	url         string // ws://127.0.0.1:8000
+	url2        string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
+	http        string // http://127.0.0.1:8000
+	dataDir     string
+	clientID    string
+	n, c        int
+	perUser     int
+	messages    int
+	size        int
+	rate        float64
+	producers   int
+	duration    time.Duration
+	timeout     time.Duration
+	settle      time.Duration
+	serverPID   int
+	jsonOnly    bool
+	compare     bool
+	pin         string
+	readBuf     int
+	directDSN   string
+	seedRows    int
+	maxSamples  int
+	slow        int
+	nofile      uint64
+	headerBytes int
 }
 
 func main() {
@@ -123,6 +128,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		err = runFanout(ctx, o, rep, false, true)
 	case "rpc":
 		err = runRPC(ctx, o, rep)
+	case "headerflood":
+		err = runHeaderFlood(ctx, o, rep)
 	default:
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -159,6 +166,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
 	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
+	fs.IntVar(&o.headerBytes, "header-bytes", 1<<20, "headerflood: header bytes each connection sends (never ending them)")
 	return fs
 }
 
@@ -172,8 +180,11 @@ func (o *options) check() error {
 	}
 	if o.duration == 0 {
 		o.duration = 2 * time.Minute
-		if o.scenario == "rpc" {
+		switch o.scenario {
+		case "rpc":
 			o.duration = 10 * time.Second
+		case "headerflood":
+			o.duration = 30 * time.Second
 		}
 	}
 	if o.http == "" {
@@ -203,6 +214,10 @@ func (o *options) check() error {
 		return fmt.Errorf("--slow must be between 0 and 10000")
 	case o.readBuf < 512:
 		return fmt.Errorf("--read-buf must be at least 512")
+	case o.headerBytes < 1 || o.headerBytes > 64<<20:
+		return fmt.Errorf("--header-bytes must be between 1 and 67108864, got %d", o.headerBytes)
+	case o.scenario == "headerflood" && o.n > 10_000:
+		return fmt.Errorf("headerflood: --n must be at most 10000, got %d", o.n)
 	}
 	for _, u := range []string{o.url, o.http, o.url2} {
 		if u == "" {

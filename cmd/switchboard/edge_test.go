@@ -246,3 +246,28 @@ func TestEdgeBroadcastErrorHidesBackendText(t *testing.T) {
 		}
 	}
 }
+
+// Numbers the schema takes for integers but encoding/json will not decode into one (1.0, 1e2)
+// are answered at their field in the server's words, not encoding/json's.
+func TestEdgeDecodeErrorHidesLibraryText(t *testing.T) {
+	s := startServer(t, nil)
+	c := s.dial(t, s.token(t, "writer", "update-author", "delete-author"))
+	for _, tc := range []struct {
+		pkg  int
+		data map[string]any
+	}{
+		{5, map[string]any{"id": json.RawMessage("1.0")}},
+		{4, map[string]any{"id": json.RawMessage("1e2"), "name": "x"}},
+	} {
+		e := c.call(tc.pkg, tc.data)
+		expectStatus(t, e, 2, "Invalid data")
+		var d struct {
+			Errors []struct{ Path, Message string } `json:"errors"`
+		}
+		decodeData(t, e, &d)
+		if len(d.Errors) != 1 || d.Errors[0].Path != "/id" ||
+			d.Errors[0].Message != "must be a whole number written without a fraction or an exponent" {
+			t.Fatalf("pkg_id %d: errors %+v", tc.pkg, d.Errors)
+		}
+	}
+}

@@ -24,7 +24,8 @@ import (
 // address that have not authenticated yet.
 type EdgeConfig struct {
 	// MaxPreAuthPerIP caps the connections of one client address (an IPv6 /64) that are neither
-	// upgraded to a WebSocket nor have carried a request with a valid token. Connections over it
+	// upgraded to a WebSocket nor have carried a request with a valid token within its user's
+	// rate limit. Connections over it
 	// are answered 429 and closed at once, before a byte of their request is read.
 	MaxPreAuthPerIP int
 	// TrustedProxies are exempt from the cap: behind them every client shares their address.
@@ -300,9 +301,9 @@ func (l *edgeListener) Close() error {
 }
 
 // edgeConn is an accepted connection while it serves HTTP. It holds its address's pre-auth slot
-// until the connection closes, is upgraded (detach) or authenticates (authenticated), and
-// rewrites the HTTP server's own error answers, which it writes straight to the connection in
-// text/plain, into the contract's JSON. A WebSocket never reads through it: detach hands the
+// until the connection closes, is upgraded (detach) or carries a request with a valid token
+// within its user's rate limit (admitted), and rewrites the HTTP server's own error answers,
+// which it writes straight to the connection in text/plain, into the contract's JSON. A WebSocket never reads through it: detach hands the
 // bare connection to the upgrade.
 type edgeConn struct {
 	net.Conn

@@ -246,7 +246,7 @@ func TestEdgePreAuthCapPerAddress(t *testing.T) {
 	auth := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/login":
-			noteUser(r, "alice")
+			admitted(r)
 			writeJSON(w, http.StatusOK, map[string]string{})
 		case "/upgrade":
 			c, _, err := http.NewResponseController(w).Hijack()

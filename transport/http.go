@@ -136,6 +136,7 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 		if !a.limit(sw, r, "http", u.ID, a.cfg.RatePerMinute) {
 			return
 		}
+		admitted(r)
 		if ra.rbac == "" {
 			h(sw, r, u)
 			return

@@ -145,13 +145,18 @@ type requestInfo struct{ user string }
 
 type requestInfoKey struct{}
 
-// noteUser records the verified user of the request for the access log, and frees the
-// connection's pre-auth slot: a connection that carried a valid token is no longer an
-// anonymous peer's.
+// noteUser records the verified user of the request for the access log.
 func noteUser(r *http.Request, user string) {
 	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
 		info.user = user
 	}
+}
+
+// admitted frees the pre-auth slot of the request's connection once a request on it has a
+// verified token and was within its user's rate limit: the connection is no longer an anonymous
+// peer's, and a user's own limit bounds how many connections they can take out of the cap this
+// way (a request refused with 429 frees nothing).
+func admitted(r *http.Request) {
 	if ec := edgeConnOf(r); ec != nil {
 		ec.releasePreAuth()
 	}

@@ -271,3 +271,29 @@ func TestEdgeDecodeErrorHidesLibraryText(t *testing.T) {
 		}
 	}
 }
+
+// A request refused by its user's rate limit does not take its connection out of the cap: a
+// token alone does not buy an attacker unlimited idle connections.
+func TestEdgePreAuthCapRateLimitedRequestKeepsSlot(t *testing.T) {
+	s := startServer(t, func(c *config.Config) { c.MaxPreAuthConnsIP, c.RateLimitPerMinute = 2, 1 })
+	tok := s.token(t, "thrifty", "get-authors")
+	get := "GET /authors HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + tok + "\r\n\r\n"
+	for _, want := range []int{http.StatusOK, http.StatusTooManyRequests} {
+		c := rawDial(t, s)
+		if _, err := io.WriteString(c, get); err != nil {
+			t.Fatal(err)
+		}
+		if resp, body := rawRead(t, bufio.NewReader(c), nil); resp.StatusCode != want {
+			t.Fatalf("GET /authors: %d %s, want %d", resp.StatusCode, body, want)
+		}
+	}
+	// The admitted connection left the cap, the rate-limited one did not.
+	eventually(t, e2eWait, "one pre-auth connection", func() bool { return s.app.edge.PreAuth() == 1 })
+	rawDial(t, s)
+	eventually(t, e2eWait, "the cap reached", func() bool { return s.app.edge.PreAuth() == 2 })
+	resp, body := rawExchange(t, s, "GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("over the cap: %d %s", resp.StatusCode, body)
+	}
+	expectDetail(t, resp, body, "Too many unauthenticated connections from this address")
+}

@@ -164,7 +164,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 	}
 	// What a peer can make the server hold before it authenticates: header bytes and time
 	// (answered 431 and 408), and connections per address (the Edge, which also answers the
-	// server's own refusals in JSON).
+	// server's own refusals in JSON). A peer that stops reading cannot hold a goroutine
+	// forever either: body, handler and answer end within WriteTimeout (an upgrade clears it).
 	a.edge = transport.NewEdge(transport.EdgeConfig{
 		MaxPreAuthPerIP: cfg.MaxPreAuthConnsIP, TrustedProxies: cfg.TrustedProxies,
 		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderTimeout: cfg.HeaderTimeout, Logger: log, Metrics: a.metrics,
@@ -174,6 +175,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (a *app, e
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ReadHeaderTimeout: cfg.HeaderTimeout,
 		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      cfg.HandlerTimeout + time.Minute,
 		IdleTimeout:       120 * time.Second,
 		ConnContext:       a.edge.ConnContext,
 		ConnState:         a.edge.ConnState,

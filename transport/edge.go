@@ -303,8 +303,8 @@ func (l *edgeListener) Close() error {
 // edgeConn is an accepted connection while it serves HTTP. It holds its address's pre-auth slot
 // until the connection closes, is upgraded (detach) or carries a request with a valid token
 // within its user's rate limit (admitted), and rewrites the HTTP server's own error answers,
-// which it writes straight to the connection in text/plain, into the contract's JSON. A WebSocket never reads through it: detach hands the
-// bare connection to the upgrade.
+// which it writes straight to the connection in text/plain, into the contract's JSON. A
+// WebSocket never reads through it: detach hands the bare connection to the upgrade.
 type edgeConn struct {
 	net.Conn
 	edge    *Edge

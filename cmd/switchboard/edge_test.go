@@ -220,7 +220,8 @@ func TestEdgePreAuthCap(t *testing.T) {
 		resp, _ := rawExchange(t, s, "GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 		return resp.StatusCode == http.StatusOK
 	})
-	if got := limMetric(t, s, "http_connections_refused_total"); got < 1 {
+	// (In process again: the scrape's own connection could find the cap full.)
+	if got := s.app.metrics.GetOrCreateCounter("http_connections_refused_total").Get(); got < 1 {
 		t.Fatalf("http_connections_refused_total = %v", got)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"switchboard/store"
 )
@@ -186,11 +187,22 @@ func (h authorHandlers) delete(ctx context.Context, req *Request) (any, any, err
 	return idPayload{ID: in.ID}, nil, nil
 }
 
-// decode reads data that has passed the route's schema; a failure here means schema and struct
-// disagree, which is a bug, so it answers Invalid rather than crashing.
+// decode reads data that has passed the route's schema. The schema counts 1.0 and 1e2 as
+// integers, which encoding/json will not put in an int64: that is answered Invalid at the
+// field, in the server's words (encoding/json's text names Go types and is never shown).
 func decode(req *Request, v any) error {
 	if err := json.Unmarshal(req.Data, v); err != nil {
-		return Invalid(FieldError{Path: "/", Message: err.Error()})
+		fe := FieldError{Path: "/", Message: "does not match the expected types"}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			if te.Field != "" {
+				fe.Path = "/" + strings.ReplaceAll(te.Field, ".", "/")
+			}
+			if strings.HasPrefix(te.Value, "number") {
+				fe.Message = "must be a whole number written without a fraction or an exponent"
+			}
+		}
+		return Invalid(fe)
 	}
 	return nil
 }

@@ -33,6 +33,9 @@ type Config struct {
 	WSPingInterval     time.Duration  // SWITCHBOARD_WS_PING_INTERVAL; a peer silent for 2x this is dropped
 	WSWriteTimeout     time.Duration  // SWITCHBOARD_WS_WRITE_TIMEOUT (one flush to one socket)
 	MaxRequestBytes    int64          // SWITCHBOARD_MAX_REQUEST_BYTES (HTTP bodies)
+	MaxHeaderBytes     int            // SWITCHBOARD_MAX_HEADER_BYTES (request line and headers; over it: 431)
+	HeaderTimeout      time.Duration  // SWITCHBOARD_HEADER_TIMEOUT (to receive a request's line and headers; then: 408)
+	MaxPreAuthConnsIP  int            // SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP (connections not yet authenticated, per client address)
 	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
 	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
 	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
@@ -67,6 +70,9 @@ func Default() Config {
 		WSPingInterval:     25 * time.Second,
 		WSWriteTimeout:     10 * time.Second,
 		MaxRequestBytes:    1 << 20,
+		MaxHeaderBytes:     16 << 10,
+		HeaderTimeout:      5 * time.Second,
+		MaxPreAuthConnsIP:  256,
 		HandlerPoolSize:    64,
 		HandlerTimeout:     10 * time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
@@ -150,6 +156,9 @@ func bind(p *parser, c *Config) {
 	p.duration("SWITCHBOARD_WS_PING_INTERVAL", &c.WSPingInterval)
 	p.duration("SWITCHBOARD_WS_WRITE_TIMEOUT", &c.WSWriteTimeout)
 	p.int64("SWITCHBOARD_MAX_REQUEST_BYTES", &c.MaxRequestBytes)
+	p.integer("SWITCHBOARD_MAX_HEADER_BYTES", &c.MaxHeaderBytes)
+	p.duration("SWITCHBOARD_HEADER_TIMEOUT", &c.HeaderTimeout)
+	p.integer("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", &c.MaxPreAuthConnsIP)
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
@@ -230,6 +239,17 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRequestBytes < 1024 {
 		bad("SWITCHBOARD_MAX_REQUEST_BYTES", "must be at least 1024, got %d", c.MaxRequestBytes)
+	}
+	// Below 4 KiB a large token in the query or the Authorization header no longer fits; above
+	// 1 MiB one connection that never finishes its headers can make the server hold megabytes.
+	if c.MaxHeaderBytes < 4<<10 || c.MaxHeaderBytes > 1<<20 {
+		bad("SWITCHBOARD_MAX_HEADER_BYTES", "must be between 4096 and 1048576, got %d", c.MaxHeaderBytes)
+	}
+	if c.HeaderTimeout < 100*time.Millisecond || c.HeaderTimeout > time.Minute {
+		bad("SWITCHBOARD_HEADER_TIMEOUT", "must be between 100ms and 1m, such as 5s, got %s", c.HeaderTimeout)
+	}
+	if c.MaxPreAuthConnsIP < 1 || c.MaxPreAuthConnsIP > 1_000_000 {
+		bad("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", "must be between 1 and 1000000, got %d (raise it for clients behind a large NAT)", c.MaxPreAuthConnsIP)
 	}
 	durations := map[string]time.Duration{
 		"SWITCHBOARD_WS_PING_INTERVAL":   c.WSPingInterval,

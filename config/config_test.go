@@ -72,6 +72,35 @@ func TestRedisPrefixIsChecked(t *testing.T) {
 	}
 }
 
+func TestEdgeLimits(t *testing.T) {
+	d := Default()
+	if d.MaxHeaderBytes != 16384 || d.HeaderTimeout != 5*time.Second || d.MaxPreAuthConnsIP != 256 {
+		t.Fatalf("edge defaults drifted: %d %s %d", d.MaxHeaderBytes, d.HeaderTimeout, d.MaxPreAuthConnsIP)
+	}
+	c, err := Load(env(map[string]string{
+		"SWITCHBOARD_MAX_HEADER_BYTES":               "65536",
+		"SWITCHBOARD_HEADER_TIMEOUT":                 "2s",
+		"SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP": "4000",
+	}))
+	if err != nil || c.MaxHeaderBytes != 65536 || c.HeaderTimeout != 2*time.Second || c.MaxPreAuthConnsIP != 4000 {
+		t.Fatalf("overrides: %d %s %d, %v", c.MaxHeaderBytes, c.HeaderTimeout, c.MaxPreAuthConnsIP, err)
+	}
+	for name, bad := range map[string]string{
+		"SWITCHBOARD_MAX_HEADER_BYTES":               "1024",
+		"SWITCHBOARD_HEADER_TIMEOUT":                 "0s",
+		"SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP": "0",
+	} {
+		_, err := Load(env(map[string]string{name: bad}))
+		if err == nil || !strings.Contains(err.Error(), name+": must be between") {
+			t.Errorf("%s=%s: want an error naming the variable and its range, got %v", name, bad, err)
+		}
+	}
+	if _, err := Load(env(map[string]string{"SWITCHBOARD_MAX_HEADER_BYTES": "2MiB"})); err == nil ||
+		!strings.Contains(err.Error(), "SWITCHBOARD_MAX_HEADER_BYTES: want a whole number") {
+		t.Errorf("unparsable header limit: %v", err)
+	}
+}
+
 func TestErrorsAreCollectedAndActionable(t *testing.T) {
 	_, err := Load(env(map[string]string{
 		"SWITCHBOARD_ADDR":                  "nonsense",

@@ -131,7 +131,7 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 				return
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
-			writeDetail(w, status, err.Error())
+			writeDetail(w, status, tokenDetail(err, a.cfg.Logger))
 			return
 		}
 		u := UserOf(claims)
@@ -143,6 +143,7 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 		if !a.limit(sw, r, "http", u.ID, a.cfg.RatePerMinute) {
 			return
 		}
+		admitted(r)
 		if ra.rbac == "" {
 			h(sw, r, u)
 			return
@@ -207,7 +208,9 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 	noteDecoded(r, body, value)
 	var msg hub.Message
 	if err := json.Unmarshal(body, &msg); err != nil {
-		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})
+		// The schema passed, so this is the schema and hub.Message disagreeing.
+		a.cfg.Logger.Warn("broadcast body passed the schema but does not decode", "err", err)
+		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "not a broadcast: want pkg_id, data and topic"}})
 		return
 	}
 	if msg.Topic != "" {
@@ -216,14 +219,17 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 			return
 		}
 	}
+	// Errors are answered with fixed texts: what the hub wraps comes from the bus (Redis,
+	// encoding/json) and is only logged.
 	nodes, err := a.cfg.Hub.Broadcast(r.Context(), &msg)
 	if errors.Is(err, hub.ErrInvalidData) {
-		writeInvalid(w, []actors.FieldError{{Path: "/", Message: err.Error()}})
+		a.cfg.Logger.Warn("broadcast refused as invalid", "err", err)
+		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "the broadcast's data or topic is not valid"}})
 		return
 	}
 	if err != nil {
 		a.cfg.Logger.Warn("broadcast not accepted", "err", err)
-		writeDetail(w, http.StatusServiceUnavailable, "Broadcast not accepted: "+err.Error())
+		writeDetail(w, http.StatusServiceUnavailable, broadcastUnavailable(err))
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]int{"delivered_to_nodes": nodes})
@@ -267,4 +273,15 @@ func (a *api) metrics(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	a.cfg.Metrics.WritePrometheus(w)
 	metrics.WriteProcessMetrics(w)
+}
+
+// broadcastUnavailable is the fixed detail of a 503 from POST /api/broadcast.
+func broadcastUnavailable(err error) string {
+	switch {
+	case errors.Is(err, hub.ErrStopped):
+		return "Broadcast not accepted: the server is shutting down"
+	case errors.Is(err, hub.ErrBusUnavailable):
+		return "Broadcast not accepted: the message bus is unavailable"
+	}
+	return "Broadcast not accepted"
 }

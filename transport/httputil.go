@@ -1,9 +1,16 @@
 package transport
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
+
+	"switchboard/transport/auth"
 )
 
 // writeJSON answers with status and v as JSON.
@@ -33,4 +40,67 @@ func quoteShort(s string) string {
 		s = s[:40] + "…"
 	}
 	return strconv.Quote(s)
+}
+
+// securityHeaders go on every response (PROTOCOL.md §2), the server's own error answers too.
+var securityHeaders = [...][2]string{
+	{"X-Content-Type-Options", "nosniff"},
+	{"X-Frame-Options", "DENY"},
+	{"Referrer-Policy", "no-referrer"},
+	{"Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"},
+}
+
+// newCorrelationID returns a random id for a response whose request brought none.
+func newCorrelationID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// rawErrorResponse is a complete HTTP/1.1 answer {"detail": detail} that closes the connection,
+// for the places that write to the connection itself instead of through a ResponseWriter.
+// extra holds further header lines, each ending in CRLF.
+func rawErrorResponse(status int, detail, extra string) []byte {
+	body, _ := json.Marshal(Detail{Detail: detail})
+	body = append(body, '\n')
+	b := make([]byte, 0, 512+len(body))
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(status)...)
+	b = append(b, "\r\nContent-Type: application/json\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\nConnection: close\r\nDate: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	b = append(b, "\r\nX-Correlation-ID: "...)
+	b = append(b, newCorrelationID()...)
+	b = append(b, "\r\n"...)
+	for _, h := range securityHeaders {
+		b = append(b, h[0]...)
+		b = append(b, ": "...)
+		b = append(b, h[1]...)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, extra...)
+	b = append(b, "\r\n"...)
+	return append(b, body...)
+}
+
+// tokenErrors are the verification failures whose text the auth package keeps client-safe (its
+// sentinel and a fixed reason).
+var tokenErrors = []error{auth.ErrMissingToken, auth.ErrTokenExpired, auth.ErrTokenNotYetValid,
+	auth.ErrInvalidSignature, auth.ErrInvalidIssuer, auth.ErrInvalidAudience, auth.ErrMalformedToken,
+	auth.ErrKeysUnavailable}
+
+// tokenDetail is the detail of a 401/503 for a token that did not verify: the verifier's own
+// client-safe text, or a fixed one for any other error, whose text is logged and never reaches
+// a client.
+func tokenDetail(err error, log *slog.Logger) string {
+	for _, known := range tokenErrors {
+		if errors.Is(err, known) {
+			return err.Error()
+		}
+	}
+	log.Warn("token verification failed with an unexpected error", "err", err)
+	return "Invalid token"
 }

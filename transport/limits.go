@@ -25,6 +25,8 @@ type RateLimiter interface {
 type ConnCounter interface {
 	Acquire(ctx context.Context, user, connID string, limit int) (bool, error)
 	Release(ctx context.Context, user, connID string) error
+	// Held is the number of connections user holds now (the handshake's limit check).
+	Held(ctx context.Context, user string) (int, error)
 }
 
 func (a *api) limit(w http.ResponseWriter, r *http.Request, scope, id string, limit int) bool {
@@ -35,6 +37,12 @@ func (a *api) limit(w http.ResponseWriter, r *http.Request, scope, id string, li
 // limit it answers 429 with Retry-After and returns false. A limiter error (only when the
 // limiter is not failing open) lets the request through: limits never take the service down.
 func httpLimit(w http.ResponseWriter, r *http.Request, rl RateLimiter, set *metrics.Set, log *slog.Logger, scope, id string, limit int) bool {
+	return rateLimit(w, r, rl, set, log, scope, id, limit, 0)
+}
+
+// rateLimit is httpLimit whose 429 asks for a retry after at most maxRetry (0: no cap), for a
+// budget whose refusals should not outlast the condition that spent it.
+func rateLimit(w http.ResponseWriter, r *http.Request, rl RateLimiter, set *metrics.Set, log *slog.Logger, scope, id string, limit int, maxRetry time.Duration) bool {
 	if rl == nil {
 		return true
 	}
@@ -49,7 +57,11 @@ func httpLimit(w http.ResponseWriter, r *http.Request, rl RateLimiter, set *metr
 	h.Set("X-RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
 	if !d.Allowed {
 		set.GetOrCreateCounter(`rate_limit_hits_total{limit_type="` + scope + `"}`).Inc()
-		h.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(d.RetryAfter))))
+		retry := d.RetryAfter
+		if maxRetry > 0 && retry > maxRetry {
+			retry = maxRetry
+		}
+		h.Set("Retry-After", strconv.Itoa(max(1, ceilSeconds(retry))))
 		writeDetail(w, http.StatusTooManyRequests, "Rate limit exceeded")
 		return false
 	}

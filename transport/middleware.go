@@ -3,8 +3,6 @@ package transport
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -16,7 +14,8 @@ import (
 	"switchboard/transport/auth"
 )
 
-// chain wraps the mux, outermost first: recover → client address from trusted proxies →
+// chain wraps the mux, outermost first: mark the connection as handling a request → recover →
+// client address from trusted proxies →
 // correlation id and security headers → metrics and access log → routing with the request size
 // check and JSON 404/405 → handler. Authentication, rate limits and RBAC run per route (api.authed), then the handler.
 func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
@@ -25,7 +24,18 @@ func chain(mux *http.ServeMux, cfg APIConfig) http.Handler {
 	h = headers(h)
 	h = trustedProxies(h, cfg.TrustedProxies)
 	h = recoverer(h, cfg)
-	return h
+	return requestStarted(h)
+}
+
+// requestStarted tells the request's connection (when the Edge wraps it) that a handler runs:
+// from here on, what the server writes is the handler's answer, not the server's own refusal.
+func requestStarted(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ec := edgeConnOf(r); ec != nil {
+			ec.handling.Store(true)
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 func recoverer(next http.Handler, cfg APIConfig) http.Handler {
@@ -49,17 +59,14 @@ func headers(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		id := r.Header.Get("X-Correlation-ID")
 		if id == "" || len(id) > 128 {
-			var b [16]byte
-			_, _ = rand.Read(b[:])
-			id = hex.EncodeToString(b[:])
+			id = newCorrelationID()
 			r.Header.Set("X-Correlation-ID", id)
 		}
 		h := w.Header()
 		h.Set("X-Correlation-ID", id)
-		h.Set("X-Content-Type-Options", "nosniff")
-		h.Set("X-Frame-Options", "DENY")
-		h.Set("Referrer-Policy", "no-referrer")
-		h.Set("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
+		for _, sh := range securityHeaders {
+			h.Set(sh[0], sh[1])
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -86,13 +93,24 @@ func (s *statusWriter) Write(b []byte) (int, error) {
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
 
-// Hijack hands the connection to the WebSocket upgrade (gws asserts http.Hijacker).
+// Hijack hands the connection to the WebSocket upgrade (gws asserts http.Hijacker). The
+// connection returned is the bare one the listener accepted (the Edge's wrapper frees its
+// pre-auth slot and steps aside), so the socket's read loop reads it directly. The
+// bufio.ReadWriter still reads through the server's buffer and the wrapper: whatever it has
+// buffered (Buffered() > 0: a client that sent frames before the 101) must be drained from it
+// before reading the bare connection, and it must not be the socket's reader.
 func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, rw, err := http.NewResponseController(s.ResponseWriter).Hijack()
-	if err == nil && s.status == 0 {
+	if err != nil {
+		return c, rw, err
+	}
+	if ec, ok := c.(*edgeConn); ok {
+		c = ec.detach()
+	}
+	if s.status == 0 {
 		s.status = http.StatusSwitchingProtocols
 	}
-	return c, rw, err
+	return c, rw, nil
 }
 
 // observe records http_requests_total and http_request_duration_seconds by route pattern (never
@@ -131,6 +149,16 @@ type requestInfoKey struct{}
 func noteUser(r *http.Request, user string) {
 	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
 		info.user = user
+	}
+}
+
+// admitted frees the pre-auth slot of the request's connection once a request on it has a
+// verified token and was within its user's rate limit: the connection is no longer an anonymous
+// peer's, and a user's own limit bounds how many connections they can take out of the cap this
+// way (a request refused with 429 frees nothing).
+func admitted(r *http.Request) {
+	if ec := edgeConnOf(r); ec != nil {
+		ec.releasePreAuth()
 	}
 }
 

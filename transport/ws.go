@@ -99,6 +99,11 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 
 // ServeHTTP authenticates and upgrades one request (PROTOCOL.md §1.1).
 func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if bad := checkUpgradeRequest(r); bad != nil {
+		s.cfg.Metrics.GetOrCreateCounter(`ws_connections_total{status="rejected_handshake"}`).Inc()
+		bad.write(w)
+		return
+	}
 	if origin := r.Header.Get("Origin"); origin != "" && len(s.cfg.AllowedOrigins) > 0 && !slices.Contains(s.cfg.AllowedOrigins, origin) {
 		s.m.rejOrigin.Inc()
 		writeDetail(w, http.StatusForbidden, "Origin not allowed")
@@ -122,12 +127,12 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if errors.Is(err, auth.ErrKeysUnavailable) {
 			status = http.StatusServiceUnavailable
 		}
-		writeDetail(w, status, err.Error())
+		writeDetail(w, status, tokenDetail(err, s.cfg.Logger))
 		return
 	}
 	user := UserOf(claims)
 	noteUser(r, user.ID)
-	if !httpLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http", user.ID, s.cfg.RatePerMinute) {
+	if !s.handshakeLimit(w, r, user.ID) {
 		return
 	}
 	format := r.URL.Query().Get("format")

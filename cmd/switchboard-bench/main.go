@@ -9,6 +9,7 @@
 //	switchboard-bench baseline --n 10000 --messages 300 --size 100
 //	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
 //	switchboard-bench stress   --duration 60s --kill-redis-at 20s,40s --redis-down 3s --plot stress.svg
+//	switchboard-bench headerflood --n 1000 --header-bytes 1048576 --server-pid PID
 //
 // Progress goes to stderr, one JSON line per result to stdout, and a table at the end. Every
 // loop is bounded by a count and by --duration/--timeout; the tool only talks to loopback.
@@ -57,6 +58,9 @@ Scenarios:
              the server's goroutines and RSS must come back near their baseline (within
              --settle-timeout). Report: tables, a JSON line, and an SVG plot (--plot).
              --url runs against a server someone else started (then no Redis faults).
+  headerflood --n connections at once, each sending --header-bytes of request headers that
+             never end, held until the server closes them or --duration (default 30s) ends;
+             the server's RSS (--server-pid) before, at its peak and --settle after
 
 The server must accept the load: start it with raised per-user limits, e.g.
   SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=100000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=1000000 \
@@ -117,6 +121,9 @@ type options struct {
 	jwtLeeway     time.Duration
 	connLimit     int
 	maxMsgBytes   int
+
+	// headerflood
+	headerBytes int
 }
 
 func main() {
@@ -177,6 +184,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		err = runRPC(ctx, o, rep)
 	case "stress":
 		err = runStress(ctx, o, rep)
+	case "headerflood":
+		err = runHeaderFlood(ctx, o, rep)
 	default:
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -234,6 +243,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&o.jwtLeeway, "jwt-leeway", 10*time.Second, "stress with --url: the server's SWITCHBOARD_JWT_LEEWAY (when 4001 is due)")
 	fs.IntVar(&o.connLimit, "conn-limit", 5, "stress with --url: the server's SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER")
 	fs.IntVar(&o.maxMsgBytes, "max-message-bytes", 65536, "stress with --url: the server's SWITCHBOARD_WS_MAX_MESSAGE_BYTES")
+	fs.IntVar(&o.headerBytes, "header-bytes", 1<<20, "headerflood: header bytes each connection sends (never ending them)")
 	return fs
 }
 
@@ -247,8 +257,11 @@ func (o *options) check() error {
 	}
 	if o.duration == 0 {
 		o.duration = 2 * time.Minute
-		if o.scenario == "rpc" {
+		switch o.scenario {
+		case "rpc":
 			o.duration = 10 * time.Second
+		case "headerflood":
+			o.duration = 30 * time.Second
 		}
 	}
 	if o.http == "" {
@@ -278,6 +291,10 @@ func (o *options) check() error {
 		return fmt.Errorf("--slow must be between 0 and 10000")
 	case o.readBuf < 512:
 		return fmt.Errorf("--read-buf must be at least 512")
+	case o.headerBytes < 1 || o.headerBytes > 64<<20:
+		return fmt.Errorf("--header-bytes must be between 1 and 67108864, got %d", o.headerBytes)
+	case o.scenario == "headerflood" && o.n > 10_000:
+		return fmt.Errorf("headerflood: --n must be at most 10000, got %d", o.n)
 	}
 	for _, u := range []string{o.url, o.http, o.url2} {
 		if u == "" {

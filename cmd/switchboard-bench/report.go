@@ -14,7 +14,7 @@ import (
 
 // result is one measured figure set; it becomes one JSON line and one table row.
 type result struct {
-	Scenario string `json:"scenario"`          // connect | fanout | rpc | stress
+	Scenario string `json:"scenario"`          // connect | fanout | rpc | stress | headerflood
 	Target   string `json:"target"`            // switchboard | baseline | direct
 	Mode     string `json:"mode,omitempty"`    // asap | rate | ws GET_AUTHORS | http GET /authors | …
 	Time     string `json:"time"`              // RFC 3339, end of the run
@@ -49,6 +49,7 @@ type result struct {
 
 	RSSBeforeMiB  float64 `json:"rss_before_mib,omitempty"`
 	RSSAfterMiB   float64 `json:"rss_after_mib,omitempty"`
+	RSSPeakMiB    float64 `json:"rss_peak_mib,omitempty"` // headerflood: highest while the peers were on
 	RSSPerConnKiB float64 `json:"rss_per_conn_kib,omitempty"`
 	RSSSource     string  `json:"rss_source,omitempty"`
 	ClosedLater   int64   `json:"closed_by_server,omitempty"` // connect: upgraded, then closed

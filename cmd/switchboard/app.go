@@ -53,6 +53,7 @@ type app struct {
 	}
 	audit      *audit.Writer
 	ws         *transport.WSServer
+	edge       *transport.Edge // wraps http's listener
 	http       *http.Server
 	metricsSrv *http.Server
 	pprofSrv   *http.Server
@@ -179,17 +180,29 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		}
 		cancel()
 	}
+	// What a peer can make the server hold before it authenticates: header bytes and time
+	// (answered 431 and 408), and connections per address (the Edge, which also answers the
+	// server's own refusals in JSON). A peer that stops reading cannot hold a goroutine
+	// forever either: body, handler and answer end within WriteTimeout (an upgrade clears it).
+	a.edge = transport.NewEdge(transport.EdgeConfig{
+		MaxPreAuthPerIP: cfg.MaxPreAuthConnsIP, TrustedProxies: cfg.TrustedProxies,
+		MaxHeaderBytes: cfg.MaxHeaderBytes, HeaderTimeout: cfg.HeaderTimeout, Logger: log, Metrics: a.metrics,
+	})
 	a.http = &http.Server{
 		Handler:           handler,
-		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ReadHeaderTimeout: cfg.HeaderTimeout,
 		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      cfg.HandlerTimeout + time.Minute,
 		IdleTimeout:       120 * time.Second,
+		ConnContext:       a.edge.ConnContext,
+		ConnState:         a.edge.ConnState,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	if cfg.MetricsAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", handler)
-		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: cfg.MaxHeaderBytes}
 	}
 	if cfg.PprofAddr != "" {
 		mux := http.NewServeMux()
@@ -198,7 +211,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		a.pprofSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		a.pprofSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: cfg.MaxHeaderBytes}
 	}
 	return a, nil
 }
@@ -263,7 +276,7 @@ func newLogin(cfg config.Config, log *slog.Logger) (loginService, []auth.DemoUse
 // serve listens on ln (and the metrics address) until ctx ends, then shuts down in order.
 func (a *app) serve(ctx context.Context, ln net.Listener) error {
 	errc := make(chan error, 3)
-	go func() { errc <- a.http.Serve(ln) }()
+	go func() { errc <- a.http.Serve(a.edge.Listen(ln)) }()
 	if a.metricsSrv != nil {
 		mln, err := listen(a.cfg.MetricsAddr)
 		if err != nil {

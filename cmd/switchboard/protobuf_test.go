@@ -339,7 +339,7 @@ func TestProtobufFrameLimit(t *testing.T) {
 func TestProtobufUnsupportedFormat(t *testing.T) {
 	s := startServer(t, nil)
 	tok := s.token(t, "pb-format")
-	resp, body := s.do(t, "GET", "/web?format=xml", tok, "")
+	resp, body := wsHandshake(t, s, "format=xml&"+tokenQuery(tok), nil)
 	if resp.StatusCode != http.StatusBadRequest || string(body) != `{"detail":"Unsupported format \"xml\": use json or protobuf"}`+"\n" {
 		t.Fatalf("format=xml: %d %s", resp.StatusCode, body)
 	}

@@ -18,6 +18,9 @@ type ConnCounter interface {
 	Acquire(ctx context.Context, user, connID string, limit int) (ok bool, err error)
 	// Release forgets connection connID of user. Releasing an unknown connID is not an error.
 	Release(ctx context.Context, user, connID string) error
+	// Held returns how many connections user holds now, on every node (expired ones, such as
+	// those of a node that died, are not counted). It records nothing.
+	Held(ctx context.Context, user string) (int, error)
 }
 
 // acquireScript trims expired members, counts, and adds "<node>:<connID>" scored by its expiry
@@ -58,6 +61,16 @@ end
 return redis.call('ZCARD', KEYS[1])
 `)
 
+// heldScript counts the members of one user that have not expired, by the Redis server's clock
+// (the same test as acquireScript's trim). It writes nothing.
+//
+//	KEYS[1] = <prefix>conns:<user>;  returns the count
+var heldScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+`)
+
 // RedisConnCounter is a ConnCounter shared by every node using the same Redis. Each node keeps
 // the connections it acquired and, between Start and Close, refreshes them every heartbeat; the
 // entries of a node that stops refreshing (crash, Close without Release) expire after the TTL.
@@ -95,7 +108,7 @@ func NewRedisConnCounter(c redis.UniversalClient, prefix, nodeID string, opts ..
 	return &RedisConnCounter{
 		client: c, prefix: prefix, node: nodeID,
 		timeout: cfg.timeout, ttl: cfg.ttl, heartbeat: cfg.heartbeat,
-		trouble: newTrouble(&cfg, c, "conn_acquire", "conn_release", "conn_heartbeat"),
+		trouble: newTrouble(&cfg, c, "conn_acquire", "conn_release", "conn_heartbeat", "conn_held"),
 		local:   make(map[string]map[string]struct{}),
 	}
 }
@@ -151,6 +164,22 @@ func (c *RedisConnCounter) Release(ctx context.Context, user, connID string) err
 		return c.trouble.fail(ctx, "conn_release", err)
 	}
 	return nil
+}
+
+// Held implements ConnCounter. On a Redis failure it returns an ErrUnavailable error, or, with
+// WithFailOpen(true), 0 and a nil error (as if the user held nothing, which is what a failed-open
+// Acquire assumes too).
+func (c *RedisConnCounter) Held(ctx context.Context, user string) (int, error) {
+	if user == "" {
+		return 0, fmt.Errorf("%w: connection count of an empty user", ErrInvalidArgument)
+	}
+	callCtx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	n, err := heldScript.Run(callCtx, c.client, []string{c.key(user)}).Int()
+	if err != nil {
+		return 0, c.trouble.fail(ctx, "conn_held", err)
+	}
+	return n, nil
 }
 
 func (c *RedisConnCounter) forget(user, connID string) {

@@ -56,6 +56,14 @@ func (c *MemoryConnCounter) Release(_ context.Context, user, connID string) erro
 	return nil
 }
 
+// Held implements ConnCounter. The error is non-nil only for an empty user.
+func (c *MemoryConnCounter) Held(_ context.Context, user string) (int, error) {
+	if user == "" {
+		return 0, fmt.Errorf("%w: connection count of an empty user", ErrInvalidArgument)
+	}
+	return c.Count(user), nil
+}
+
 // Count returns the number of connections user holds.
 func (c *MemoryConnCounter) Count(user string) int {
 	c.mu.Lock()

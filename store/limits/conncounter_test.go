@@ -101,6 +101,49 @@ func TestConnCounterDeadNodeFreesSlots(t *testing.T) {
 	}
 }
 
+// Held counts a user's live connections on every node and stops counting a dead node's once
+// they expire; it records nothing.
+func TestConnCounterHeld(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	a, b := node(t, c, prefix, "node-a"), node(t, c, prefix, "node-b")
+	ctx := context.Background()
+	held := func(n *RedisConnCounter, user string) int {
+		t.Helper()
+		got, err := n.Held(ctx, user)
+		if err != nil {
+			t.Fatalf("Held(%s): %v", user, err)
+		}
+		return got
+	}
+	if n := held(a, "u1"); n != 0 {
+		t.Fatalf("Held of a user without connections = %d", n)
+	}
+	mustAcquire(t, a, "u1", "c1", 3, true)
+	mustAcquire(t, a, "u1", "c2", 3, true)
+	mustAcquire(t, b, "u1", "c3", 3, true)
+	if na, nb := held(a, "u1"), held(b, "u1"); na != 3 || nb != 3 {
+		t.Fatalf("Held on node-a %d, node-b %d; want 3 on both", na, nb)
+	}
+	for range 5 {
+		held(b, "u1")
+	}
+	mustAcquire(t, b, "u1", "c4", 3, false) // Held recorded nothing
+	if err := b.Release(ctx, "u1", "c3"); err != nil {
+		t.Fatal(err)
+	}
+	if n := held(a, "u1"); n != 2 {
+		t.Fatalf("Held after a release = %d, want 2", n)
+	}
+	_ = a.Close() // node-a dies with two connections
+	if !waitFor(testTTL+2*time.Second, func() bool { return held(b, "u1") == 0 }) {
+		t.Fatalf("a dead node's connections still counted after its TTL: %d", held(b, "u1"))
+	}
+	if _, err := a.Held(ctx, ""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("empty user: %v", err)
+	}
+}
+
 func TestConnCounterHeartbeatReregisters(t *testing.T) {
 	c := redistest.Client(t)
 	prefix := redistest.Prefix(t, c)
@@ -182,6 +225,12 @@ func TestMemoryConnCounter(t *testing.T) {
 	_ = m.Release(ctx, "u1", "c2")
 	_ = m.Release(ctx, "u1", "c3")
 	_ = m.Release(ctx, "u1", "unknown")
+	if n, err := m.Held(ctx, "u2"); n != 1 || err != nil {
+		t.Fatalf("Held(u2) = %d, %v; want 1", n, err)
+	}
+	if _, err := m.Held(ctx, ""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("Held of an empty user: %v", err)
+	}
 	if m.Count("u1") != 0 || len(m.users) != 1 {
 		t.Fatalf("after releasing all: count %d, users %d", m.Count("u1"), len(m.users))
 	}

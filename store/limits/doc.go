@@ -1,5 +1,6 @@
 // Package limits enforces Switchboard's cluster-wide limits, a sliding-window rate limiter and a
-// per-user connection counter, in Redis (one Lua script per check, timed by the Redis server's
+// per-user connection counter (which also answers how many connections a user holds, so the
+// edge can tell a handshake that will be refused from one that will be admitted), in Redis (one Lua script per check, timed by the Redis server's
 // clock) or in-process for the single-node embedded default.
 // Built WithFailOpen(true), the Redis implementations answer "allowed" with a nil error when
 // Redis fails or times out, counting redis_errors_total{operation} and rate_limit_fail_open_total

@@ -69,6 +69,9 @@ func TestFailOpen(t *testing.T) {
 			if ok, err := conns.Acquire(ctx, "alice", "c2", 1); !ok || err != nil {
 				t.Fatalf("fail-open Acquire = %v, %v", ok, err)
 			}
+			if n, err := conns.Held(ctx, "alice"); n != 0 || err != nil {
+				t.Fatalf("fail-open Held = %d, %v; want 0, nil", n, err)
+			}
 			// The heartbeat fails too, is counted, and does not hold up Close.
 			if !waitFor(5*time.Second, func() bool { return counter(set, `redis_errors_total{operation="conn_heartbeat"}`) >= 1 }) {
 				t.Fatal("failed heartbeat not counted")
@@ -84,6 +87,7 @@ func TestFailOpen(t *testing.T) {
 				`rate_limit_fail_open_total`:                   calls,
 				`redis_errors_total{operation="conn_acquire"}`: 2,
 				`redis_errors_total{operation="conn_release"}`: 1,
+				`redis_errors_total{operation="conn_held"}`:    1,
 				`conn_limit_fail_open_total`:                   2,
 			}
 			for name, n := range want {
@@ -104,6 +108,9 @@ func TestFailOpen(t *testing.T) {
 			strictConns := NewRedisConnCounter(c, "", "node-a", WithTimeout(timeout))
 			if ok, err := strictConns.Acquire(ctx, "alice", "c1", 1); !errors.Is(err, ErrUnavailable) || ok {
 				t.Fatalf("strict Acquire = %v, %v; want ErrUnavailable", ok, err)
+			}
+			if n, err := strictConns.Held(ctx, "alice"); !errors.Is(err, ErrUnavailable) || n != 0 {
+				t.Fatalf("strict Held = %d, %v; want ErrUnavailable", n, err)
 			}
 
 			// The caller giving up is not a Redis failure and is not failed open.

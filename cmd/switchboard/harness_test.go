@@ -223,7 +223,6 @@ func (s *testServer) tryDial(t testing.TB, token string, header http.Header) (*w
 // tryDialVia is tryDial through addr (host:port of a proxy in front of the server), or straight
 // to the server when addr is "".
 func (s *testServer) tryDialVia(t testing.TB, addr, token string, header http.Header) (*wsClient, error) {
-	c := &wsClient{t: t, msgs: make(chan []byte, 4096), closed: make(chan struct{})}
 	q := ""
 	if token != "" {
 		q = "token=" + token
@@ -232,7 +231,13 @@ func (s *testServer) tryDialVia(t testing.TB, addr, token string, header http.He
 	if addr != "" {
 		u = "ws://" + addr + strings.TrimPrefix(u, strings.Replace(s.base, "http", "ws", 1))
 	}
-	conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: u, RequestHeader: header, ReadMaxPayloadSize: 16 << 20})
+	return dialURL(t, u, header)
+}
+
+// dialURL opens a test client on url (ws://…/web?…).
+func dialURL(t testing.TB, url string, header http.Header) (*wsClient, error) {
+	c := &wsClient{t: t, msgs: make(chan []byte, 4096), closed: make(chan struct{})}
+	conn, _, err := gws.NewClient(c, &gws.ClientOption{Addr: url, RequestHeader: header, ReadMaxPayloadSize: 16 << 20})
 	if err != nil {
 		return nil, err
 	}

@@ -105,7 +105,10 @@ func faultCall(c *wsClient, pkgID int, data any, d time.Duration) (envelope, err
 }
 
 // writeLoad is several WebSocket clients, each sending CREATE_AUTHOR requests one after the
-// other (the next when the last was answered) until stop.
+// other (the next when the last was answered, and at most one per writePace) until stop. The
+// pace bounds what an outage queues in the audit writer: while the database is down every
+// request fails fast, and unpaced clients would outrun any bounded queue (4 clients at 200/s
+// for 5 s queue 4 000 entries; the writer holds 10 000).
 type writeLoad struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -114,6 +117,9 @@ type writeLoad struct {
 	answers []faultAnswer
 	hangs   []error // requests without an answer within the bound
 }
+
+// writePace is the least time between two requests of one writeLoad client.
+const writePace = 5 * time.Millisecond
 
 // startWriteLoad starts clients writers on s; a request unanswered after wait counts as a hang
 // and ends its client.
@@ -124,11 +130,13 @@ func startWriteLoad(t *testing.T, s *testServer, clients int, wait time.Duration
 	for k := range clients {
 		c := s.dial(t, s.token(t, fmt.Sprintf("writer-%d", k), "create-author"))
 		l.wg.Go(func() {
+			pace := time.NewTicker(writePace)
+			defer pace.Stop()
 			for i := 0; ; i++ {
 				select {
 				case <-l.stop:
 					return
-				default:
+				case <-pace.C:
 				}
 				a := faultAnswer{name: fmt.Sprintf("Fault %s %d-%d", tag, k, i), sent: time.Now()}
 				e, err := faultCall(c, 3, map[string]any{"name": a.name}, wait)
@@ -224,7 +232,9 @@ func expectTruthfulWrites(t *testing.T, db *store.DB, answers []faultAnswer) (co
 	var missing, twice, wrong []string
 	eventually(t, 60*time.Second, "an audit row for every answered request", func() bool {
 		var rows []auditKey
-		if err := db.Bun.NewRaw("SELECT request_id, response_status, count(*) AS n FROM user_actions GROUP BY 1, 2").Scan(ctx, &rows); err != nil {
+		qctx, qcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer qcancel()
+		if err := db.Bun.NewRaw("SELECT request_id, response_status, count(*) AS n FROM user_actions GROUP BY 1, 2").Scan(qctx, &rows); err != nil {
 			t.Fatal(err)
 		}
 		got := make(map[string]auditKey, len(rows))

@@ -1251,13 +1251,15 @@ func TestFacadeHealthPostgresUnreachable(t *testing.T) {
 			if status != http.StatusServiceUnavailable || !fcSameBody(body, unhealthy) {
 				t.Fatalf("%s: %s %d %v, want 503 %v", phase, p, status, body, unhealthy)
 			}
-			if took > 2500*time.Millisecond || took < minTook {
-				t.Fatalf("%s: %s took %s, want %s..2.5s (each check is bounded by 1 s)", phase, p, took.Round(time.Millisecond), minTook)
+			// Each check is bounded by 1 s; the upper bound here only catches one that is not
+			// (a stuck database connection would hold /health for the driver's own timeouts).
+			if took > 6*time.Second || took < minTook {
+				t.Fatalf("%s: %s took %s, want %s..6s (each check is bounded by 1 s)", phase, p, took.Round(time.Millisecond), minTook)
 			}
 			t.Logf("%s: %s answered 503 in %s", phase, p, took.Round(time.Millisecond))
 		}
 		status, _, took := fcHealth(t, c, "/livez")
-		if status != http.StatusOK || took > 2*time.Second {
+		if status != http.StatusOK || took > 5*time.Second {
 			t.Fatalf("%s: /livez %d in %s, want 200 at once", phase, status, took)
 		}
 	}

@@ -255,7 +255,9 @@ func TestRedisDown(t *testing.T) {
 	if err != nil {
 		t.Fatalf("NewRedis with Redis down: %v", err)
 	}
-	if took := time.Since(start); took > time.Second {
+	// A refused connection fails at once; the bound only catches a constructor that waits on
+	// Redis (NewRedis must return while Redis is down).
+	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("NewRedis took %s", took)
 	}
 	ctx := context.Background()
@@ -295,7 +297,7 @@ func TestRedisDown(t *testing.T) {
 	}
 	start = time.Now()
 	_ = b.Close()
-	if took := time.Since(start); took > time.Second {
+	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("Close took %s", took)
 	}
 }

@@ -1007,6 +1007,9 @@ func TestClusterRedisPrefixSeparatesDeployments(t *testing.T) {
 	clWaitHealth(t, clWait, "start", http.StatusOK, "healthy", nodes...)
 	token := nodes[0].token(t, "pfx-"+tag, "broadcast")
 	a, b := nodes[0].dial(t, token), nodes[1].dial(t, token)
+	for _, s := range nodes { // the hub registers a connection just after its upgrade
+		s.waitHubActive(t, 1)
+	}
 	run := tag
 	for i, s := range nodes {
 		if n := clMustPost(t, s, token, clBroadcastBody("", run, uint64(i))); n != 1 {

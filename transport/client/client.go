@@ -20,13 +20,13 @@ type Client struct {
 	ctx    context.Context // canceled by shutdown: ends dials, GetToken calls and waits
 	cancel context.CancelFunc
 
-	out      chan *pending  // requests waiting to be written; bounded (Config.OutboundQueue)
-	inbound  chan delivery  // broadcasts and events waiting for callbacks; bounded (InboundQueue)
-	drained  chan struct{}  // 1-buffered: the callbacks brought the inbound queue down to half
-	resubNow chan struct{}  // 1-buffered: a subscription waits to be resubscribed on the live connection
-	closing  chan struct{}  // closed by shutdown (Close, or the client gave up)
-	runDone  chan struct{}  // the connection goroutine has exited
-	dispDone chan struct{}  // the callback goroutine has exited
+	out      chan *pending // requests waiting to be written; bounded (Config.OutboundQueue)
+	inbound  chan delivery // broadcasts and events waiting for callbacks; bounded (InboundQueue)
+	drained  chan struct{} // 1-buffered: the callbacks brought the inbound queue down to half
+	resubNow chan struct{} // 1-buffered: a subscription waits to be resubscribed on the live connection
+	closing  chan struct{} // closed by shutdown (Close, or the client gave up)
+	runDone  chan struct{} // the connection goroutine has exited
+	dispDone chan struct{} // the callback goroutine has exited
 	stopOnce sync.Once
 	nextConn atomic.Uint64
 	nextReq  atomic.Uint64
@@ -228,11 +228,11 @@ func (c *Client) run() {
 			}
 		})
 		carry = c.serve(cn, carry)
+		if c.ctx.Err() != nil {
+			return // failAll fails what is in flight with ErrClosed
+		}
 		end := cn.ending()
 		carry = c.connEnded(cn, end)
-		if c.ctx.Err() != nil {
-			return
-		}
 		c.stats.disconnects.Add(1)
 		if cn.gotFrame.Load() {
 			attempt = 0 // the connection worked: start the backoff again from the bottom

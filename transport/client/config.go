@@ -72,6 +72,10 @@ type Config struct {
 	// InboundQueue is how many broadcasts and subscription events may wait for their callbacks
 	// (see the package documentation for what happens when it is full). 1024 by default.
 	InboundQueue int
+	// InboundWait is how long the read goroutine waits for room in a full inbound queue before
+	// it counts the queue as overflowed. 1s by default; negative: not at all. Answers to
+	// requests wait behind it.
+	InboundWait time.Duration
 	// MaxMessageBytes, when set, refuses locally (ErrTooLarge) requests whose frame is longer:
 	// set it to the server's SWITCHBOARD_WS_MAX_MESSAGE_BYTES, so an oversized request fails
 	// alone instead of the server closing the connection (1009) under every request in flight.
@@ -160,6 +164,7 @@ func (cfg Config) withDefaults() (Config, error) {
 	def(&cfg.ReconnectMin, 100*time.Millisecond)
 	def(&cfg.ReconnectMax, 30*time.Second)
 	def(&cfg.ConnLimitDelay, 5*time.Second)
+	def(&cfg.InboundWait, time.Second)
 	defInt(&cfg.MaxClientFaults, 3)
 	defInt(&cfg.OutboundQueue, 256)
 	defInt(&cfg.InboundQueue, 1024)

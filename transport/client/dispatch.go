@@ -1,5 +1,7 @@
 package client
 
+import "time"
+
 // delivery is one callback to make: a message (to its subscription, or to OnBroadcast when s is
 // nil) or a Missed event.
 type delivery struct {
@@ -8,13 +10,27 @@ type delivery struct {
 	missed *Missed
 }
 
-// offerLocked queues d for the callback goroutine without waiting; false when the queue is
-// full. The read goroutine never blocks on the application.
-func (c *Client) offerLocked(d delivery) bool {
+// offer queues d for the callback goroutine. When the queue is full it waits up to
+// Config.InboundWait for room — a burst (a replay after a reconnect) passes, a stuck callback
+// does not hold the read goroutine for long — and reports false if none came. Never called with
+// c.mu held.
+func (c *Client) offer(d delivery) bool {
 	select {
 	case c.inbound <- d:
 		return true
 	default:
+	}
+	if c.cfg.InboundWait <= 0 {
+		return false
+	}
+	t := time.NewTimer(c.cfg.InboundWait)
+	defer t.Stop()
+	select {
+	case c.inbound <- d:
+		return true
+	case <-t.C:
+		return false
+	case <-c.closing:
 		return false
 	}
 }

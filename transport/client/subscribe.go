@@ -257,7 +257,12 @@ func (c *Client) settle(s *Subscription, cn *conn, f *frame, asked *Position, in
 		}
 	}
 	if !recovered && asked != nil {
-		if !c.offerLocked(delivery{s: s, missed: &Missed{Topic: s.topic, From: *asked, Now: now}}) {
+		// Queued without the lock (it can wait); this read goroutine is the only one that moves
+		// the subscription on meanwhile.
+		c.mu.Unlock()
+		ok := c.offer(delivery{s: s, missed: &Missed{Topic: s.topic, From: *asked, Now: now}})
+		c.mu.Lock()
+		if !ok {
 			// No room to tell the application. Give the connection up; the next one asks again
 			// from the same position, once the callbacks caught up.
 			s.established, s.liveOn, s.syncing = true, 0, false
@@ -265,6 +270,9 @@ func (c *Client) settle(s *Subscription, cn *conn, f *frame, asked *Position, in
 			return
 		}
 		c.stats.missed.Add(1)
+		if s.ended.Load() {
+			return
+		}
 	}
 	s.established, s.liveOn, s.syncing, s.needResub = true, cn.id, false, false
 	s.pos, s.recovered = now, recovered
@@ -321,13 +329,12 @@ func (c *Client) wakeResub() {
 // broadcast routes a broadcast, on the read goroutine. On a topic with history, the position
 // decides: a seq already taken is a duplicate (a replay overlapping live messages) and dropped,
 // the next one is queued for the callback, and a gap or another epoch makes the client
-// resubscribe from its position on this connection.
+// resubscribe from its position on this connection. Only this goroutine moves a position
+// forward, so it may queue without the lock (queueing can wait) and advance after.
 func (c *Client) broadcast(cn *conn, f *frame) {
 	m := Message{PkgID: f.PkgID, Topic: f.Topic, Seq: f.Seq, Epoch: f.Epoch, Data: f.Data}
-	c.mu.Lock()
-	defer c.mu.Unlock()
 	if f.Topic == "" {
-		if c.cfg.OnBroadcast != nil && !c.offerLocked(delivery{msg: m}) {
+		if c.cfg.OnBroadcast != nil && !c.offer(delivery{msg: m}) {
 			c.stats.dropped.Add(1)
 		}
 		return
@@ -335,12 +342,15 @@ func (c *Client) broadcast(cn *conn, f *frame) {
 	if cn.overflowed.Load() {
 		return // being replaced; the resubscribe brings these again
 	}
+	c.mu.Lock()
 	s := c.subs[f.Topic]
 	if s == nil || s.liveOn != cn.id || s.syncing {
+		c.mu.Unlock()
 		return
 	}
 	if f.Seq == 0 { // no history: nothing to recover it from
-		if !c.offerLocked(delivery{s: s, msg: m}) {
+		c.mu.Unlock()
+		if !c.offer(delivery{s: s, msg: m}) {
 			c.stats.dropped.Add(1)
 		}
 		return
@@ -348,19 +358,24 @@ func (c *Client) broadcast(cn *conn, f *frame) {
 	same := s.pos.Epoch == "" || f.Epoch == s.pos.Epoch
 	switch {
 	case same && f.Seq <= s.pos.Seq:
+		c.mu.Unlock()
 	case same && f.Seq == s.pos.Seq+1:
-		if !c.offerLocked(delivery{s: s, msg: m}) {
+		c.mu.Unlock()
+		if !c.offer(delivery{s: s, msg: m}) {
 			c.overflow(cn)
 			return
 		}
+		c.mu.Lock()
 		s.pos.Seq = f.Seq
 		if f.Epoch != "" {
 			s.pos.Epoch = f.Epoch
 		}
+		c.mu.Unlock()
 	default:
 		c.log.Warn("switchboard client: topic stream skipped; resubscribing", "topic", f.Topic,
 			"at", s.pos.Seq, "epoch", s.pos.Epoch, "got", f.Seq, "got_epoch", f.Epoch)
 		c.resubscribeLocked(cn, s)
+		c.mu.Unlock()
 	}
 }
 

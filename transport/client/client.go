@@ -13,9 +13,10 @@ import (
 // Client is a connection to Switchboard that stays up: it reconnects, resubscribes and
 // refreshes its token by itself. All methods are safe for concurrent use. Close stops it.
 type Client struct {
-	cfg  Config
-	log  *slog.Logger
-	urls []string
+	cfg     Config
+	log     *slog.Logger
+	urls    []string
+	ownHTTP bool // cfg.HTTPClient was made by the client: Close closes its idle connections
 
 	ctx    context.Context // canceled by shutdown: ends dials, GetToken calls and waits
 	cancel context.CancelFunc
@@ -59,6 +60,7 @@ type Stats struct {
 // New starts a client that connects in the background; requests made before the connection is
 // up wait for it (within their timeout). Use Dial to wait for the first connection.
 func New(cfg Config) (*Client, error) {
+	ownHTTP := cfg.HTTPClient == nil
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -77,6 +79,7 @@ func New(cfg Config) (*Client, error) {
 		pending:  make(map[string]*pending),
 		subs:     make(map[string]*Subscription),
 		up:       make(chan struct{}),
+		ownHTTP:  ownHTTP,
 	}
 	if cfg.Token != "" {
 		c.token, c.tokenExp = cfg.Token, tokenExpiry(cfg.Token)
@@ -140,6 +143,10 @@ func (c *Client) Close() error {
 	c.shutdown(ErrClosed)
 	<-c.runDone
 	<-c.dispDone
+	if c.ownHTTP {
+		// Publish's keep-alive connections hold goroutines of net/http until closed.
+		c.cfg.HTTPClient.CloseIdleConnections()
+	}
 	return nil
 }
 

@@ -309,6 +309,45 @@ func TestGoClientTokens(t *testing.T) {
 	t.Run("refreshed ahead", func(t *testing.T) { gcTokenRefreshedAhead(t, s) })
 }
 
+// Redis restarts without its data: the topic's stream starts again (a new epoch, where the
+// server sends epochs). The node closes the subscribers with 1013 or answers the resubscribe
+// with recovered: false; either way OnMissed is told and the new stream follows.
+func TestGoClientRedisRestartTellsOnMissed(t *testing.T) {
+	rs := redistest.StartServer(t)
+	a := startServer(t, func(c *config.Config) { c.RedisURL = rs.URL() })
+	topic := "dashboards.gc" + limRandomHex(4)
+	c := gcDial(t, gcConfig(t, a, "gc-reader", "broadcast"))
+	var got gcMessages
+	if _, err := c.Subscribe(context.Background(), topic, got.onMessage, sbclient.OnMissed(got.onMissed)); err != nil {
+		t.Fatal(err)
+	}
+	publish := func() {
+		// Retried: the node's Redis connections come back on their own after the restart.
+		var err error
+		eventually(t, 20*time.Second, "a publish to be accepted", func() bool {
+			_, err = c.Publish(context.Background(), topic, 7, map[string]int{})
+			return err == nil
+		})
+	}
+	for range 3 {
+		publish()
+	}
+	seqs, ms, _ := got.wait(t, 3)
+	rs.Kill()
+	rs.Restart()
+	eventually(t, 30*time.Second, "the Missed event", func() bool { return c.Stats().Missed >= 1 })
+	publish()
+	seqs, ms2, missed := got.wait(t, 5)
+	last := ms2[len(ms2)-1]
+	if seqs[3] != 0 || len(missed) != 1 || missed[0].From != (sbclient.Position{Seq: ms[2].Seq, Epoch: ms[2].Epoch}) ||
+		last.Seq != missed[0].Now.Seq+1 {
+		t.Fatalf("seqs %v missed %+v last %+v", seqs, missed, last)
+	}
+	if ms[0].Epoch != "" && (last.Epoch == "" || last.Epoch == ms[0].Epoch) {
+		t.Fatalf("the new stream has epoch %q, the old one %q", last.Epoch, ms[0].Epoch)
+	}
+}
+
 // 4001: the server ends the connection when the token expires; the client gets a fresh token
 // from GetToken, reconnects and resubscribes. (Refreshing ahead is off here, so 4001 happens.)
 func gcTokenExpired(t *testing.T, s *testServer) {

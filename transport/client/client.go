@@ -245,8 +245,8 @@ func (c *Client) run() {
 			attempt = 0 // the connection worked: start the backoff again from the bottom
 		}
 		act := actionFor(end.code)
-		if cn.local != nil {
-			act = actSoon // we closed it ourselves (overflow, a stuck queue): come straight back
+		if end.local {
+			act = actSoon // the client closed it itself (overflow): come straight back
 		}
 		var final error
 		switch act {

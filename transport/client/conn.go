@@ -51,6 +51,7 @@ type connEnd struct {
 	code   uint16 // the server's close code; 0 without a close frame
 	reason string
 	err    error // never nil
+	local  bool  // the client gave the connection up itself (err says why)
 }
 
 // ctrlFrame is a frame for one connection's writer.
@@ -179,12 +180,11 @@ func (c *Client) serve(cn *conn, resend []*pending) []*pending {
 	c.resubscribeAll(cn)
 
 	var (
-		refresh      *time.Timer
-		refreshC     <-chan time.Time
-		resub        *time.Timer
-		resubC       <-chan time.Time
-		resubRound   int
-		shuttingDown bool
+		refresh    *time.Timer
+		refreshC   <-chan time.Time
+		resub      *time.Timer
+		resubC     <-chan time.Time
+		resubRound int
 	)
 	scheduleRefresh := func(d time.Duration) {
 		if refresh != nil {
@@ -204,21 +204,18 @@ func (c *Client) serve(cn *conn, resend []*pending) []*pending {
 		}
 	}()
 
+	closing, abort := c.closing, cn.abort // set to nil once acted on: a closed channel is always ready
 loop:
 	for {
 		select {
 		case <-cn.readDone:
 			break loop
-		case <-c.closing:
-			if !shuttingDown {
-				shuttingDown = true
-				cn.closeWith(closeNormal, "client closed")
-			}
-		case <-cn.abort:
-			if !shuttingDown {
-				shuttingDown = true
-				cn.closeWith(closeNormal, "client gave up the connection")
-			}
+		case <-closing:
+			closing, abort = nil, nil
+			cn.closeWith(closeNormal, "client closed")
+		case <-abort:
+			closing, abort = nil, nil
+			cn.closeWith(closeNormal, "client gave up the connection")
 		case <-refreshC:
 			scheduleRefresh(c.refreshToken(cn))
 		case <-c.resubNow:
@@ -246,7 +243,15 @@ loop:
 // ends. The close write is bounded: the writer is stopped first, and a deadline is set.
 func (cn *conn) closeWith(code uint16, reason string) {
 	cn.stopWriter()
-	<-cn.writeDone
+	select {
+	case <-cn.writeDone:
+	case <-time.After(time.Second):
+		// The writer is stuck in a write to a server that takes nothing: cut the socket, which
+		// ends that write (and leaves no room for a close frame).
+		_ = cn.ws.NetConn().Close()
+		<-cn.writeDone
+		return
+	}
 	_ = cn.ws.SetWriteDeadline(time.Now().Add(time.Second))
 	if err := cn.ws.WriteClose(code, []byte(reason)); err != nil {
 		_ = cn.ws.NetConn().Close()
@@ -272,7 +277,7 @@ func (cn *conn) ending() connEnd {
 	defer cn.endMu.Unlock()
 	e := cn.end
 	if cn.local != nil {
-		e.err = cn.local
+		e.err, e.local = cn.local, true
 	}
 	if e.err == nil {
 		e.err = errors.New("connection closed")

@@ -455,3 +455,92 @@ func TestCloseFailsWaitingRequests(t *testing.T) {
 		t.Fatalf("subscribe after Close: %v", err)
 	}
 }
+
+// The client pings; a server that stops answering (nothing arrives for ReadTimeout) is taken
+// for dead and replaced.
+func TestKeepaliveDropsASilentServer(t *testing.T) {
+	s := newFakeServer(t)
+	s.set(func(s *fakeServer) { s.silent = true })
+	cfg := testConfig(s)
+	cfg.PingInterval, cfg.ReadTimeout = 20*time.Millisecond, 200*time.Millisecond
+	events := make(chan Disconnect, 4)
+	cfg.OnDisconnect = func(d Disconnect) {
+		select {
+		case events <- d:
+		default:
+		}
+	}
+	dialTest(t, cfg)
+	d := <-events
+	if d.Code != 0 || d.Err == nil {
+		t.Fatalf("%+v", d)
+	}
+	if s.pings.Load() == 0 {
+		t.Fatal("the client sent no ping")
+	}
+}
+
+// A server ping is answered with a pong carrying its payload.
+func TestKeepaliveAnswersPings(t *testing.T) {
+	s := newFakeServer(t)
+	dialTest(t, testConfig(s))
+	eventually(t, "the connection", func() bool { return s.connCount() == 1 })
+	fc := s.conn(0)
+	pongs := make(chan struct{}, 1)
+	fc.ws.Session().Store("pong", pongs)
+	if err := fc.ws.WritePing([]byte("p1")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-pongs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no pong")
+	}
+}
+
+// After a node's 1001 the client moves on to the next URL.
+func TestFallbackURLs(t *testing.T) {
+	a, b := newFakeServer(t), newFakeServer(t)
+	a.set(func(s *fakeServer) { s.onOpen = func(fc *fakeConn) { fc.closeWith(1001, "going away") } })
+	b.set(func(s *fakeServer) { s.onRequest = echo })
+	cfg := testConfig(a)
+	cfg.FallbackURLs = []string{b.url()}
+	var connected []string
+	var mu sync.Mutex
+	cfg.OnConnected = func(c Connected) {
+		mu.Lock()
+		connected = append(connected, c.URL)
+		mu.Unlock()
+	}
+	c := dialTest(t, cfg)
+	eventually(t, "a connection to b", func() bool { return b.connCount() > 0 })
+	if _, err := c.Request(context.Background(), 1, nil); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if connected[0] != a.url() || connected[len(connected)-1] != b.url() {
+		t.Fatalf("connected to %v", connected)
+	}
+}
+
+// Close while the server is unreachable returns at once and leaves nothing behind.
+func TestCloseWhileReconnecting(t *testing.T) {
+	s := newFakeServer(t)
+	cfg := testConfig(s)
+	s.close()
+	cfg.ReconnectMin, cfg.ReconnectMax = time.Hour, time.Hour
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "a failed attempt", func() bool { return c.Stats().Disconnects > 0 })
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := Dial(ctx, cfg); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial to a closed server: %v", err)
+	}
+}

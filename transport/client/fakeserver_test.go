@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,6 +44,8 @@ type fakeServer struct {
 	refuse    func(r *http.Request) (status int, body string)
 	onRequest func(fc *fakeConn, r fakeReq)
 	onOpen    func(fc *fakeConn)
+	silent    bool         // answer no pings
+	pings     atomic.Int32 // pings received from clients
 	wg        sync.WaitGroup
 }
 
@@ -152,8 +155,23 @@ func fcOf(ws *gws.Conn) *fakeConn {
 
 func (fakeEvents) OnOpen(*gws.Conn)              {}
 func (fakeEvents) OnClose(ws *gws.Conn, _ error) { close(fcOf(ws).closed) }
-func (fakeEvents) OnPing(ws *gws.Conn, p []byte) { _ = ws.WritePong(p) }
-func (fakeEvents) OnPong(*gws.Conn, []byte)      {}
+func (e fakeEvents) OnPing(ws *gws.Conn, p []byte) {
+	e.s.pings.Add(1)
+	e.s.mu.Lock()
+	silent := e.s.silent
+	e.s.mu.Unlock()
+	if !silent {
+		_ = ws.WritePong(p)
+	}
+}
+func (fakeEvents) OnPong(ws *gws.Conn, p []byte) {
+	if v, ok := ws.Session().Load("pong"); ok && string(p) == "p1" {
+		select {
+		case v.(chan struct{}) <- struct{}{}:
+		default:
+		}
+	}
+}
 func (e fakeEvents) OnMessage(ws *gws.Conn, m *gws.Message) {
 	defer func() { _ = m.Close() }()
 	fc := fcOf(ws)

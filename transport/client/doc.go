@@ -49,9 +49,11 @@
 // # Callbacks and slow consumers
 //
 // Subscription callbacks, OnMissed and Config.OnBroadcast run on one goroutine of the client,
-// one at a time, in the order the frames arrived. The read loop never waits for them: it puts
-// what it reads in a bounded queue (Config.InboundQueue). When a callback is so slow that the
-// queue fills, what can be recovered is recovered and what cannot is dropped: the client gives
+// one at a time, in the order the frames arrived. The read loop does not wait for them: it puts
+// what it reads in a bounded queue (Config.InboundQueue); when the queue is full it waits at
+// most Config.InboundWait (1s) for room, so that a burst such as a replay passes. When a
+// callback is so slow that the queue stays full, what can be recovered is recovered and what
+// cannot is dropped: the client gives
 // the connection up (close 1000; Stats.Overflows), waits until the callbacks have brought the
 // queue down to half, reconnects and resubscribes from the last message queued — topics with
 // history lose nothing. Broadcasts without a topic or on topics without history that find the

@@ -84,7 +84,9 @@ type Subscription struct {
 // broadcast on it, in order, on the client's callback goroutine. It returns once the server
 // answered; a refusal is an *Error (IsPermissionDenied for a topic the user may not read). The
 // subscription lasts until Unsubscribe, the client's end, or a resubscribe the server refuses
-// for good (Done, Err).
+// for good (Done, Err). When ctx ends before the answer, Subscribe fails; the server may still
+// have subscribed the connection, and the client drops what comes on that topic until the
+// connection ends.
 func (c *Client) Subscribe(ctx context.Context, topic string, onMessage func(Message), opts ...SubscribeOption) (*Subscription, error) {
 	if onMessage == nil {
 		return nil, errors.New("client: Subscribe needs an onMessage callback")

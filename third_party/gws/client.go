@@ -116,7 +116,8 @@ func (c *connector) request() (*http.Response, *bufio.Reader, error) {
 		r.Header.Set(internal.SecWebSocketKey.Key, c.secWebsocketKey)
 	}
 
-	var ch = make(chan error)
+	// Buffered, so the writer goroutine can always finish after a timeout. (Patched in.)
+	var ch = make(chan error, 1)
 
 	// 发送http请求
 	// send http request

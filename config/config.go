@@ -33,8 +33,9 @@ type Config struct {
 	WSPingInterval     time.Duration // SWITCHBOARD_WS_PING_INTERVAL; a peer silent for 2x this is dropped
 	WSWriteTimeout     time.Duration // SWITCHBOARD_WS_WRITE_TIMEOUT (one flush to one socket)
 	MaxRequestBytes    int64         // SWITCHBOARD_MAX_REQUEST_BYTES (HTTP bodies)
-	HandlerPoolSize    int           // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
-	HandlerTimeout     time.Duration // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
+	HandlerPoolSize    int           // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors for pkg_ids that use the database)
+	ControlPoolSize    int           // SWITCHBOARD_CONTROL_POOL_SIZE (handler actors for pkg_ids that do not)
+	HandlerTimeout     time.Duration // SWITCHBOARD_HANDLER_TIMEOUT (a request's deadline, from admission)
 	RBACFile           string        // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix
 	MetricsAddr        string        // SWITCHBOARD_METRICS_ADDR
@@ -65,6 +66,7 @@ func Default() Config {
 		WSWriteTimeout:     10 * time.Second,
 		MaxRequestBytes:    1 << 20,
 		HandlerPoolSize:    64,
+		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
 		DataDir:            "./data",
@@ -130,6 +132,7 @@ func Load(getenv func(string) string) (Config, error) {
 	p.duration("SWITCHBOARD_WS_WRITE_TIMEOUT", &c.WSWriteTimeout)
 	p.int64("SWITCHBOARD_MAX_REQUEST_BYTES", &c.MaxRequestBytes)
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
+	p.integer("SWITCHBOARD_CONTROL_POOL_SIZE", &c.ControlPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
@@ -197,6 +200,7 @@ func (c Config) Validate() error {
 		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER": c.WSMaxConnsPerUser,
 		"SWITCHBOARD_WS_MAX_IN_FLIGHT":            c.WSMaxInFlight,
 		"SWITCHBOARD_HANDLER_POOL_SIZE":           c.HandlerPoolSize,
+		"SWITCHBOARD_CONTROL_POOL_SIZE":           c.ControlPoolSize,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] < 1 {

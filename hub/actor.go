@@ -24,6 +24,7 @@ type sub struct {
 	gen     uint64 // the load this subscription waits for; answers of older loads are ignored
 	since   *uint64
 	ack     func(latest uint64, recovered bool, err error) []byte
+	settled func() // SubscribeRequest.Settled of the subscription being answered
 	pending []*Message
 	// pos is, on a topic with history, the last sequence this subscriber was given or that its
 	// answer covered (replayed, or older than the subscription). A message at or below it is a
@@ -178,8 +179,12 @@ func (a *hubActor) remove(mem *member) {
 }
 
 func (a *hubActor) dropSub(mem *member, name string) {
-	if _, ok := mem.topics[name]; !ok {
+	s, ok := mem.topics[name]
+	if !ok {
 		return
+	}
+	if s.loading {
+		callSettled(s.settled) // it ends unanswered
 	}
 	delete(mem.topics, name)
 	if t := a.topics[name]; t != nil {
@@ -309,11 +314,13 @@ func (a *hubActor) encode(c Codec, msg *Message) []byte {
 func (a *hubActor) subscribe(req *SubscribeRequest) {
 	mem, ok := a.conns[req.Conn.ID()]
 	if !ok {
-		return // the connection closed meanwhile
+		callSettled(req.Settled) // the connection closed meanwhile
+		return
 	}
 	s, again := mem.topics[req.Topic]
 	if !again && len(mem.topics) >= a.hub.opts.MaxTopicsPerConn {
 		a.enqueue(mem, req.Ack(0, false, ErrTooManyTopics))
+		callSettled(req.Settled)
 		return
 	}
 	t := a.topics[req.Topic]
@@ -333,7 +340,10 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 		t.members[mem.conn.ID()] = mem
 		t.dirty = true
 	}
-	s.loading, s.since, s.ack, s.pending = true, req.Since, req.Ack, nil
+	if s.loading {
+		callSettled(s.settled) // replaced before it settled: its answer never comes
+	}
+	s.loading, s.since, s.ack, s.settled, s.pending = true, req.Since, req.Ack, req.Settled, nil
 	if !t.tracked {
 		a.settle(req.Topic, mem, s, nil, 0, false) // nothing kept, nothing recovered
 		return
@@ -363,9 +373,11 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 	}
 	if h.err != nil {
 		a.log.Warn("hub: topic history unavailable", "topic", h.topic, "err", h.err)
-		ack := s.ack
+		ack, settled := s.ack, s.settled
+		s.settled = nil // called below, once the answer is queued
 		a.dropSub(mem, h.topic)
 		a.enqueue(mem, ack(0, false, ErrHistory))
+		callSettled(settled)
 		return
 	}
 	// recovered: the client asked for the messages after since and got every one of them.
@@ -385,6 +397,8 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 func (a *hubActor) settle(name string, mem *member, s *sub, history []*Message, latest uint64, recovered bool) {
 	pending := s.pending
 	s.loading, s.pending, s.pos = false, nil, latest
+	defer callSettled(s.settled)
+	s.settled = nil
 	if !a.enqueue(mem, s.ack(latest, recovered, nil)) {
 		return
 	}
@@ -413,6 +427,13 @@ func (a *hubActor) settle(name string, mem *member, s *sub, history []*Message, 
 	}
 	if tracked {
 		a.settled(name, t, s.pos, gap)
+	}
+}
+
+// callSettled calls a SubscribeRequest's Settled, if it has one.
+func callSettled(f func()) {
+	if f != nil {
+		f()
 	}
 }
 

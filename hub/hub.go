@@ -195,6 +195,12 @@ type SubscribeRequest struct {
 	Topic string
 	Since *uint64
 	Ack   func(latest uint64, recovered bool, err error) []byte
+	// Settled, when set, is called on the hub's goroutine once the answer and the recovered
+	// messages are queued, or when the subscription ends without an answer (its connection
+	// went away, or a later SUBSCRIBE to the topic replaced it before it settled). The connection
+	// actor holds the connection's next answers until then, so answers keep their order. It must
+	// not block.
+	Settled func()
 }
 
 // Subscribe adds a subscription (see SubscribeRequest). Subscribing again to a topic only acks.

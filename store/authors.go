@@ -106,7 +106,11 @@ func (r *Authors) cursorPage(ctx context.Context, f AuthorFilter, p PageRequest)
 // decides, so concurrent creates of one name have exactly one winner.
 func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
 	a := Author{Name: name}
-	if _, err := r.db.Bun.NewInsert().Model(&a).Returning("id, name").Exec(ctx); err != nil {
+	err := r.write(ctx, func(ctx context.Context, tx bun.Tx) error {
+		_, err := tx.NewInsert().Model(&a).Returning("id, name").Exec(ctx)
+		return err
+	})
+	if err != nil {
 		return Author{}, dbError("create author", err)
 	}
 	return a, nil
@@ -116,7 +120,9 @@ func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
 // ErrConflict.
 func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, error) {
 	var a Author
-	err := r.db.Bun.NewRaw("UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id).Scan(ctx, &a)
+	err := r.write(ctx, func(ctx context.Context, tx bun.Tx) error {
+		return tx.NewRaw("UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id).Scan(ctx, &a)
+	})
 	if isNoRows(err) {
 		return Author{}, fmt.Errorf("%w: author %d", ErrNotFound, id)
 	}
@@ -128,11 +134,15 @@ func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, er
 
 // Delete removes author id. A missing id is ErrNotFound.
 func (r *Authors) Delete(ctx context.Context, id int64) error {
-	res, err := r.db.Bun.NewDelete().Model((*Author)(nil)).Where("a.id = ?", id).Exec(ctx)
-	if err != nil {
-		return databaseError("delete author", err)
-	}
-	n, err := res.RowsAffected()
+	var n int64
+	err := r.write(ctx, func(ctx context.Context, tx bun.Tx) error {
+		res, err := tx.NewDelete().Model((*Author)(nil)).Where("a.id = ?", id).Exec(ctx)
+		if err != nil {
+			return err
+		}
+		n, err = res.RowsAffected()
+		return err
+	})
 	if err != nil {
 		return databaseError("delete author", err)
 	}
@@ -140,6 +150,17 @@ func (r *Authors) Delete(ctx context.Context, id int64) error {
 		return fmt.Errorf("%w: author %d", ErrNotFound, id)
 	}
 	return nil
+}
+
+// write runs one write in a transaction, so that it commits only if it finished before ctx
+// ended. A lone statement would commit on its own: when the caller gives up on it (its deadline
+// passes while the statement waits for a lock or a stalled server), the driver drops the
+// connection, but the server goes on with the statement, and would commit it after the caller
+// was told it failed. In a transaction the server finds the connection gone when it reads the
+// COMMIT that never comes, and rolls back; and database/sql does not send COMMIT once ctx is
+// done. Only a COMMIT already sent when the deadline passes can still take effect.
+func (r *Authors) write(ctx context.Context, fn func(context.Context, bun.Tx) error) error {
+	return r.db.Bun.RunInTx(ctx, nil, fn)
 }
 
 // filter applies f to a select over authors (alias a).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
 )
@@ -44,6 +45,8 @@ type HandlerPool struct {
 	lanes   [laneCount]*lane
 	actors  []*actor.PID
 	workers [laneCount]*workerDispatcher
+	stop    sync.Once
+	stopErr error
 }
 
 // SpawnHandlerPool starts the lanes' handler actors. base is the context every handler call
@@ -80,12 +83,16 @@ func SpawnHandlerPool(root *actor.RootContext, p *Pipeline, base context.Context
 
 // Stop stops taking requests (those still waiting are answered 1, "Server is shutting down"),
 // stops the handler actors, waiting for the requests they are running, then their goroutines.
+// Calling it again returns the first call's result.
 func (h *HandlerPool) Stop(root *actor.RootContext) error {
-	h.system.ProcessRegistry.Remove(h.PID)
-	for _, l := range h.lanes {
-		l.close()
-	}
-	return h.stopActors(root)
+	h.stop.Do(func() {
+		h.system.ProcessRegistry.Remove(h.PID)
+		for _, l := range h.lanes {
+			l.close()
+		}
+		h.stopErr = h.stopActors(root)
+	})
+	return h.stopErr
 }
 
 func (h *HandlerPool) stopActors(root *actor.RootContext) error {

@@ -3,7 +3,9 @@ package actors
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -22,11 +24,25 @@ func (a *handlerActor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started, *actor.Stopping, *actor.Stopped, *actor.Restarting:
 	case *Request:
-		ctx.Respond(a.pipeline.Handle(a.base, m))
+		ctx.Respond(a.handle(m))
 		a.lane.release(ctx.Self())
 	default:
 		a.log.Warn("handler actor: unexpected message", "type", typeName(m))
 	}
+}
+
+// handle runs the pipeline. Handle recovers the handler's panics; this also covers its own
+// steps, because an answer lost to a restart would leave the connection waiting for it (its
+// next requests queue behind it) and the lane one actor short.
+func (a *handlerActor) handle(m *Request) (resp *Response) {
+	defer func() {
+		if v := recover(); v != nil {
+			a.log.Error("handler actor: pipeline panicked", "pkg_id", m.PkgID, "req_id", m.ReqID,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			resp = &Response{PkgID: m.PkgID, ReqID: m.ReqID, Status: StatusError, Msg: "Internal error", Kind: ErrInternal, For: m}
+		}
+	}()
+	return a.pipeline.Handle(a.base, m)
 }
 
 // PoolSizes are the handler actors of each lane.

@@ -13,6 +13,8 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/asynkron/protoactor-go/actor"
+
+	"switchboard/store/audit"
 )
 
 // laneWait bounds waits that only run out when something hangs.
@@ -197,4 +199,41 @@ func TestPoolStopAnswersWaitingRequests(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Stop is idempotent: the cleanup stops it again.
+}
+
+// panickyAuditor panics on every record: a fault in the pipeline's own steps, outside the
+// handler's recover.
+type panickyAuditor struct{}
+
+func (panickyAuditor) Record(audit.Entry) { panic("audit broke") }
+
+// TestHandlerActorSurvivesPipelinePanics: a panic in the pipeline's own steps is answered
+// 1/"Internal error" and leaves the actor in its lane: a pool of one keeps answering.
+func TestHandlerActorSurvivesPipelinePanics(t *testing.T) {
+	reg := NewRegistry()
+	reg.MustRegister(Route{PkgID: 2, Name: "QUICK", Handler: func(context.Context, *Request) (any, any, error) { return 1, nil, nil }})
+	pol, err := ParsePolicy([]byte(`{"pkg_ids":{"2":[]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewPipeline(PipelineConfig{Registry: reg, Policy: pol, Auditor: panickyAuditor{}, Logger: quietLogger(), Metrics: metrics.NewSet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quietLogger() }))
+	defer sys.Shutdown()
+	pool, err := SpawnHandlerPool(sys.Root, p, context.Background(), PoolSizes{Database: 1, Control: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = pool.Stop(sys.Root) }()
+	for range 3 {
+		res, err := sys.Root.RequestFuture(pool.PID, laneReq(2), laneWait).Result()
+		if err != nil {
+			t.Fatalf("no answer: %v", err)
+		}
+		if r := res.(*Response); r.Msg != "Internal error" || r.For == nil {
+			t.Fatalf("answered %+v", r)
+		}
+	}
 }

@@ -71,3 +71,30 @@ func TestSettledOnRefusal(t *testing.T) {
 		t.Fatalf("refused: Settled with %d frames", got)
 	}
 }
+
+// TestSettledWhenHistoryFails: a subscription whose history read fails is answered with the error
+// and settled after that answer; one dropped while its history loads (its connection went away)
+// is settled without one.
+func TestSettledWhenHistoryFails(t *testing.T) {
+	e := newGapEnv(t, 10)
+	c := newFake(1, seqCodec{})
+	e.register(c)
+	ch := make(chan int, 1)
+	e.bus.set(func(b *gapBus) { b.failures = 1 })
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.f", Since: u64(0), Ack: answer("dash.f"), Settled: settledAt(c, ch)})
+	if got := waitSettled(t, ch); got != 1 {
+		t.Fatalf("Settled with %d frames queued, want the error answer", got)
+	}
+	if f := string(c.received()[0]); f != "ack|dash.f|0|false|"+hub.ErrHistory.Error() {
+		t.Fatalf("answer %q", f)
+	}
+	gate := make(chan struct{})
+	e.bus.set(func(b *gapBus) { b.gate = gate })
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.g", Since: u64(0), Ack: answer("dash.g"), Settled: settledAt(c, ch)})
+	waitFor(t, 10*time.Second, "the history read", func() bool { return e.bus.historyCalls() == 2 })
+	e.hub.Unregister(c.ID())
+	if got := waitSettled(t, ch); got != 1 {
+		t.Fatalf("Settled with %d frames queued for a connection that went away", got)
+	}
+	close(gate)
+}

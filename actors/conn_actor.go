@@ -58,12 +58,40 @@ type connStart struct {
 // connActor is the actor behind one socket: it owns the user (replaced by REFRESH_TOKEN) and
 // the token's expiry timer, asks the handler pool, and queues the encoded answers on the
 // socket's writer. It is kept small: thousands of idle connections each hold one.
+//
+// Answers leave in the order the requests arrived (PROTOCOL.md §1.2): the actor runs its
+// connection's requests one at a time. queue holds what the read side handed over, in arrival
+// order — requests, and the answers the read side made itself for frames it could not decode —
+// and its head is the request being run while busy. A request is sent to the handler pool once
+// the answer before it is queued on the socket, so a GET sent after a CREATE sees its row, and a
+// REFRESH_TOKEN's new roles apply to the next request. SUBSCRIBE's answer is queued by the hub
+// (after the topic's history loads): the queue waits until the hub says it is (settled). The
+// read side's in-flight cap bounds the queue.
 type connActor struct {
 	deps  *ConnDeps
 	sock  Socket
 	user  *User
 	timer *time.Timer
+	queue arrivals
+	busy  bool
+	// settled is handed to the hub with a SUBSCRIBE (set just before subscribe runs); overdue
+	// releases the queue should the hub never call it.
+	settled func()
+	overdue *time.Timer
 }
+
+// subscribeSettled says the hub has queued the answer of the SUBSCRIBE req (and the recovered
+// messages after it), or dropped it with its connection; subscribeOverdue says it has not done so
+// in time.
+type (
+	subscribeSettled struct{ req *Request }
+	subscribeOverdue struct{ req *Request }
+)
+
+// subscribeSettleWait bounds how long a connection's later answers wait for the hub to queue a
+// SUBSCRIBE's answer. The hub settles every subscription (its history read is bounded by 5 s);
+// this only keeps a connection from stalling for good if it ever did not.
+const subscribeSettleWait = 30 * time.Second
 
 // ConnProps returns the props every connection actor is spawned from (build it once): the
 // actors share deps, and their mailboxes start without a preallocated ring.
@@ -88,26 +116,33 @@ func (a *connActor) Receive(ctx actor.Context) {
 		if a.timer != nil {
 			a.timer.Stop()
 		}
+		if a.overdue != nil {
+			a.overdue.Stop()
+		}
 	case *actor.Started, *actor.Stopped, *actor.Restarting:
 	case *Request:
-		// The read side built m; the user is the connection's, whatever the frame said.
-		m.User = a.user
-		ctx.Request(a.deps.Handlers, m)
-	case *Response:
-		if m.Status == StatusOK {
-			if m.Refreshed != nil {
-				a.user = m.Refreshed
-				a.schedule(ctx)
-			}
-			switch e := m.Effect.(type) {
-			case *SubscribeIntent:
-				a.subscribe(m, e)
-				return
-			case *UnsubscribeIntent:
-				a.deps.Topics.Unsubscribe(a.sock.ID(), e.Topic)
-			}
+		// Admission: the deadline runs from here (the read side may have stamped it already),
+		// however long the request then waits behind the connection's earlier ones.
+		if m.Admitted.IsZero() {
+			m.Admitted = time.Now()
 		}
-		a.deliver(m)
+		a.queue.push(m)
+		a.next(ctx)
+	case *Response:
+		if a.busy && m.For != nil && m.For == a.queue.peek() {
+			a.answered(ctx, m)
+		} else {
+			a.queue.push(m) // the read side's answer to a frame it could not decode
+		}
+		a.next(ctx)
+	case *subscribeSettled:
+		a.release(ctx, m.req)
+	case *subscribeOverdue:
+		if a.busy && a.queue.peek() == m.req {
+			a.deps.Logger.Warn("connection actor: the hub did not queue a SUBSCRIBE answer in time; answering the next requests",
+				"req_id", m.req.ReqID, "waited", subscribeSettleWait)
+		}
+		a.release(ctx, m.req)
 	case *tokenExpired:
 		if a.user.ExpiresAt.Equal(m.exp) {
 			a.sock.Close(CloseTokenExpired, "token expired")
@@ -115,6 +150,63 @@ func (a *connActor) Receive(ctx actor.Context) {
 	default:
 		a.deps.Logger.Warn("connection actor: unexpected message", "type", typeName(m))
 	}
+}
+
+// next runs the queue until it waits for a handler or the hub: ready answers are queued on the
+// socket, and the first request is sent to the handler pool.
+func (a *connActor) next(ctx actor.Context) {
+	for !a.busy && a.queue.len() > 0 {
+		switch m := a.queue.peek().(type) {
+		case *Response:
+			a.queue.pop()
+			a.deliver(m)
+		case *Request:
+			// The user is the connection's as it is now, whatever the frame said: a REFRESH_TOKEN
+			// answered before this request already applies.
+			m.User = a.user
+			a.busy = true
+			ctx.Request(a.deps.Handlers, m)
+		}
+	}
+}
+
+// answered handles the handler pool's answer to the request at the head of the queue.
+func (a *connActor) answered(ctx actor.Context, m *Response) {
+	if m.Status == StatusOK {
+		if m.Refreshed != nil {
+			a.user = m.Refreshed
+			a.schedule(ctx)
+		}
+		switch e := m.Effect.(type) {
+		case *SubscribeIntent:
+			// The hub queues the answer; the queue waits for it (settled).
+			self, root, req := ctx.Self(), ctx.ActorSystem().Root, m.For
+			a.settled = func() { root.Send(self, &subscribeSettled{req: req}) }
+			a.overdue = time.AfterFunc(subscribeSettleWait, func() { root.Send(self, &subscribeOverdue{req: req}) })
+			a.subscribe(m, e)
+			a.settled = nil
+			return
+		case *UnsubscribeIntent:
+			a.deps.Topics.Unsubscribe(a.sock.ID(), e.Topic)
+		}
+	}
+	a.queue.pop()
+	a.busy = false
+	a.deliver(m)
+}
+
+// release ends the wait for the hub's answer to the SUBSCRIBE req and runs the queue on.
+func (a *connActor) release(ctx actor.Context, req *Request) {
+	if !a.busy || a.queue.peek() != req {
+		return // already released (settled after overdue, or the other way round)
+	}
+	if a.overdue != nil {
+		a.overdue.Stop()
+		a.overdue = nil
+	}
+	a.queue.pop()
+	a.busy = false
+	a.next(ctx)
 }
 
 // schedule (re)arms the expiry timer for the current user's token.
@@ -132,8 +224,9 @@ func (a *connActor) schedule(ctx actor.Context) {
 
 // subscribe hands the subscription to the hub, which queues the answer (built by ack once the
 // topic's stream and latest sequence are known), the recovered messages and then live ones, in
-// that order. The request keeps its in-flight slot until the hub has queued the answer (Done),
-// so a connection cannot have more history loads waiting than its in-flight cap.
+// that order. The request keeps its in-flight slot until the hub has queued the answer and the
+// recovered messages (Done), so a connection cannot have more history loads waiting than its
+// in-flight cap; Done also settles the connection's queue, which then answers the next request.
 func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
 	sock, log := a.sock, a.deps.Logger
 	ack := func(res hub.Answer) []byte {
@@ -156,8 +249,14 @@ func (a *connActor) subscribe(r *Response, in *SubscribeIntent) {
 		}
 		return f
 	}
+	settled := a.settled
 	a.deps.Topics.Subscribe(&hub.SubscribeRequest{Conn: a.sock, Topic: in.Topic, Since: in.Since, Epoch: in.Epoch,
-		Ack: ack, Done: a.sock.RequestDone})
+		Ack: ack, Done: func() {
+			sock.RequestDone()
+			if settled != nil {
+				settled()
+			}
+		}})
 }
 
 // subscribed is SUBSCRIBE's answer data.

@@ -16,6 +16,11 @@ var (
 	ErrConflict    = errors.New("conflict")
 	ErrDatabase    = errors.New("database error")
 	ErrInternal    = errors.New("internal error")
+	// ErrDeadline: the request's deadline (admission plus the handler timeout) passed before a
+	// handler took it, so it never ran.
+	ErrDeadline = errors.New("deadline passed before the request ran")
+	// ErrStopping: the handler pool is stopping (shutdown), so the request never ran.
+	ErrStopping = errors.New("handler pool stopping")
 )
 
 // Failure is what a handler returns for an answer other than success: a status code, the

@@ -40,6 +40,12 @@ type Request struct {
 	Transport string // "ws" or "http"
 	Remote    string // client address, for limits and audit
 	UserAgent string
+	// Admitted is when the server took the request in: the connection actor when the read side
+	// hands it a frame, the façade's route once the call is read. The request's deadline is
+	// Admitted plus the handler timeout (Pipeline.Deadline), however long it then waits: one
+	// whose deadline passes before a handler takes it is answered and never runs. Zero means
+	// "now" (a caller that calls Pipeline.Handle directly).
+	Admitted time.Time
 }
 
 // Response answers one Request. Data and Meta are encoded by the edge; Kind is the sentinel
@@ -60,6 +66,10 @@ type Response struct {
 	// Effect is what a successful answer asks of the connection actor besides sending it
 	// (*SubscribeIntent, *UnsubscribeIntent). Never encoded.
 	Effect any
+	// For is the request this answers: set on every answer of the pipeline, nil on the answers
+	// the read side makes without a handler (bad envelopes). The connection actor tells the two
+	// apart by it. Never encoded.
+	For *Request
 }
 
 // FieldError is one problem found in a request's data: a JSON pointer and a message.

@@ -86,32 +86,37 @@ func (p *Pipeline) Registry() *Registry { return p.cfg.Registry }
 // Policy returns the RBAC policy the pipeline enforces.
 func (p *Pipeline) Policy() *Policy { return p.cfg.Policy }
 
-// Handle answers req. ctx bounds the whole call; the handler gets at most the configured timeout.
+// Timeout is the handler timeout: a request's deadline is its admission plus this.
+func (p *Pipeline) Timeout() time.Duration { return p.cfg.Timeout }
+
+// Deadline is req's deadline: its admission plus the handler timeout (from now when the request
+// carries no admission time).
+func (p *Pipeline) Deadline(req *Request) time.Time {
+	if req.Admitted.IsZero() {
+		return time.Now().Add(p.cfg.Timeout)
+	}
+	return req.Admitted.Add(p.cfg.Timeout)
+}
+
+// Handle answers req. ctx bounds the whole call, and so does req's deadline: a request whose
+// deadline has passed is answered 1/"Request timed out" (ErrDeadline) without running any step,
+// and every step that waits (the rate limiter, the handler) gets what is left of it.
 func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	start := time.Now()
 	var decoded any // req.Data as schema validation decoded it
-	defer func() {
-		if req.Transport != "ws" {
-			return // the HTTP façade logs and measures its requests itself
-		}
-		p.duration(req.PkgID).UpdateDuration(start)
-		p.audit(req, resp, start, decoded)
-		if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
-			user := ""
-			if req.User != nil {
-				user = req.User.ID
-			}
-			p.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
-				slog.String("req_id", req.ReqID), slog.String("user", user), slog.Int("status", int(resp.Status)),
-				slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
-		}
-	}()
+	defer func() { p.record(ctx, req, resp, start, decoded) }()
+	deadline := p.Deadline(req)
+	if !start.Before(deadline) {
+		return p.fail(req, timedOut)
+	}
+	rctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	rt, ok := p.cfg.Registry.lookup(req.PkgID)
 	if !ok {
 		return p.fail(req, &Failure{Status: StatusError, Msg: "Unknown pkg_id " + strconv.Itoa(req.PkgID), Kind: ErrUnknownPkg})
 	}
 	if req.Transport == "ws" && p.cfg.WSLimiter != nil && req.User != nil {
-		d, err := p.cfg.WSLimiter.Allow(ctx, req.User.ID)
+		d, err := p.cfg.WSLimiter.Allow(rctx, req.User.ID)
 		if err == nil && !d.Allowed {
 			p.cfg.Metrics.GetOrCreateCounter(`rate_limit_hits_total{limit_type="ws_message"}`).Inc()
 			r := p.fail(req, &Failure{Status: StatusError, Msg: "Rate limit exceeded", Kind: ErrRateLimited})
@@ -130,12 +135,44 @@ func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	if len(errs) > 0 {
 		return p.fail(req, Invalid(errs...))
 	}
-	return p.run(ctx, rt, req)
+	return p.run(rctx, rt, req)
+}
+
+// The answers of requests that never ran (PROTOCOL §1.3 status 1; docs/protocol.md §8).
+var (
+	timedOut = &Failure{Status: StatusError, Msg: "Request timed out", Kind: ErrDeadline}
+	stopping = &Failure{Status: StatusError, Msg: "Server is shutting down", Kind: ErrStopping}
+)
+
+// refuse answers req with f without running it (its deadline passed while it waited for a
+// handler, or the pool is stopping); the answer is logged, measured and audited like Handle's.
+func (p *Pipeline) refuse(req *Request, f *Failure) (resp *Response) {
+	start := time.Now()
+	resp = p.fail(req, f)
+	p.record(context.Background(), req, resp, start, nil)
+	return resp
+}
+
+// record measures, audits and logs a WebSocket request's answer; the HTTP façade logs and
+// measures its requests itself.
+func (p *Pipeline) record(ctx context.Context, req *Request, resp *Response, start time.Time, decoded any) {
+	if req.Transport != "ws" {
+		return
+	}
+	p.duration(req.PkgID).UpdateDuration(start)
+	p.audit(req, resp, start, decoded)
+	if p.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+		user := ""
+		if req.User != nil {
+			user = req.User.ID
+		}
+		p.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
+			slog.String("req_id", req.ReqID), slog.String("user", user), slog.Int("status", int(resp.Status)),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
+	}
 }
 
 func (p *Pipeline) run(ctx context.Context, rt *route, req *Request) (resp *Response) {
-	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
-	defer cancel()
 	defer func() {
 		if v := recover(); v != nil {
 			p.cfg.Logger.Error("handler panicked", "pkg_id", req.PkgID, "req_id", req.ReqID,
@@ -147,7 +184,7 @@ func (p *Pipeline) run(ctx context.Context, rt *route, req *Request) (resp *Resp
 	if err != nil {
 		return p.fail(req, p.classify(req, err))
 	}
-	resp = &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta}
+	resp = &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: StatusOK, Data: data, Meta: meta, For: req}
 	switch d := data.(type) {
 	case refreshed:
 		resp.Refreshed = d.user
@@ -174,7 +211,7 @@ func (p *Pipeline) classify(req *Request, err error) *Failure {
 }
 
 func (p *Pipeline) fail(req *Request, f *Failure) *Response {
-	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: f.Status, Msg: f.Msg, Kind: f.Kind, Data: f.Data}
+	return &Response{PkgID: req.PkgID, ReqID: req.ReqID, Status: f.Status, Msg: f.Msg, Kind: f.Kind, Data: f.Data, For: req}
 }
 
 // duration is the processing-time histogram of pkgID.

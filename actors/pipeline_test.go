@@ -135,7 +135,10 @@ func TestRateLimitAfterLookupBeforeRBAC(t *testing.T) {
 func TestHandlerPoolSurvivesPanics(t *testing.T) {
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return quietLogger() }))
 	defer sys.Shutdown()
-	pool := SpawnHandlerPool(sys.Root, testPipeline(t, nil), context.Background(), 4)
+	pool, err := SpawnHandlerPool(sys.Root, testPipeline(t, nil), context.Background(), PoolSizes{Database: 4, Control: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 0; i < 20; i++ {
 		pkg, data := 2, `{}`
 		if i%2 == 1 {

@@ -22,13 +22,50 @@ import (
 type HandlerFunc func(ctx context.Context, req *Request) (data, meta any, err error)
 
 // Route registers one pkg_id: its name (for logs and metric labels), the JSON schema of its data,
-// and its handler. Roles are not here: they come from the Policy, which is data.
+// its handler and the lane of handler actors it runs in. Roles are not here: they come from the
+// Policy, which is data.
 type Route struct {
 	PkgID    int
 	Name     string
 	Resource string // what the pkg_id acts on, for the audit log ("authors", "topics", …)
 	Schema   string // a JSON Schema document for `data`; empty = any object
 	Handler  HandlerFunc
+	// Lane is the bulkhead the handler runs in. The zero value, LaneDatabase, is the safe
+	// default: a handler that may wait on the database must never hold an actor that requests
+	// without a database call need.
+	Lane Lane
+}
+
+// Lane names a bulkhead of handler actors (see HandlerPool). Requests of one lane never wait for
+// the actors of the other, so a stalled database leaves the control lane free.
+type Lane uint8
+
+const (
+	// LaneDatabase runs handlers that may wait on the database (SWITCHBOARD_HANDLER_POOL_SIZE
+	// actors).
+	LaneDatabase Lane = iota
+	// LaneControl runs handlers that never touch the database: SUBSCRIBE, UNSUBSCRIBE,
+	// REFRESH_TOKEN, and the answer to an unknown pkg_id (SWITCHBOARD_CONTROL_POOL_SIZE actors).
+	LaneControl
+	laneCount
+)
+
+func (l Lane) String() string {
+	if l == LaneControl {
+		return "control"
+	}
+	return "database"
+}
+
+// InLane returns routes with their Lane set to lane, for routes whose handlers are declared
+// elsewhere.
+func InLane(lane Lane, routes ...Route) []Route {
+	out := make([]Route, len(routes))
+	for i, rt := range routes {
+		rt.Lane = lane
+		out[i] = rt
+	}
+	return out
 }
 
 type route struct {
@@ -48,6 +85,9 @@ func NewRegistry() *Registry { return &Registry{routes: make(map[int]*route)} }
 func (r *Registry) Register(rt Route) error {
 	if rt.Handler == nil || rt.Name == "" {
 		return fmt.Errorf("register pkg_id %d: name and handler are required", rt.PkgID)
+	}
+	if rt.Lane >= laneCount {
+		return fmt.Errorf("register pkg_id %d: unknown lane %d", rt.PkgID, rt.Lane)
 	}
 	if _, dup := r.routes[rt.PkgID]; dup {
 		return fmt.Errorf("register pkg_id %d: already registered", rt.PkgID)
@@ -76,6 +116,14 @@ func (r *Registry) MustRegister(rts ...Route) {
 func (r *Registry) lookup(pkgID int) (*route, bool) {
 	rt, ok := r.routes[pkgID]
 	return rt, ok
+}
+
+// Lane returns the lane pkgID runs in; an unknown pkg_id is answered at once, in the control lane.
+func (r *Registry) Lane(pkgID int) Lane {
+	if rt, ok := r.routes[pkgID]; ok {
+		return rt.Lane
+	}
+	return LaneControl
 }
 
 // Resource returns what pkgID acts on, or "unknown".

@@ -16,7 +16,7 @@ type VerifyFunc func(ctx context.Context, token string) (*User, error)
 // (new roles, new expiry). Over HTTP the route is not exposed: each call brings its token.
 func SessionRoutes(verify VerifyFunc) []Route {
 	return []Route{{
-		PkgID: PkgRefreshToken, Name: "REFRESH_TOKEN", Resource: "session",
+		PkgID: PkgRefreshToken, Name: "REFRESH_TOKEN", Resource: "session", Lane: LaneControl,
 		Schema: `{"type":"object","required":["token"],"properties":{"token":{"type":"string","minLength":1,"maxLength":65536}}}`,
 		Handler: func(ctx context.Context, req *Request) (any, any, error) {
 			var in struct {

@@ -36,8 +36,9 @@ type Config struct {
 	MaxHeaderBytes     int            // SWITCHBOARD_MAX_HEADER_BYTES (request line and headers; over it: 431)
 	HeaderTimeout      time.Duration  // SWITCHBOARD_HEADER_TIMEOUT (to receive a request's line and headers; then: 408)
 	MaxPreAuthConnsIP  int            // SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP (connections not yet authenticated, per client address)
-	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors)
-	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (one handler call)
+	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors for pkg_ids that use the database)
+	ControlPoolSize    int            // SWITCHBOARD_CONTROL_POOL_SIZE (handler actors for pkg_ids that do not)
+	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (a request's deadline, from admission)
 	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix // SWITCHBOARD_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
 	MetricsAddr        string         // SWITCHBOARD_METRICS_ADDR
@@ -74,6 +75,7 @@ func Default() Config {
 		HeaderTimeout:      5 * time.Second,
 		MaxPreAuthConnsIP:  256,
 		HandlerPoolSize:    64,
+		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
 		DataDir:            "./data",
@@ -160,6 +162,7 @@ func bind(p *parser, c *Config) {
 	p.duration("SWITCHBOARD_HEADER_TIMEOUT", &c.HeaderTimeout)
 	p.integer("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", &c.MaxPreAuthConnsIP)
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
+	p.integer("SWITCHBOARD_CONTROL_POOL_SIZE", &c.ControlPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
@@ -225,6 +228,7 @@ func (c Config) Validate() error {
 		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER": c.WSMaxConnsPerUser,
 		"SWITCHBOARD_WS_MAX_IN_FLIGHT":            c.WSMaxInFlight,
 		"SWITCHBOARD_HANDLER_POOL_SIZE":           c.HandlerPoolSize,
+		"SWITCHBOARD_CONTROL_POOL_SIZE":           c.ControlPoolSize,
 	}
 	for _, name := range sortedKeys(positive) {
 		if positive[name] < 1 {

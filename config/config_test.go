@@ -37,9 +37,13 @@ func TestOverrides(t *testing.T) {
 		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT": "7",
 		"SWITCHBOARD_DATA_DIR":              "/var/lib/sb",
 		"SWITCHBOARD_REDIS_PREFIX":          "tenant-a:",
+		"SWITCHBOARD_CONTROL_POOL_SIZE":     "4",
 	}))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if c.ControlPoolSize != 4 || Default().ControlPoolSize != 16 {
+		t.Fatalf("control pool: %d (default %d)", c.ControlPoolSize, Default().ControlPoolSize)
 	}
 	if c.Addr != "0.0.0.0:9000" || c.WSPingInterval != 5*time.Second || c.WSMessageRateLimit != 7 {
 		t.Fatalf("overrides not applied: %+v", c)
@@ -109,6 +113,7 @@ func TestErrorsAreCollectedAndActionable(t *testing.T) {
 		"SWITCHBOARD_DATABASE_URL":          "mysql://x",
 		"SWITCHBOARD_JWT_LEEWAY":            "1m",
 		"SWITCHBOARD_LOG_FORMAT":            "xml",
+		"SWITCHBOARD_CONTROL_POOL_SIZE":     "0",
 	}))
 	if err == nil {
 		t.Fatal("want errors")
@@ -119,6 +124,7 @@ func TestErrorsAreCollectedAndActionable(t *testing.T) {
 		"SWITCHBOARD_DATABASE_URL",
 		"SWITCHBOARD_JWT_LEEWAY",
 		"SWITCHBOARD_LOG_FORMAT",
+		"SWITCHBOARD_CONTROL_POOL_SIZE: must be at least 1",
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)

@@ -279,14 +279,21 @@ func (a *hubActor) dropSub(mem *member, name string) *sub {
 
 // answer queues the answer to req on mem, unless mem is gone, and calls req's Done.
 func (a *hubActor) answer(mem *member, req *SubscribeRequest, ans Answer) bool {
-	ok := false
-	if a.conns[mem.conn.ID()] == mem {
-		if f := req.Ack(ans); f != nil {
-			ok = a.enqueue(mem, f)
-		}
-	}
+	ok := a.ack(mem, req, ans)
 	req.finish()
 	return ok
+}
+
+// ack queues req's answer on mem's connection (unless it has gone) and tells whether it was
+// queued; the caller calls req.finish once what follows the answer is queued too.
+func (a *hubActor) ack(mem *member, req *SubscribeRequest, ans Answer) bool {
+	if a.conns[mem.conn.ID()] != mem {
+		return false
+	}
+	if f := req.Ack(ans); f != nil {
+		return a.enqueue(mem, f)
+	}
+	return false
 }
 
 // enqueue queues a frame on mem; a refusal (over budget or closing) removes the member, which
@@ -519,6 +526,20 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 // history (gap.go). Then the next SUBSCRIBE waiting on this topic, if any, runs.
 func (a *hubActor) settle(name string, mem *member, s *sub, w Window) {
 	req := s.req
+	queued := a.settleQueue(name, mem, s, w)
+	// Done comes after the recovered and held messages: the connection answers its next request
+	// only then, so nothing lands between this answer and its replay.
+	req.finish()
+	if queued {
+		a.next(name, mem, s)
+	}
+}
+
+// settleQueue is settle's part on the connection: the answer, the recovered messages, then the
+// held ones. It tells whether all of them were queued (false: the connection is gone or
+// closing).
+func (a *hubActor) settleQueue(name string, mem *member, s *sub, w Window) bool {
+	req := s.req
 	// recovered: the client named a position in the topic's current stream, and every message
 	// after it is still kept. A since without an epoch, or of another epoch (the stream
 	// restarted since), is never taken for the current stream's: that would hide a hole.
@@ -526,13 +547,13 @@ func (a *hubActor) settle(name string, mem *member, s *sub, w Window) {
 	pending := s.pending
 	s.loading, s.req, s.pending = false, nil, nil
 	s.epoch, s.pos = w.Epoch, w.Latest
-	if !a.answer(mem, req, Answer{Latest: w.Latest, Epoch: w.Epoch, Recovered: recovered}) {
-		return
+	if !a.ack(mem, req, Answer{Latest: w.Latest, Epoch: w.Epoch, Recovered: recovered}) {
+		return false
 	}
 	if recovered {
 		for _, msg := range w.Msgs {
 			if !a.enqueueOne(mem, msg) {
-				return
+				return false
 			}
 		}
 	}
@@ -552,13 +573,13 @@ func (a *hubActor) settle(name string, mem *member, s *sub, w Window) {
 			s.epoch, s.pos = msg.Epoch, msg.Seq
 		}
 		if !a.enqueueOne(mem, msg) {
-			return
+			return false
 		}
 	}
 	if tracked {
 		a.settled(name, t, s, gap)
 	}
-	a.next(name, mem, s)
+	return true
 }
 
 // next runs the SUBSCRIBE that waited for s's answer, if any and if s is still there.

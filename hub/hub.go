@@ -205,8 +205,10 @@ func (h *Hub) Deliver(msg *Message) { h.root.Send(h.pid, &deliver{msg: msg}) }
 // all still kept and Epoch is the topic's current stream.
 //
 // The hub calls Ack exactly once per request, when the answer is due, and queues the frame it
-// returns on Conn before any message of the topic that follows it; then it calls Done (when set).
-// It only skips Ack when Conn is no longer registered (it still calls Done) or the hub stops. A
+// returns on Conn before any message of the topic that follows it; then, once the recovered
+// messages and the live ones held meanwhile are queued after it, it calls Done (when set): the
+// connection may answer its next request from then on. It only skips Ack when Conn is no
+// longer registered (it still calls Done) or the hub stops. A
 // second SUBSCRIBE to the same topic on the same connection while the first one's history still
 // loads waits for the first one's answer, then re-runs the recovery from its own Since; an
 // UNSUBSCRIBE meanwhile answers every SUBSCRIBE still waiting with ErrUnsubscribed.

@@ -2,8 +2,10 @@ package store
 
 import (
 	"context"
+	"database/sql/driver"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/uptrace/bun"
 )
@@ -105,8 +107,8 @@ func (r *Authors) cursorPage(ctx context.Context, f AuthorFilter, p PageRequest)
 // Create inserts an author. A name that already exists is ErrConflict: the unique index
 // decides, so concurrent creates of one name have exactly one winner.
 func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
-	a := Author{Name: name}
-	if _, err := r.db.Bun.NewInsert().Model(&a).Returning("id, name").Exec(ctx); err != nil {
+	var a Author
+	if err := r.write(ctx, &a, "INSERT INTO authors (name) VALUES (?) RETURNING id, name", name); err != nil {
 		return Author{}, dbError("create author", err)
 	}
 	return a, nil
@@ -116,7 +118,7 @@ func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
 // ErrConflict.
 func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, error) {
 	var a Author
-	err := r.db.Bun.NewRaw("UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id).Scan(ctx, &a)
+	err := r.write(ctx, &a, "UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id)
 	if isNoRows(err) {
 		return Author{}, fmt.Errorf("%w: author %d", ErrNotFound, id)
 	}
@@ -128,19 +130,63 @@ func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, er
 
 // Delete removes author id. A missing id is ErrNotFound.
 func (r *Authors) Delete(ctx context.Context, id int64) error {
-	res, err := r.db.Bun.NewDelete().Model((*Author)(nil)).Where("a.id = ?", id).Exec(ctx)
-	if err != nil {
-		return databaseError("delete author", err)
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return databaseError("delete author", err)
-	}
-	if n == 0 {
+	var deleted int64
+	err := r.write(ctx, &deleted, "DELETE FROM authors WHERE id = ? RETURNING id", id)
+	if isNoRows(err) {
 		return fmt.Errorf("%w: author %d", ErrNotFound, id)
+	}
+	return databaseError("delete author", err)
+}
+
+// write runs one statement that returns a row (scanned into dest; sql.ErrNoRows when it
+// returns none) in a transaction, so that it commits only if it finished before ctx ended.
+//
+// A lone statement would commit on its own: when the caller gives up on it (its deadline passes
+// while the statement waits for a lock or a stalled server), the driver drops the connection,
+// but the server goes on with the statement and commits it once it gets through, after the
+// caller was told it failed. In a transaction the server finds the connection gone when it
+// reads the COMMIT that never came, and rolls back; and COMMIT is not sent once ctx has ended.
+// Only a COMMIT already sent when the deadline passes can still take effect.
+//
+// On PostgreSQL, BEGIN travels with the statement in one query string (one round trip less than
+// database/sql's transactions: every write pays for the transaction); SQLite uses RunInTx.
+func (r *Authors) write(ctx context.Context, dest any, query string, args ...any) error {
+	if r.db.Dialect != DialectPostgres {
+		return r.db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			return tx.NewRaw(query, args...).Scan(ctx, dest)
+		})
+	}
+	conn, err := r.db.Bun.Conn(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.NewRaw("BEGIN; "+query, args...).Scan(ctx, dest); err != nil {
+		abandon(conn)
+		return err
+	}
+	// database/sql does not send anything once ctx has ended.
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
+		abandon(conn)
+		return err
 	}
 	return nil
 }
+
+// abandon ends a transaction that will not commit on a pinned connection before it goes back to
+// the pool: ROLLBACK, or, when that fails, the connection is dropped. (A connection the driver
+// found broken — a deadline that passed mid-statement — is dropped anyway.)
+func abandon(conn bun.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), abandonTimeout)
+	defer cancel()
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+}
+
+// abandonTimeout bounds the ROLLBACK of a failed write; a server that does not answer within it
+// loses the connection instead.
+const abandonTimeout = time.Second
 
 // filter applies f to a select over authors (alias a).
 func (r *Authors) filter(f AuthorFilter) func(*bun.SelectQuery) *bun.SelectQuery {

@@ -47,11 +47,16 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 			return
 		}
 		noteData(r, data)
+		// Admission: the call is read; its deadline (this plus the handler timeout) holds
+		// however long it waits for a handler, and the pool never starts it afterwards.
 		req := &actors.Request{
 			PkgID: rt.pkgID, ReqID: r.Header.Get("X-Correlation-ID"), Data: data, User: u,
-			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(),
+			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(), Admitted: time.Now(),
 		}
-		res, err := a.cfg.Root.RequestFuture(a.cfg.Handlers, req, a.cfg.HandlerTimeout+time.Second).Result()
+		// The pool answers by the deadline (a request still waiting then is refused); the grace
+		// covers a handler that overruns it, which should not happen.
+		wait := time.Until(req.Admitted.Add(a.cfg.HandlerTimeout)) + facadeGrace
+		res, err := a.cfg.Root.RequestFuture(a.cfg.Handlers, req, wait).Result()
 		if err != nil {
 			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "err", err)
 			writeDetail(w, http.StatusGatewayTimeout, "The request timed out")
@@ -66,6 +71,10 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 		writeFailure(w, resp)
 	}
 }
+
+// facadeGrace is how long past a request's deadline the façade waits for the pool's answer
+// before it answers 504 itself.
+const facadeGrace = time.Second
 
 // writeFailure maps a failed Response to its HTTP status and body.
 func writeFailure(w http.ResponseWriter, resp *actors.Response) {
@@ -86,6 +95,10 @@ func writeFailure(w http.ResponseWriter, resp *actors.Response) {
 			detail = "Missing required roles: " + actors.MissingRolesText(m.Missing)
 		}
 		writeDetail(w, http.StatusForbidden, detail)
+	case errors.Is(resp.Kind, actors.ErrDeadline), errors.Is(resp.Kind, actors.ErrStopping):
+		// The request never ran: the server is overloaded (or stopping); trying again is safe.
+		w.Header().Set("Retry-After", "1")
+		writeDetail(w, http.StatusServiceUnavailable, resp.Msg)
 	case errors.Is(resp.Kind, actors.ErrRateLimited):
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(resp.RetryAfter.Round(time.Second)/time.Second))))
 		writeDetail(w, http.StatusTooManyRequests, "Rate limit exceeded")

@@ -31,7 +31,7 @@ type APIConfig struct {
 	Root            *actor.RootContext
 	Registry        *actors.Registry // names and resources of the pkg_ids the façade serves
 	Handlers        *actor.PID       // the handler pool the façade routes ask
-	HandlerTimeout  time.Duration    // one handler call
+	HandlerTimeout  time.Duration    // a request's deadline, counted from admission
 	RateLimiter     RateLimiter      // nil: no HTTP limits
 	RatePerMinute   int              // per user (per client IP before authentication)
 	LoginRateLimit  int              // POST /login per username and per client IP

@@ -118,7 +118,8 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	late.hub.Store(a.hub)
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
-	reg.MustRegister(actors.TopicRoutes(policy)...)
+	// SUBSCRIBE and UNSUBSCRIBE never touch the database (a history read goes to the bus).
+	reg.MustRegister(actors.InLane(actors.LaneControl, actors.TopicRoutes(policy)...)...)
 	reg.MustRegister(actors.AuditRoutes(audit.NewRepo(a.db))...)
 	reg.MustRegister(actors.SessionRoutes(func(ctx context.Context, token string) (*actors.User, error) {
 		claims, err := a.verifier.Verify(ctx, token)
@@ -137,7 +138,11 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 
 	base, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	a.handlers = actors.SpawnHandlerPool(a.system.Root, pipeline, base, cfg.HandlerPoolSize)
+	a.handlers, err = actors.SpawnHandlerPool(a.system.Root, pipeline, base,
+		actors.PoolSizes{Database: cfg.HandlerPoolSize, Control: cfg.ControlPoolSize})
+	if err != nil {
+		return nil, err
+	}
 	a.ws = transport.NewWSServer(transport.WSConfig{
 		Verifier: a.verifier, Hub: a.hub, Root: a.system.Root, Handlers: a.handlers.PID,
 		AllowedOrigins: cfg.AllowedOrigins, MaxMessageBytes: cfg.WSMaxMessageBytes,

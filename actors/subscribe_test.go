@@ -83,10 +83,16 @@ func TestSubscribeHoldsInFlightSlotUntilAnswered(t *testing.T) {
 	topics := &subTopics{}
 	sock := &subSocket{}
 	fence := &fenceLog{}
-	pid := StartConn(sys.Root, ConnProps(&ConnDeps{Topics: topics, Logger: slog.New(fence)}), sock, &User{ID: "u"})
 	since := uint64(41)
-	sys.Root.Send(pid, &Response{PkgID: PkgSubscribe, ReqID: "r1", Status: StatusOK,
-		Effect: &SubscribeIntent{Topic: "dashboards.a", Since: &since, Epoch: "9c41e2d07b5a8f36"}})
+	// The handler pool's part: the SUBSCRIBE passed its checks.
+	handler := sys.Root.Spawn(actor.PropsFromFunc(func(ctx actor.Context) {
+		if r, ok := ctx.Message().(*Request); ok {
+			ctx.Respond(&Response{PkgID: PkgSubscribe, ReqID: r.ReqID, Status: StatusOK, For: r,
+				Effect: &SubscribeIntent{Topic: "dashboards.a", Since: &since, Epoch: "9c41e2d07b5a8f36"}})
+		}
+	}))
+	pid := StartConn(sys.Root, ConnProps(&ConnDeps{Topics: topics, Handlers: handler, Logger: slog.New(fence)}), sock, &User{ID: "u"})
+	sys.Root.Send(pid, &Request{PkgID: PkgSubscribe, ReqID: "r1", Data: json.RawMessage(`{}`)})
 	req := topics.wait(t, 1)[0]
 	if req.Topic != "dashboards.a" || req.Since == nil || *req.Since != 41 || req.Epoch != "9c41e2d07b5a8f36" || req.Done == nil {
 		t.Fatalf("request %+v", req)

@@ -1,6 +1,7 @@
 package hub_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -39,14 +40,17 @@ func TestSettledAfterAnswerAndRecovered(t *testing.T) {
 	publishOn(t, mb, "dash.s", 100, 1, 3)
 
 	ch := make(chan int, 1)
-	n.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.s", Since: u64(0), Ack: answer("dash.s"), Done: settledAt(c, ch)})
-	if got := waitSettled(t, ch); got != 4 {
-		t.Fatalf("Done with %d frames queued, want the answer and 3 recovered messages", got)
-	}
-	// Again, without since: the answer alone.
+	// Without since: the answer alone; it names the topic's stream.
 	n.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.s", Ack: answer("dash.s"), Done: settledAt(c, ch)})
+	if got := waitSettled(t, ch); got != 1 {
+		t.Fatalf("Done with %d frames queued, want the answer", got)
+	}
+	first := strings.Split(string(c.received()[0]), "|")
+	epoch := first[len(first)-1]
+	// Again, with since and the stream: the answer and the 3 recovered messages.
+	n.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.s", Since: u64(0), Epoch: epoch, Ack: answer("dash.s"), Done: settledAt(c, ch)})
 	if got := waitSettled(t, ch); got != 5 {
-		t.Fatalf("Done with %d frames queued, want 5", got)
+		t.Fatalf("Done with %d frames queued, want the answer and 3 recovered messages after the first answer", got)
 	}
 	// A connection the hub does not know (it closed meanwhile): no answer, Settled all the same.
 	gone := newFake(2, seqCodec{})
@@ -85,7 +89,7 @@ func TestSettledWhenHistoryFails(t *testing.T) {
 	if got := waitSettled(t, ch); got != 1 {
 		t.Fatalf("Done with %d frames queued, want the error answer", got)
 	}
-	if f := string(c.received()[0]); f != "ack|dash.f|0|false|"+hub.ErrHistory.Error() {
+	if f := string(c.received()[0]); f != "ack|dash.f|0|false|"+hub.ErrHistory.Error()+"|" {
 		t.Fatalf("answer %q", f)
 	}
 	gate := make(chan struct{})

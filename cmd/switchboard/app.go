@@ -221,6 +221,23 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	return a, nil
 }
 
+// summary is the start-up line's attributes: where it listens, what it uses, its limits.
+func (a *app) summary(addr string) []any {
+	c := a.cfg
+	redisURL, issuer := "disabled", c.OIDCIssuer
+	if c.RedisURL != "" {
+		redisURL = config.RedactURL(c.RedisURL)
+	}
+	if c.DevIssuer() {
+		issuer = "development"
+	}
+	return []any{"addr", addr, "database", a.db.Dialect, "redis", redisURL, "issuer", issuer,
+		"http_per_minute", c.RateLimitPerMinute, "ws_frames_per_minute", c.WSMessageRateLimit,
+		"ws_conns_per_user", c.WSMaxConnsPerUser, "ws_max_message_bytes", c.WSMaxMessageBytes,
+		"ws_send_queue_bytes", c.WSSendQueueBytes, "handlers", c.HandlerPoolSize, "control_handlers", c.ControlPoolSize,
+		"version", buildVersion()}
+}
+
 // identityReady is /health's check of the external issuer's keys (loaded, or loadable now);
 // the built-in development issuer's keys are always there ("disabled").
 func (a *app) identityReady() func(context.Context) error {
@@ -301,7 +318,7 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 		a.log.Warn("profiling endpoints on " + pln.Addr().String() + "/debug/pprof/ — do not expose them")
 		go func() { errc <- a.pprofSrv.Serve(pln) }()
 	}
-	a.log.Info("switchboard listening", "addr", ln.Addr().String(), "database", a.db.Dialect, "version", buildVersion())
+	a.log.Info("switchboard listening", a.summary(ln.Addr().String())...)
 	if a.cfg.DevIssuer() {
 		a.log.Info("get a development token with: switchboard token --user alice --roles get-authors,create-author,update-author,delete-author,broadcast")
 	}

@@ -17,12 +17,12 @@ type AuditReader interface {
 	Get(ctx context.Context, id int64) (audit.Entry, error)
 }
 
-// PkgGetAuditLogs is GET_AUDIT_LOGS (PROTOCOL.md §1.4).
+// PkgGetAuditLogs is GET_AUDIT_LOGS (docs/protocol.md §1.4).
 const PkgGetAuditLogs = 20
 
 // auditSchema is the data of pkg_id 20. since/until are checked by the handler rather than
 // with "format": "date-time", for a message of ours that names the field and shows an example.
-// "id" (an addition to PROTOCOL.md §1.4, for the façade's GET /audit-logs/{id}) asks for one
+// "id" (an addition to docs/protocol.md §1.4, for the façade's GET /audit-logs/{id}) asks for one
 // row and must come alone (checked by the handler, for a clearer message than the schema's).
 const auditSchema = `{"type":"object","properties":{
 	"id":{"type":"integer","minimum":1,"maximum":9223372036854775807},

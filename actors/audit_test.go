@@ -76,7 +76,7 @@ func TestGetAuditLogs(t *testing.T) {
 			if got := wire(t, r.Meta); got != `{"page":1,"per_page":2,"total":5,"pages":3,"next_cursor":null,"has_more":true}` {
 				t.Fatalf("meta %s", got)
 			}
-			// The wire row has exactly the keys of PROTOCOL.md "Audit rows", secrets redacted.
+			// The wire row has exactly the keys of docs/protocol.md "Audit rows", secrets redacted.
 			var row map[string]json.RawMessage
 			if err := json.Unmarshal([]byte(wire(t, rows[0])), &row); err != nil {
 				t.Fatal(err)

@@ -35,7 +35,7 @@ type AuthorEvent struct {
 	Author any    `json:"author"`
 }
 
-// pkg_ids of the author handlers (PROTOCOL.md §1.4).
+// pkg_ids of the author handlers (docs/protocol.md §1.4).
 const (
 	PkgGetAuthors          = 1
 	PkgGetPaginatedAuthors = 2

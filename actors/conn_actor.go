@@ -25,7 +25,7 @@ type Socket interface {
 	RequestDone()
 }
 
-// CloseTokenExpired is the close code for a connection whose token expired (PROTOCOL.md §3).
+// CloseTokenExpired is the close code for a connection whose token expired (docs/protocol.md §3).
 const CloseTokenExpired = 4001
 
 // Topics is the hub's subscription side, as the connection actor uses it.
@@ -59,7 +59,7 @@ type connStart struct {
 // the token's expiry timer, asks the handler pool, and queues the encoded answers on the
 // socket's writer. It is kept small: thousands of idle connections each hold one.
 //
-// Answers leave in the order the requests arrived (PROTOCOL.md §1.2): the actor runs its
+// Answers leave in the order the requests arrived (docs/protocol.md §1.2): the actor runs its
 // connection's requests one at a time. queue holds what the read side handed over, in arrival
 // order — requests, and the answers the read side made itself for frames it could not decode —
 // and its head is the request being run while busy. A request is sent to the handler pool once

@@ -42,7 +42,7 @@ func (f *Failure) Error() string {
 
 func (f *Failure) Unwrap() []error { return []error{f.Kind, f.Cause} }
 
-// NotFound is the answer for a missing resource (status 1 per PROTOCOL.md §1.4).
+// NotFound is the answer for a missing resource (status 1 per docs/protocol.md §1.4).
 func NotFound(msg string) *Failure {
 	return &Failure{Status: StatusError, Msg: msg, Kind: ErrNotFound}
 }

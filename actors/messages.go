@@ -6,10 +6,10 @@ import (
 	"time"
 )
 
-// Status is the status_code of a response (PROTOCOL.md §1.3).
+// Status is the status_code of a response (docs/protocol.md §1.3).
 type Status int
 
-// Status codes of PROTOCOL.md §1.3.
+// Status codes of docs/protocol.md §1.3.
 const (
 	StatusOK               Status = 0
 	StatusError            Status = 1

@@ -33,7 +33,7 @@ type TopicRule struct {
 	History   int      `json:"history"`
 }
 
-// DefaultPolicy returns the built-in policy (PROTOCOL.md §1.4 and §3).
+// DefaultPolicy returns the built-in policy (docs/protocol.md §1.4 and §3).
 func DefaultPolicy() *Policy {
 	p, err := ParsePolicy(defaultPolicy)
 	if err != nil {

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// PkgRefreshToken replaces a live connection's token (PROTOCOL.md §1.4, §3).
+// PkgRefreshToken replaces a live connection's token (docs/protocol.md §1.4, §3).
 const PkgRefreshToken = 12
 
 // VerifyFunc verifies a bearer token and returns its user.

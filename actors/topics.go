@@ -5,7 +5,7 @@ import (
 	"fmt"
 )
 
-// pkg_ids of topic subscriptions (PROTOCOL.md §1.4).
+// pkg_ids of topic subscriptions (docs/protocol.md §1.4).
 const (
 	PkgSubscribe   = 10
 	PkgUnsubscribe = 11

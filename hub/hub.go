@@ -17,7 +17,7 @@ import (
 	"switchboard/store/bus"
 )
 
-// CloseSlowConsumer is the close code for a connection over its send budget (PROTOCOL.md §1.3).
+// CloseSlowConsumer is the close code for a connection over its send budget (docs/protocol.md §1.3).
 const CloseSlowConsumer = 1013
 
 // Bus carries broadcasts between nodes (store/bus). Publish assigns the per-topic sequence

@@ -23,7 +23,7 @@ type PageRequest struct {
 	Cursor  *string
 }
 
-// PageMeta is the wire "meta" object of paginated responses (PROTOCOL.md, "Pagination meta").
+// PageMeta is the wire "meta" object of paginated responses (docs/protocol.md, "Pagination meta").
 // Offset mode: Page/PerPage as used, Total = matching rows, Pages = ceil(Total/PerPage),
 // NextCursor nil, HasMore = Page < Pages. Cursor mode: Page 1, Total and Pages 0, NextCursor
 // set when HasMore.

@@ -61,7 +61,7 @@ func controlFrame(opcode byte, payload []byte) []byte {
 }
 
 // wireCodec is a connection's frame format, chosen by the handshake's format parameter
-// (PROTOCOL.md §1.1): how its data frames are decoded and answers and broadcasts encoded.
+// (docs/protocol.md §1.1): how its data frames are decoded and answers and broadcasts encoded.
 // Implementations are stateless comparable values, the same for every connection of a format,
 // so the hub, which encodes a broadcast once per distinct hub.Codec, encodes it once per format.
 type wireCodec interface {
@@ -88,7 +88,7 @@ func codecFor(format string) (wireCodec, bool) {
 	return nil, false
 }
 
-// jsonCodec encodes envelopes as JSON text frames (PROTOCOL.md §1.2). It is stateless.
+// jsonCodec encodes envelopes as JSON text frames (docs/protocol.md §1.2). It is stateless.
 type jsonCodec struct{}
 
 var _ wireCodec = jsonCodec{}

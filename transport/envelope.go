@@ -12,7 +12,7 @@ import (
 const zeroUUID = "00000000-0000-0000-0000-000000000000"
 
 // envelope is the raw shape of a request frame; fields are checked one by one so each problem
-// gets the answer PROTOCOL.md §1.2 asks for.
+// gets the answer docs/protocol.md §1.2 asks for.
 type envelope struct {
 	PkgID json.RawMessage `json:"pkg_id"`
 	ReqID json.RawMessage `json:"req_id"`
@@ -88,7 +88,7 @@ func answerReqID(s string) (string, bool) {
 	return echoReqID(s), false
 }
 
-// maxEchoedReqID is the longest req_id that is not a UUID but still echoed (PROTOCOL.md §1.2).
+// maxEchoedReqID is the longest req_id that is not a UUID but still echoed (docs/protocol.md §1.2).
 const maxEchoedReqID = 64
 
 // echoReqID is what an answer carries for a req_id that is not a UUID: the req_id itself when

@@ -110,7 +110,7 @@ func TestDecodeEnvelopeCopiesData(t *testing.T) {
 
 // FuzzDecodeEnvelope: any frame yields exactly one of a request or a refusal, and the answer
 // the server would send is valid JSON. A request carries a UUID and an object no deeper than
-// actors.MaxDepth; a refusal echoes a req_id only as PROTOCOL.md §1.2 allows and names an
+// actors.MaxDepth; a refusal echoes a req_id only as docs/protocol.md §1.2 allows and names an
 // envelope field. Seeds: f.Add below and testdata/fuzz/FuzzDecodeEnvelope.
 func FuzzDecodeEnvelope(f *testing.F) {
 	for _, s := range []string{`{"pkg_id":1,"req_id":"` + someUUID + `"}`, `{}`, `[]`, `"x"`, `{"pkg_id":1,"req_id":"\u0000\"<>"}`, "\xff"} {

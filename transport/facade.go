@@ -12,7 +12,7 @@ import (
 	"switchboard/actors"
 )
 
-// The façade routes run the same handler actors as their pkg_ids (PROTOCOL.md §2): a route
+// The façade routes run the same handler actors as their pkg_ids (docs/protocol.md §2): a route
 // turns the HTTP call into an actors.Request, asks the handler pool, and maps the Response's
 // kind to an HTTP status in one place (writeResponse).
 

@@ -42,7 +42,7 @@ func quoteShort(s string) string {
 	return strconv.Quote(s)
 }
 
-// securityHeaders go on every response (PROTOCOL.md §2), the server's own error answers too.
+// securityHeaders go on every response (docs/protocol.md §2), the server's own error answers too.
 var securityHeaders = [...][2]string{
 	{"X-Content-Type-Options", "nosniff"},
 	{"X-Frame-Options", "DENY"},

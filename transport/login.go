@@ -40,7 +40,7 @@ type TokenRefresher interface {
 	Refresh(ctx context.Context, refreshToken string) (auth.Tokens, error)
 }
 
-// login answers POST /login like Keycloak's password grant (PROTOCOL.md §2): attempts are
+// login answers POST /login like Keycloak's password grant (docs/protocol.md §2): attempts are
 // limited per client IP and per username before the identity provider is asked.
 func (a *api) login(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.Login == nil {
@@ -84,7 +84,7 @@ func (a *api) login(w http.ResponseWriter, r *http.Request) {
 }
 
 // refresh answers POST /refresh {"refresh_token"} with new tokens, the same answer as /login
-// (PROTOCOL.md §2): the issuer's refresh grant, or the development issuer's own refresh
+// (docs/protocol.md §2): the issuer's refresh grant, or the development issuer's own refresh
 // tokens. Calls are limited per client IP with the login limit, before the issuer is asked.
 func (a *api) refresh(w http.ResponseWriter, r *http.Request) {
 	if a.cfg.Refresh == nil {

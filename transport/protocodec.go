@@ -143,7 +143,7 @@ func appendStringField(b []byte, num protowire.Number, s string) []byte {
 // deep). Repeated fields of Frame take the last value. Only pkg_id, req_id and data matter in a
 // request; the other fields of Frame are read and ignored. Everything kept is copied.
 //
-// The answers agree with a JSON connection's (PROTOCOL.md §1.2): a missing pkg_id is a
+// The answers agree with a JSON connection's (docs/protocol.md §1.2): a missing pkg_id is a
 // malformed envelope (2 at /pkg_id; proto3 writes no 0, and there is no pkg_id 0), a req_id
 // that is not a UUID is echoed only when it is short printable ASCII, and data must be UTF-8
 // JSON no deeper than actors.MaxDepth.

@@ -97,7 +97,7 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 	}
 }
 
-// ServeHTTP authenticates and upgrades one request (PROTOCOL.md §1.1).
+// ServeHTTP authenticates and upgrades one request (docs/protocol.md §1.1).
 func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if bad := checkUpgradeRequest(r); bad != nil {
 		s.cfg.Metrics.GetOrCreateCounter(`ws_connections_total{status="rejected_handshake"}`).Inc()

@@ -111,7 +111,7 @@ func (b *naive) handler() http.Handler {
 		if len(m.Data) == 0 {
 			m.Data = json.RawMessage("{}")
 		}
-		// The same envelope bytes Switchboard sends (PROTOCOL.md §1.2).
+		// The same envelope bytes Switchboard sends (docs/protocol.md §1.2).
 		frame := make([]byte, 0, 80+len(m.Data))
 		frame = append(frame, `{"pkg_id":`...)
 		frame = strconv.AppendInt(frame, int64(m.PkgID), 10)

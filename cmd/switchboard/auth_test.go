@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of the WebSocket handshake (PROTOCOL.md §1.1, §3, §6): token checks before
+// End-to-end tests of the WebSocket handshake (docs/protocol.md §1.1, §3, §6): token checks before
 // the upgrade, both token forms, allowed origins, roles from an external (Keycloak-shaped)
 // issuer, and tokens kept out of the logs.
 

@@ -354,7 +354,7 @@ func isConnReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// TestSlowConsumerGetsCloseFrame covers the other half of PROTOCOL.md §1.3: when the close frame
+// TestSlowConsumerGetsCloseFrame covers the other half of docs/protocol.md §1.3: when the close frame
 // can still be written, a slow consumer gets 1013 "slow consumer". The consumer stalls until the
 // server gives up on it and then reads again at once, within the server's close grace (1 s), so
 // the writer gets through what it had in flight and then the close frame.

@@ -28,7 +28,7 @@ func (a *app) openBus(deliver func(*bus.Message)) error {
 }
 
 // busHealthy is /health's pubsub check: the bus's own probe, with Redis only ("disabled"
-// without it, as PROTOCOL.md §2 says).
+// without it, as docs/protocol.md §2 says).
 func (a *app) busHealthy() func(context.Context) error {
 	if a.redis == nil {
 		return nil

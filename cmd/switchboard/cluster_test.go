@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of multi-node operation and topic recovery (PROTOCOL.md §1.2, §1.4 pkg_id 10
+// End-to-end tests of multi-node operation and topic recovery (docs/protocol.md §1.2, §1.4 pkg_id 10
 // and 11, §2 POST /api/broadcast and /health; docs/protocol.md §8):
 //
 //   - a broadcast posted to one node reaches every subscriber on every node exactly once, in

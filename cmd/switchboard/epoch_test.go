@@ -1,6 +1,6 @@
 package main
 
-// End-to-end test of topic streams across Redis losing its data (PROTOCOL.md §1.2 "epoch", §1.4
+// End-to-end test of topic streams across Redis losing its data (docs/protocol.md §1.2 "epoch", §1.4
 // SUBSCRIBE; docs/protocol.md §8 "Missed topic messages"): two nodes on a redis-server of the
 // test's own, dashboards subscribed on both, a producer posting to one node without pause while
 // the test FLUSHes the database, then kills redis-server and starts it again (no persistence).

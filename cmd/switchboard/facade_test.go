@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of the HTTP façade (PROTOCOL.md §2, docs/protocol.md §8), /health, /livez,
+// End-to-end tests of the HTTP façade (docs/protocol.md §2, §8), /health, /livez,
 // /readyz and /metrics (§7), each against a whole node on 127.0.0.1. The author and audit
 // routes run against SQLite and PostgreSQL.
 
@@ -85,7 +85,7 @@ type fcReq struct {
 }
 
 // fcClient sends requests to one server and checks, on every answer, the headers every
-// response must carry (PROTOCOL.md §2): X-Correlation-ID (echoed when sent, which it does on
+// response must carry (docs/protocol.md §2): X-Correlation-ID (echoed when sent, which it does on
 // every other request; generated and unique otherwise) and the security headers. It counts the
 // answers by method, route pattern and status for the metrics test.
 type fcClient struct {
@@ -719,7 +719,7 @@ func TestFacadeAuthorsRoutes(t *testing.T) {
 		})
 
 		t.Run("403 before validation", func(t *testing.T) {
-			// RBAC runs before the schema (PROTOCOL.md §1.3; auth → rate limit → RBAC →
+			// RBAC runs before the schema (docs/protocol.md §1.3; auth → rate limit → RBAC →
 			// handler): a caller without the role gets 403 (and an audit row "permission_denied")
 			// whatever the query or path holds, as {"id": "abc"} over WebSocket gets status 3.
 			c := newFCClient(t, s)
@@ -1423,7 +1423,7 @@ func fcRequestCounts(samples []fcSample, want map[fcKey]int) []string {
 
 // TestFacadeMetrics: /metrics parses as Prometheus text, counts every request the test made by
 // method, route pattern and status, has the duration histograms, and has the names of
-// PROTOCOL.md §7 that the test exercised.
+// docs/protocol.md §7 that the test exercised.
 func TestFacadeMetrics(t *testing.T) {
 	s := startServer(t, func(cfg *config.Config) {
 		cfg.MaxRequestBytes = 2048
@@ -1525,7 +1525,7 @@ func TestFacadeMetrics(t *testing.T) {
 		}
 	}
 
-	// The names of PROTOCOL.md §7 this test exercised.
+	// The names of docs/protocol.md §7 this test exercised.
 	eventually(t, fcWait, "audit_logs_written_total > 0", func() bool {
 		return fcSum(fcFind(fcScrape(t, c, s.base), "audit_logs_written_total", nil)) > 0
 	})

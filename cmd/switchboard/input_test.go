@@ -13,7 +13,7 @@ import (
 	"switchboard/store/storetest"
 )
 
-// Input the contract refuses (PROTOCOL.md §1.2, §1.3; docs/protocol.md §8 "Input rules"),
+// Input the contract refuses (docs/protocol.md §1.2, §1.3; docs/protocol.md §8 "Input rules"),
 // end to end over a real socket and the HTTP façade: every refusal is status 2 (HTTP 422) with
 // the field's path, the connection stays open, nothing reaches the database, and nothing is
 // logged as an error.

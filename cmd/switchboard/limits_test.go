@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of the limits (PROTOCOL.md §1.1, §2, §4): the HTTP rate limit per user and
+// End-to-end tests of the limits (docs/protocol.md §1.1, §2, §4): the HTTP rate limit per user and
 // per client IP (X-Forwarded-For only from trusted proxies), the WebSocket message rate limit per
 // user, the per-user connection limit (also across two nodes sharing Redis), and Redis trouble:
 // limits fail open, /health says so, and they apply again when Redis returns.
@@ -440,7 +440,7 @@ func TestLimitsWSHandshakeRateLimit(t *testing.T) {
 }
 
 // Handshakes of /web without a valid token are limited per client IP like every other route
-// before authentication (PROTOCOL.md §2: every route but health, probes and metrics).
+// before authentication (docs/protocol.md §2: every route but health, probes and metrics).
 func TestLimitsWSHandshakeUnauthenticatedPerIP(t *testing.T) {
 	s := startServer(t, func(c *config.Config) { c.RateLimitPerMinute = 3 })
 	resp, body := wsHandshake(t, s, "", nil)

@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of POST /login (PROTOCOL.md §2, §6): the development users file of the
+// End-to-end tests of POST /login (docs/protocol.md §2, §6): the development users file of the
 // embedded default (created with demo users on first start, printed once), the OIDC password
 // grant against an external issuer, the answers for good and bad credentials, malformed bodies
 // and an unreachable issuer, the per-username and per-IP login limits, and the session a login

@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of format=protobuf connections (PROTOCOL.md §1.1, §1.3; the frame is
+// End-to-end tests of format=protobuf connections (docs/protocol.md §1.1, §1.3; the frame is
 // transport/switchboard.proto, the decisions docs/protocol.md §8). The client below reads and
 // writes Frame with protowire on its own, so these tests do not share the server's codec.
 

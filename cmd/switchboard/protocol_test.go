@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of the WebSocket protocol (PROTOCOL.md §1.2–1.4): every author pkg_id and
+// End-to-end tests of the WebSocket protocol (docs/protocol.md §1.2–1.4): every author pkg_id and
 // every status code, over a real dial, against SQLite and PostgreSQL.
 
 import (

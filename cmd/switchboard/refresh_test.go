@@ -1,6 +1,6 @@
 package main
 
-// End-to-end tests of POST /refresh (PROTOCOL.md §2): the development issuer's own refresh
+// End-to-end tests of POST /refresh (docs/protocol.md §2): the development issuer's own refresh
 // tokens in the embedded default and the issuer's refresh grant with SWITCHBOARD_OIDC_ISSUER,
 // the same answer as /login, 401 for anything that is not a live refresh token, the login
 // limit per client IP, and how a dashboard keeps a live connection: POST /refresh, then pkg_id

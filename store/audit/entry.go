@@ -7,7 +7,7 @@ import (
 	"github.com/uptrace/bun"
 )
 
-// Outcomes of an audited action (PROTOCOL.md, "Audit rows").
+// Outcomes of an audited action (docs/protocol.md, "Audit rows").
 const (
 	OutcomeSuccess = "success"
 	OutcomeError   = "error"

@@ -12,7 +12,7 @@ import (
 	"switchboard/store"
 )
 
-// Page sizes of List (PROTOCOL.md §1.4, pkg_id 20: per_page 1..100, default 20).
+// Page sizes of List (docs/protocol.md §1.4, pkg_id 20: per_page 1..100, default 20).
 const (
 	DefaultPerPage = store.DefaultPerPage
 	MaxPerPage     = 100
@@ -40,7 +40,7 @@ func NewRepo(db *store.DB) *Repo {
 }
 
 // List returns one page of the entries matching f, newest first (timestamp, then id,
-// descending), and the offset-mode meta of PROTOCOL.md "Pagination meta": Page and PerPage as
+// descending), and the offset-mode meta of docs/protocol.md "Pagination meta": Page and PerPage as
 // used (page < 1 is 1; perPage < 1 is DefaultPerPage, above MaxPerPage it is MaxPerPage),
 // Total = matching rows, Pages = ceil(Total/PerPage), NextCursor nil, HasMore = Page < Pages.
 // The slice is empty, never nil, past the last page. Failures wrap store.ErrDatabase.

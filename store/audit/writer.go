@@ -40,7 +40,7 @@ const (
 	maxErrorBytes = 4096
 )
 
-// Metric names (PROTOCOL.md §7, and the writer's own).
+// Metric names (docs/protocol.md §7, and the writer's own).
 const (
 	MetricWritten = "audit_logs_written_total"
 	MetricDropped = "audit_logs_dropped_total"

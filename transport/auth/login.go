@@ -19,7 +19,7 @@ import (
 // PasswordGrantConfig.Timeout is zero.
 const DefaultLoginTimeout = 5 * time.Second
 
-// Tokens is what a successful login answers (JSON field names as in PROTOCOL.md §2).
+// Tokens is what a successful login answers (JSON field names as in docs/protocol.md §2).
 type Tokens struct {
 	AccessToken  string `json:"access_token"`
 	RefreshToken string `json:"refresh_token"`

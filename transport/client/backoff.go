@@ -31,7 +31,7 @@ func jitter(d time.Duration) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
-// Close codes the client acts on (RFC 6455 §7.4.1, PROTOCOL.md §1.1, §1.3, §3).
+// Close codes the client acts on (RFC 6455 §7.4.1, docs/protocol.md §1.1, §1.3, §3).
 const (
 	closeNormal        = 1000
 	closeGoingAway     = 1001 // a node shutting down

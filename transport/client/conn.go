@@ -132,7 +132,7 @@ type dialFunc func(network, addr string) (net.Conn, error)
 
 func (f dialFunc) Dial(network, addr string) (net.Conn, error) { return f(network, addr) }
 
-// handshakeError reads the server's refusal of an upgrade (PROTOCOL.md §1.1: 401 with
+// handshakeError reads the server's refusal of an upgrade (docs/protocol.md §1.1: 401 with
 // {"detail"}, 403, 400), or returns nil when there was no HTTP answer.
 func handshakeError(resp *http.Response) *HandshakeError {
 	if resp == nil || resp.StatusCode == http.StatusSwitchingProtocols {

@@ -1,7 +1,7 @@
 // Package client is the Go client of Switchboard, the far end of the transport: a WebSocket
 // connection that stays up (it reconnects, resubscribes and refreshes its token by itself), with
 // requests, topic subscriptions that recover what a reconnect missed, and publishing through
-// the HTTP façade. It speaks the wire contract (PROTOCOL.md) and imports none of the server's
+// the HTTP façade. It speaks the wire contract (docs/protocol.md) and imports none of the server's
 // packages.
 //
 //	c, err := client.Dial(ctx, client.Config{URL: "ws://127.0.0.1:8000/web", GetToken: fetchToken})
@@ -24,7 +24,7 @@
 // # Subscriptions and recovery
 //
 // A Subscription remembers the seq and epoch of the last message it queued for its callback.
-// After every reconnect the client sends SUBSCRIBE with since and epoch (PROTOCOL.md §1.4);
+// After every reconnect the client sends SUBSCRIBE with since and epoch (docs/protocol.md §1.4);
 // the replayed messages come after the answer and before live ones, and messages already
 // delivered are dropped by seq, so the callback sees each message once and in order. When the
 // answer says recovered: false (or names a stream behind the position asked from, for a server

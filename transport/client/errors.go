@@ -42,7 +42,7 @@ var (
 	ErrBadFrame = errors.New("client: undecodable frame from the server")
 )
 
-// Status codes of answers (PROTOCOL.md §1.3).
+// Status codes of answers (docs/protocol.md §1.3).
 const (
 	StatusOK               = 0
 	StatusError            = 1

@@ -11,7 +11,7 @@ import (
 )
 
 // Publish broadcasts data with pkgID on topic ("" for every connection) through the HTTP façade
-// (POST /api/broadcast, PROTOCOL.md §2) with the client's token, and returns how many nodes took
+// (POST /api/broadcast, docs/protocol.md §2) with the client's token, and returns how many nodes took
 // it (delivered_to_nodes). It does not need the WebSocket connection to be up. Refusals are an
 // *Error with HTTPStatus set (IsPermissionDenied: the token lacks the broadcast role or the
 // topic's publish roles; IsRateLimited: 429). A 401 makes it get a fresh token from GetToken and

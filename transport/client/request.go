@@ -221,7 +221,7 @@ func (c *Client) sendOnLocked(cn *conn, p *pending) bool {
 }
 
 // answer hands an answer to its request, on the read goroutine. Answers come in request order
-// (PROTOCOL.md §1.2) but are matched by req_id all the same; one nobody waits for any more (its
+// (docs/protocol.md §1.2) but are matched by req_id all the same; one nobody waits for any more (its
 // caller timed out) is dropped.
 func (c *Client) answer(cn *conn, f *frame) {
 	c.mu.Lock()

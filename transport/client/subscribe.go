@@ -9,7 +9,7 @@ import (
 )
 
 // Position is a place in a topic's stream: the seq of the last message taken and the epoch
-// that seq counts in (PROTOCOL.md §1.2). Epoch is "" from a server that sends none.
+// that seq counts in (docs/protocol.md §1.2). Epoch is "" from a server that sends none.
 type Position struct {
 	Seq   uint64
 	Epoch string
@@ -80,7 +80,7 @@ type Subscription struct {
 	err         error
 }
 
-// Subscribe subscribes to topic (PROTOCOL.md §1.4, pkg_id 10) and calls onMessage with every
+// Subscribe subscribes to topic (docs/protocol.md §1.4, pkg_id 10) and calls onMessage with every
 // broadcast on it, in order, on the client's callback goroutine. It returns once the server
 // answered; a refusal is an *Error (IsPermissionDenied for a topic the user may not read). The
 // subscription lasts until Unsubscribe, the client's end, or a resubscribe the server refuses

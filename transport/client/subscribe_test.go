@@ -11,7 +11,7 @@ import (
 	"time"
 )
 
-// fakeTopic plays one topic with history by the contract (PROTOCOL.md §1.4): SUBSCRIBE with
+// fakeTopic plays one topic with history by the contract (docs/protocol.md §1.4): SUBSCRIBE with
 // since and epoch answers {topic, seq, epoch, recovered} and replays the kept messages after
 // since; publish numbers messages and sends them to the live subscribers.
 type fakeTopic struct {

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// Format is the frame format of a connection (PROTOCOL.md §1.1, query format=).
+// Format is the frame format of a connection (docs/protocol.md §1.1, query format=).
 type Format int
 
 const (
@@ -41,7 +41,7 @@ func (f Format) opcode() gws.Opcode {
 // zeroUUID is the req_id of broadcasts.
 const zeroUUID = "00000000-0000-0000-0000-000000000000"
 
-// pkg_ids the client itself sends (PROTOCOL.md §1.4).
+// pkg_ids the client itself sends (docs/protocol.md §1.4).
 const (
 	pkgSubscribe    = 10
 	pkgUnsubscribe  = 11

@@ -1,6 +1,6 @@
 package main
 
-// The request path end to end (docs/protocol.md §1.2, docs/protocol.md §8): answers in arrival order
+// The request path end to end (docs/protocol.md §1.2, §8): answers in arrival order
 // per connection, the control lane answering while every database handler is stuck behind a
 // locked table, deadlines counted from admission, and the per-connection in-flight cap. The
 // stalls are real: a second connection to the test's own PostgreSQL database holds

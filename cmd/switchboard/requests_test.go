@@ -178,11 +178,23 @@ func TestSubscribeAnswerKeepsItsPlace(t *testing.T) {
 			t.Fatalf("create: %d %s", e.status(), e.msg())
 		}
 	}
+	// The epoch of the authors stream: a since is only recovered with the stream it belongs to.
+	var stream struct {
+		Epoch string `json:"epoch"`
+	}
+	e := c.call(10, map[string]any{"topic": "authors"})
+	decodeData(t, e, &stream)
+	if e.status() != 0 || stream.Epoch == "" {
+		t.Fatalf("SUBSCRIBE authors: %d %s epoch %q", e.status(), e.msg(), stream.Epoch)
+	}
+	if e := c.call(11, map[string]any{"topic": "authors"}); e.status() != 0 {
+		t.Fatalf("UNSUBSCRIBE authors: %d %s", e.status(), e.msg())
+	}
 	for round := range 20 {
 		frames := []rqFrame{
 			rqRequest(10, fmt.Sprintf(`{"topic":"dashboards.rq%d"}`, round)),
 			rqBadFrame(),
-			rqRequest(10, `{"topic":"authors","since":0}`),
+			rqRequest(10, fmt.Sprintf(`{"topic":"authors","since":0,"epoch":%q}`, stream.Epoch)),
 			rqBadFrame(),
 			rqRequest(11, `{"topic":"authors"}`),
 			rqRequest(12, fmt.Sprintf(`{"token":%q}`, tok)),

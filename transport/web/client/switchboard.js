@@ -298,12 +298,39 @@ export class Client {
     const conn = { id: ++this._connIds, ws, opened: false, gotFrame: false, handshakeTimer: undefined };
     this._conn = conn;
     conn.handshakeTimer = setTimeout(() => {
-      if (!conn.opened) ws.close(); // the close event follows (1006)
+      if (!conn.opened) this._abandon(conn);
     }, this.o.handshakeTimeout);
     ws.onopen = () => this._onOpen(conn);
     ws.onmessage = (ev) => this._onMessage(conn, ev);
     ws.onclose = (ev) => this._onClose(conn, ev.code, ev.reason);
-    ws.onerror = () => {}; // the close event follows, with the code
+    // Browsers follow an error with a close event carrying the code. Some implementations (Node
+    // 20's) report a refused connection with an error alone, and leave the socket connecting:
+    // an attempt that errs before it opened has failed (1006); after it opened, the close event
+    // is given a moment to come with its code.
+    ws.onerror = () => {
+      if (!conn.opened) {
+        this._abandon(conn);
+        return;
+      }
+      setTimeout(() => this._onClose(conn, 1006, ''), 1000);
+    };
+  }
+
+  /**
+   * _abandon gives up an attempt or a connection as broken (1006), whatever its socket does next.
+   * @param {Conn} conn
+   */
+  _abandon(conn) {
+    const ws = conn.ws;
+    // Detached first: closing a socket that failed can dispatch its error event again at once
+    // (Node 20's does), which would come back here.
+    ws.onopen = ws.onmessage = ws.onerror = ws.onclose = null;
+    try {
+      ws.close();
+    } catch {
+      // not closable in its state: it is dropped all the same
+    }
+    this._onClose(conn, 1006, '');
   }
 
   /** @param {Conn} conn */

@@ -198,3 +198,13 @@ test('a refused subscription rejects typed; callbacks that throw do not stop the
   assert.ok(events.some(([e, a]) => e === 'error' && a.message === 'boom'));
   assert.equal(c.state, 'connected');
 });
+
+test('an attempt that fails with an error event alone (no close) is retried', async (t) => {
+  const { srv, c, events } = setup();
+  t.after(() => c.close());
+  await waitFor(() => srv.sockets.length === 1, 'first attempt');
+  srv.sockets[0].refuseLikeNode20();
+  await opened(srv, 2);
+  assert.equal(c.state, 'connected');
+  assert.deepEqual(events.filter(([e]) => e === 'disconnected').map(([, a]) => a.code), [1006]);
+});

@@ -40,6 +40,12 @@ export function fakeServer() {
       this.readyState = 3;
       this.onclose?.({ code, reason });
     }
+    /** refuseLikeNode20 fails the attempt as Node 20's WebSocket does: an error event and no
+     * close, and an error again, at once, when the client closes it. */
+    refuseLikeNode20() {
+      this.close = () => this.onerror?.({});
+      this.onerror?.({});
+    }
     push(obj) {
       this.onmessage?.({ data: JSON.stringify(obj) });
     }

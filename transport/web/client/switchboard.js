@@ -244,11 +244,12 @@ export class Client {
     this._emit('state', s);
   }
 
-  /** ready resolves once the client is connected (at once if it is), or rejects when it stops. */
+  /** ready resolves once the client is connected (at once if it is), or rejects when it stops.
+   * @returns {Promise<void>} */
   ready() {
     if (this.state === 'connected') return Promise.resolve();
     if (this.state === 'closed') return Promise.reject(new ClosedError(this.error));
-    return new Promise((resolve, reject) => this._readyWaiters.push({ resolve, reject }));
+    return new Promise((resolve, reject) => this._readyWaiters.push({ resolve: () => resolve(undefined), reject }));
   }
 
   /** The position and the recovery of every subscription, by topic. */

@@ -63,6 +63,10 @@ func TestSysStatsTopic(t *testing.T) {
 		}
 		break
 	}
+	// Watching the figures does not change them: the stats are not counted as broadcasts.
+	if got := s.scrapeMetric(t, "ws_broadcasts_total"); got != "0" {
+		t.Fatalf("ws_broadcasts_total = %q after stats only, want 0", got)
+	}
 	resp, body := s.do(t, http.MethodPost, "/api/broadcast", s.token(t, "publisher", "broadcast"),
 		`{"topic":"sys.stats","pkg_id":30,"data":{}}`)
 	if resp.StatusCode != http.StatusForbidden {

@@ -35,8 +35,9 @@ const (
 // Metrics is where the figures are read: the node's *metrics.Set.
 type Metrics interface{ WritePrometheus(w io.Writer) }
 
-// Deliverer hands a message to this node's subscribers: *hub.Hub.
-type Deliverer interface{ Deliver(m *hub.Message) }
+// Deliverer hands a message to this node's subscribers without counting it among the
+// broadcasts it reports on: *hub.Hub.
+type Deliverer interface{ DeliverUncounted(m *hub.Message) }
 
 // Config configures a Publisher.
 type Config struct {
@@ -57,7 +58,7 @@ type Stats struct {
 	// Frames received from and sent to WebSocket clients (answers and broadcasts), per second.
 	MessagesInPerS  float64 `json:"messages_in_per_s"`
 	MessagesOutPerS float64 `json:"messages_out_per_s"`
-	// Broadcasts delivered by this node's hub per second (this stream's own included), and their
+	// Broadcasts delivered by this node's hub per second (this stream's own left out), and their
 	// mean fan-out time (encode once, queue on every target): null without broadcasts.
 	BroadcastsPerS  float64  `json:"broadcasts_per_s"`
 	BroadcastMeanMS *float64 `json:"broadcast_mean_ms"`
@@ -110,7 +111,7 @@ func (p *Publisher) run(prev sample) {
 			p.cfg.Logger.Error("sys.stats: encode", "err", err)
 			continue
 		}
-		p.cfg.Hub.Deliver(&hub.Message{PkgID: PkgID, Topic: Topic, Data: data})
+		p.cfg.Hub.DeliverUncounted(&hub.Message{PkgID: PkgID, Topic: Topic, Data: data})
 		prev = cur
 	}
 }

@@ -22,7 +22,7 @@ type fakeHub struct {
 	msgs []*hub.Message
 }
 
-func (f *fakeHub) Deliver(m *hub.Message) {
+func (f *fakeHub) DeliverUncounted(m *hub.Message) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.msgs = append(f.msgs, m)

@@ -172,7 +172,7 @@ func (a *hubActor) Receive(ctx actor.Context) {
 			a.remove(mem)
 		}
 	case *deliver:
-		a.deliver(m.msg)
+		a.deliver(m.msg, !m.uncounted)
 	case *subscribe:
 		a.subscribe(m.req)
 	case *unsubscribe:
@@ -310,10 +310,12 @@ func (a *hubActor) enqueue(mem *member, frame []byte) bool {
 
 // deliver sends msg to every connection (no topic) or to the topic's subscribers, encoding it
 // once per codec. A message with a sequence on a topic with history passes the topic's gap check
-// first (deliverSeq).
-func (a *hubActor) deliver(msg *Message) {
+// first (deliverSeq). counted says whether it goes into the broadcast metrics.
+func (a *hubActor) deliver(msg *Message, counted bool) {
 	start := time.Now()
-	a.total.Inc()
+	if counted {
+		a.total.Inc()
+	}
 	if msg.Topic == "" {
 		enc := encoder{a: a, msg: msg}
 		for _, mem := range a.snapshot() {
@@ -321,7 +323,9 @@ func (a *hubActor) deliver(msg *Message) {
 				a.enqueue(mem, f)
 			}
 		}
-		a.dur.UpdateDuration(start)
+		if counted {
+			a.dur.UpdateDuration(start)
+		}
 		return
 	}
 	t := a.topics[msg.Topic]
@@ -333,7 +337,9 @@ func (a *hubActor) deliver(msg *Message) {
 	} else {
 		a.fanOut(t, msg)
 	}
-	a.dur.UpdateDuration(start)
+	if counted {
+		a.dur.UpdateDuration(start)
+	}
 }
 
 // fanOut hands msg to the topic's subscribers: held for those whose history still loads,

@@ -200,6 +200,13 @@ func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error
 // from its receiving goroutine; it does not block.
 func (h *Hub) Deliver(msg *Message) { h.root.Send(h.pid, &deliver{msg: msg}) }
 
+// DeliverUncounted is Deliver for the node's own monitoring (hub/sysstats): the message reaches
+// the local subscribers of its topic like any other, and stays out of ws_broadcasts_total and
+// ws_broadcast_duration_seconds, which it reports on. It does not block.
+func (h *Hub) DeliverUncounted(msg *Message) {
+	h.root.Send(h.pid, &deliver{msg: msg, uncounted: true})
+}
+
 // SubscribeRequest asks the hub to add Conn to Topic. With Since and Epoch (the stream the
 // client's since belongs to), the kept messages after Since are delivered first when they are
 // all still kept and Epoch is the topic's current stream.

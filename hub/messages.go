@@ -6,7 +6,12 @@ type (
 	// unregister removes a connection that closed.
 	unregister struct{ id uint64 }
 	// deliver is a broadcast that came off the bus (or straight from Broadcast without one).
-	deliver     struct{ msg *Message }
+	deliver struct {
+		msg *Message
+		// uncounted: the node's own monitoring (sys.stats), left out of ws_broadcasts_total and
+		// ws_broadcast_duration_seconds, so that watching the figures does not change them.
+		uncounted bool
+	}
 	subscribe   struct{ req *SubscribeRequest }
 	unsubscribe struct {
 		id    uint64

@@ -48,7 +48,15 @@ type APIConfig struct {
 	Metrics         *metrics.Set
 	// Extra routes (the development issuer's JWKS and discovery documents).
 	Extra map[string]http.Handler
+	// Web serves the dashboard page at / and its files under /static/ and /client/
+	// (transport/web); nil: none.
+	Web http.Handler
 }
+
+// staticLimitFactor: the page's files are limited per client IP with a budget of their own,
+// this many times the HTTP limit (a page load is about ten files, and a reload revalidates each),
+// so loading the page neither spends the API budget nor is refused after a few reloads.
+const staticLimitFactor = 10
 
 // NewHandler returns the whole HTTP surface: /web, the façade routes, health and metrics,
 // wrapped in the middleware chain.
@@ -88,6 +96,12 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "alive"})
 	})
 	mux.HandleFunc("GET /metrics", a.metrics)
+	if cfg.Web != nil {
+		static := a.static(cfg.Web)
+		mux.Handle("GET /{$}", static)
+		mux.Handle("GET /static/", static)
+		mux.Handle("GET /client/", static)
+	}
 	for pattern, h := range cfg.Extra {
 		mux.Handle(pattern, h)
 	}
@@ -159,6 +173,17 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 		}
 		h(sw, r, u)
 	}
+}
+
+// static serves the page's files: public, from memory, limited per client IP under a scope of
+// their own (static_ip).
+func (a *api) static(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.limit(w, r, "static_ip", clientIP(r), a.cfg.RatePerMinute*staticLimitFactor) {
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // readBody reads a JSON object body under the size limit, answering 413 or 422 itself.

@@ -19,11 +19,13 @@ import (
 	"switchboard/actors"
 	"switchboard/config"
 	"switchboard/hub"
+	"switchboard/hub/sysstats"
 	"switchboard/store"
 	"switchboard/store/audit"
 	"switchboard/store/limits"
 	"switchboard/transport"
 	"switchboard/transport/auth"
+	"switchboard/transport/web"
 )
 
 // app is one running Switchboard node: every part, wired, with one shutdown order.
@@ -52,6 +54,7 @@ type app struct {
 		Close() error
 	}
 	audit      *audit.Writer
+	stats      *sysstats.Publisher // sys.stats, once a second
 	ws         *transport.WSServer
 	edge       *transport.Edge // wraps http's listener
 	http       *http.Server
@@ -116,6 +119,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		PingInterval: cfg.WSPingInterval, Bus: a.bus, History: policy.HistoryOf, Logger: log, Metrics: a.metrics,
 	})
 	late.hub.Store(a.hub)
+	a.stats = sysstats.Start(sysstats.Config{Node: a.node, Metrics: a.metrics, Hub: a.hub, Logger: log})
 	reg := actors.NewRegistry()
 	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
 	// SUBSCRIBE and UNSUBSCRIBE never touch the database (a history read goes to the bus).
@@ -152,6 +156,10 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		ConnCounter: a.conns, MaxConnsPerUser: cfg.WSMaxConnsPerUser,
 		Logger: log, Metrics: a.metrics,
 	})
+	page, err := web.New()
+	if err != nil {
+		return nil, err
+	}
 	extra := map[string]http.Handler{}
 	if cfg.DevIssuer() {
 		dev, err := auth.OpenDevIssuer(cfg.DataDir)
@@ -172,7 +180,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 			{Name: "pubsub", Check: a.busHealthy()},
 			{Name: "identity", Check: a.identityReady()},
 		},
-		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra,
+		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra, Web: page,
 	})
 	if err != nil {
 		return nil, err
@@ -335,12 +343,13 @@ func (a *app) serve(ctx context.Context, ln net.Listener) error {
 	return errors.Join(serveErr, a.shutdown(sctx))
 }
 
-// shutdown runs the one shutdown order: stop accepting WebSockets → close them with 1001 →
-// http.Server.Shutdown → stop the actors and wait → close the database. ctx is the one deadline
-// over all of it.
+// shutdown runs the one shutdown order: stop accepting WebSockets → stop the stats publisher →
+// close them with 1001 → http.Server.Shutdown → stop the actors and wait → close the database.
+// ctx is the one deadline over all of it.
 func (a *app) shutdown(ctx context.Context) error {
 	start := time.Now()
 	a.ws.BeginShutdown()
+	a.stats.Stop()
 	n, err := a.hub.Stop(ctx, transport.CloseGoingAway, "server shutting down")
 	errs := []error{err}
 	errs = append(errs, a.http.Shutdown(ctx))
@@ -360,6 +369,9 @@ func (a *app) shutdown(ctx context.Context) error {
 // close stops the actors and releases what newApp opened; it tolerates a partly built app.
 func (a *app) close(ctx context.Context) error {
 	var errs []error
+	if a.stats != nil {
+		a.stats.Stop() // a no-op after shutdown; here for a newApp that failed half-way
+	}
 	if a.hub != nil {
 		// Normally stopped already by shutdown (a second Stop is a no-op); here for a newApp
 		// that failed half-way.

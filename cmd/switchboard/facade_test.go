@@ -1140,7 +1140,7 @@ func TestFacadeNotFoundAndMethods(t *testing.T) {
 	s := startServer(t, nil)
 	c := newFCClient(t, s)
 	tok := s.token(t, "fc-any", fcAuthorRoles...)
-	for _, p := range []string{"/nope", "/authors/1/books", "/api", "/api/broadcast/x", "/audit-logs/1/x", "/authorsx", "/"} {
+	for _, p := range []string{"/nope", "/authors/1/books", "/api", "/api/broadcast/x", "/audit-logs/1/x", "/authorsx", "/index.html"} { // "/" is the dashboard
 		for _, token := range []string{"", tok} {
 			fcExpectDetail(t, c.do("GET", p, token, ""), http.StatusNotFound, "")
 		}

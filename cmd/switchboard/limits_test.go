@@ -345,7 +345,10 @@ func TestLimitsHTTPRateLimit(t *testing.T) {
 		for _, path := range []string{"/health", "/livez", "/readyz", "/metrics"} {
 			for i := 0; i < 15; i++ {
 				resp, b := limRequest(t, s, http.MethodGet, path, "", "", nil)
-				if resp.StatusCode != http.StatusOK {
+				// /health and /readyz may say 503 when a dependency's check runs out of its 1 s
+				// on a loaded machine; what counts here is that they are never limited.
+				health := path == "/health" || path == "/readyz"
+				if resp.StatusCode != http.StatusOK && !(health && resp.StatusCode == http.StatusServiceUnavailable) {
 					t.Fatalf("GET %s #%d: %d %s", path, i+1, resp.StatusCode, b)
 				}
 				if h := resp.Header.Get("X-RateLimit-Limit"); h != "" {

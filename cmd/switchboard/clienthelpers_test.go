@@ -82,16 +82,26 @@ func (tc *testClient) onMessage(m sbclient.Message) {
 // a request that gets no answer (timeout, connection lost) fails the test.
 func (tc *testClient) call(pkgID int, data any) envelope {
 	tc.t.Helper()
-	r, err := tc.c.Request(context.Background(), pkgID, data)
+	e, err := tc.tryCall(context.Background(), pkgID, data)
+	if err != nil {
+		tc.t.Fatalf("pkg_id %d: %v", pkgID, err)
+	}
+	return e
+}
+
+// tryCall is call that returns what is not an answer (a timeout, a lost connection) as an
+// error; safe to use from any goroutine.
+func (tc *testClient) tryCall(ctx context.Context, pkgID int, data any) (envelope, error) {
+	r, err := tc.c.Request(ctx, pkgID, data)
 	if err != nil {
 		var e *sbclient.Error
 		if !errors.As(err, &e) {
-			tc.t.Fatalf("pkg_id %d: %v", pkgID, err)
+			return envelope{}, err
 		}
-		return refusal(e)
+		return refusal(e), nil
 	}
 	zero := 0
-	return envelope{PkgID: r.PkgID, ReqID: r.ReqID, StatusCode: &zero, Data: r.Data, Meta: r.Meta}
+	return envelope{PkgID: r.PkgID, ReqID: r.ReqID, StatusCode: &zero, Data: r.Data, Meta: r.Meta}, nil
 }
 
 // refusal is the envelope of a refused request.

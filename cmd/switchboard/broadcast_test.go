@@ -57,7 +57,8 @@ func (s *testServer) scrapeMetric(t testing.TB, name string) string {
 	return ""
 }
 
-// seqCheckingClient is a light gws client for the many-connections test: instead of queueing frames
+// seqCheckingClient is a light gws client for the many-connections test (a thousand sockets, and
+// it checks the broadcast frame's wire fields): instead of queueing frames
 // it checks each broadcast as it arrives (zero req_id, no status_code, the expected pkg_id and
 // data.seq one more than the last) and keeps a count and the first problem.
 type seqCheckingClient struct {
@@ -290,9 +291,9 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 		// Hundreds of broadcasts from one producer: keep the HTTP rate limit out of the way.
 		c.RateLimitPerMinute = 1_000_000
 	})
-	healthy := []*wsClient{
-		s.dial(t, s.token(t, "healthy-1")),
-		s.dial(t, s.token(t, "healthy-2")),
+	healthy := []*testClient{
+		s.connect(t, s.token(t, "healthy-1")),
+		s.connect(t, s.token(t, "healthy-2")),
 	}
 	slow, _, err := s.rawWSDial(t, s.token(t, "slow"))
 	if err != nil {
@@ -313,9 +314,9 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 			var d struct {
 				Seq int `json:"seq"`
 			}
-			decodeData(t, e, &d)
-			if e.PkgID != 9 || e.ReqID != bcZeroReqID || e.StatusCode != nil || d.Seq != seq {
-				t.Fatalf("healthy client %d: frame %d is pkg_id %d req_id %s status %d seq %d", i, seq, e.PkgID, e.ReqID, e.status(), d.Seq)
+			decodeMsg(t, e, &d)
+			if e.PkgID != 9 || e.Topic != "" || d.Seq != seq {
+				t.Fatalf("healthy client %d: frame %d is pkg_id %d topic %q seq %d", i, seq, e.PkgID, e.Topic, d.Seq)
 			}
 		}
 		seq++
@@ -334,10 +335,8 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 		send()
 	}
 	for i, c := range healthy {
-		select {
-		case <-c.closed:
-			t.Fatalf("healthy client %d was disconnected", i)
-		default:
+		if n := c.c.Stats().Disconnects; n != 0 {
+			t.Fatalf("healthy client %d was disconnected %d times", i, n)
 		}
 	}
 	if got := s.scrapeMetric(t, "ws_slow_consumer_disconnects_total"); got != "1" {
@@ -479,7 +478,7 @@ type unsizedReader struct{ io.Reader }
 
 func TestBroadcastHTTPErrors(t *testing.T) {
 	s := startServer(t, func(c *config.Config) { c.MaxRequestBytes = 4096 })
-	listener := s.dial(t, s.token(t, "listener"))
+	listener := s.connect(t, s.token(t, "listener"))
 	s.waitHubActive(t, 1)
 	ok := s.token(t, "producer", "broadcast")
 	noRole := s.token(t, "reader", "get-authors")
@@ -579,18 +578,14 @@ func TestBroadcastHTTPErrors(t *testing.T) {
 		t.Fatalf("first frame pkg_id %d, want 5 (a rejected request was broadcast?)", e.PkgID)
 	}
 	e = listener.next(10 * time.Second)
-	if e.PkgID != 6 || e.ReqID != bcZeroReqID || e.StatusCode != nil || string(e.Data) != `{"hello":"world"}` {
+	if e.PkgID != 6 || e.Topic != "" || string(e.Data) != `{"hello":"world"}` {
 		t.Fatalf("second frame = %+v data %s", e, e.Data)
 	}
 	e = listener.next(10 * time.Second)
 	if e.PkgID != 7 || string(e.Data) != `{}` {
 		t.Fatalf("third frame = %+v data %s", e, e.Data)
 	}
-	select {
-	case extra := <-listener.msgs:
-		t.Fatalf("unexpected extra frame %s", extra)
-	default:
-	}
+	listener.noMessage()
 }
 
 // TestBroadcastAtBodyLimitReachesIdleClients: with the default limits (1 MiB request body,
@@ -599,19 +594,18 @@ func TestBroadcastHTTPErrors(t *testing.T) {
 // a slow consumer and receives it. (Regression: every connection used to be closed with 1013.)
 func TestBroadcastAtBodyLimitReachesIdleClients(t *testing.T) {
 	s := startServer(t, nil) // defaults: MaxRequestBytes 1 MiB, WSSendQueueBytes 1 MiB
-	c := s.dial(t, s.token(t, "idle"))
+	c := s.connect(t, s.token(t, "idle"))
 	s.waitHubActive(t, 1)
 	body := `{"pkg_id":1,"data":{"pad":"`
 	body += strings.Repeat("p", int(s.cfg.MaxRequestBytes)-len(body)-3) + `"}}`
 	s.broadcastOK(t, s.token(t, "producer", "broadcast"), body)
 	select {
-	case b := <-c.msgs:
-		if len(b) < int(s.cfg.MaxRequestBytes) {
-			t.Fatalf("frame of %d bytes", len(b))
+	case m := <-c.msgs:
+		if len(m.Data) < int(s.cfg.MaxRequestBytes)-64 {
+			t.Fatalf("data of %d bytes", len(m.Data))
 		}
-	case <-c.closed:
-		code, reason := c.closeStatus(time.Second)
-		t.Fatalf("an idle client was closed with %d %q by one accepted broadcast", code, reason)
+	case d := <-c.disconnects:
+		t.Fatalf("an idle client was closed with %d %q by one accepted broadcast", d.Code, d.Reason)
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no frame within 30s")
 	}

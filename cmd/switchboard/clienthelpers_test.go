@@ -101,7 +101,11 @@ func (tc *testClient) tryCall(ctx context.Context, pkgID int, data any) (envelop
 		return refusal(e), nil
 	}
 	zero := 0
-	return envelope{PkgID: r.PkgID, ReqID: r.ReqID, StatusCode: &zero, Data: r.Data, Meta: r.Meta}, nil
+	meta := r.Meta
+	if meta == nil {
+		meta = json.RawMessage("null") // the client reports a null meta as nil
+	}
+	return envelope{PkgID: r.PkgID, ReqID: r.ReqID, StatusCode: &zero, Data: r.Data, Meta: meta}, nil
 }
 
 // refusal is the envelope of a refused request.

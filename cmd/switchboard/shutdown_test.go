@@ -15,6 +15,9 @@ import (
 	"go.uber.org/goleak"
 )
 
+// The shutdown tests keep raw clients (wsClient): they check the exact close code of every
+// socket and that no goroutine outlives the node, and transport/client would keep reconnecting.
+
 // verifyNoGoroutineLeaks polls until no goroutine is left beyond those in ignore (captured
 // before the server started), for up to d: goroutines on their way out (sockets being closed,
 // the client side of closed connections, protoactor's one-period throttle timers) get that long

@@ -24,7 +24,8 @@ import (
 
 const bcZeroReqID = "00000000-0000-0000-0000-000000000000"
 
-// broadcastOK posts one broadcast and fails the test unless it is accepted.
+// broadcastOK posts one broadcast body as given and fails the test unless it is accepted; for
+// bodies whose bytes matter (at the size limit). Other producers use s.publisher.
 func (s *testServer) broadcastOK(t testing.TB, token, body string) {
 	t.Helper()
 	resp, b := s.do(t, http.MethodPost, "/api/broadcast", token, body)
@@ -186,13 +187,13 @@ func TestBroadcastReachesThousandConnections(t *testing.T) {
 	}
 	s.waitHubActive(t, clients)
 
-	broadcaster := s.token(t, "producer", "broadcast")
+	broadcaster := s.publisher(t, s.token(t, "producer", "broadcast"))
 	for i := range messages {
-		s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":%d,"data":{"seq":%d,"text":"tick %d"}}`, pkgID, i, i))
+		mustPublish(t, broadcaster, "", pkgID, map[string]any{"seq": i, "text": fmt.Sprintf("tick %d", i)})
 	}
 	// One more as a fence: once it has arrived everywhere, a duplicate of the 20 would have too
 	// (and broken the order check).
-	s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":%d,"data":{"seq":%d}}`, pkgID, messages))
+	mustPublish(t, broadcaster, "", pkgID, map[string]any{"seq": messages})
 	eventually(t, 60*time.Second, "every client to receive every broadcast", func() bool {
 		for _, r := range recs {
 			if r.n.Load() < messages+1 {
@@ -301,12 +302,12 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	}
 	s.waitHubActive(t, 3)
 
-	broadcaster := s.token(t, "producer", "broadcast")
+	broadcaster := s.publisher(t, s.token(t, "producer", "broadcast"))
 	pad := strings.Repeat("x", 16<<10)
 	seq := 0
 	send := func() {
 		t.Helper()
-		s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":9,"data":{"seq":%d,"pad":"%s"}}`, seq, pad))
+		mustPublish(t, broadcaster, "", 9, map[string]any{"seq": seq, "pad": pad})
 		// Lock-step with the healthy clients: each gets every frame before the next is sent,
 		// so only a consumer that does not read can fall behind.
 		for i, c := range healthy {
@@ -367,14 +368,14 @@ func TestSlowConsumerGetsCloseFrame(t *testing.T) {
 		t.Fatalf("raw dial: %v", err)
 	}
 	s.waitHubActive(t, 1)
-	producer := s.token(t, "producer", "broadcast")
+	producer := s.publisher(t, s.token(t, "producer", "broadcast"))
 	pad := strings.Repeat("x", 16<<10)
 	sent := 0
 	for s.app.hub.Active() == 1 {
 		if sent == 2000 {
 			t.Fatalf("the stalled consumer was not disconnected after %d broadcasts of 16 KiB", sent)
 		}
-		s.broadcastOK(t, producer, fmt.Sprintf(`{"pkg_id":9,"data":{"seq":%d,"pad":"%s"}}`, sent, pad))
+		mustPublish(t, producer, "", 9, map[string]any{"seq": sent, "pad": pad})
 		sent++
 	}
 	// Read everything to memory first and parse after: only the start of reading is timed by the

@@ -54,7 +54,7 @@ func TestShutdownClosesClientsWith1001AndLeavesNoGoroutines(t *testing.T) {
 	if r := clients[0].call(3, map[string]any{"name": "Octavia"}); r.status() != 0 {
 		t.Fatalf("create: %+v", r)
 	}
-	s.broadcastOK(t, s.token(t, "producer", "broadcast"), `{"pkg_id":1,"data":{"hello":1}}`)
+	mustPublish(t, s.publisher(t, s.token(t, "producer", "broadcast")), "", 1, map[string]int{"hello": 1})
 	for _, c := range clients {
 		if e := c.next(10 * time.Second); e.PkgID != 1 || e.StatusCode != nil {
 			t.Fatalf("broadcast: %+v", e)

@@ -18,6 +18,7 @@ import (
 	"github.com/lxzan/gws"
 
 	"switchboard/transport/auth"
+	"switchboard/transport/client"
 )
 
 // minter signs development tokens with the server's key (the same RS256 key the server
@@ -266,3 +267,69 @@ func (h *baseHandler) OnClose(_ *gws.Conn, err error) {
 func (h *baseHandler) OnPing(c *gws.Conn, p []byte)          { _ = c.WritePong(p) }
 func (h *baseHandler) OnPong(*gws.Conn, []byte)              {}
 func (h *baseHandler) OnMessage(_ *gws.Conn, m *gws.Message) { _ = m.Close() }
+
+// openClients dials n Go clients (transport/client), c at a time, each with cfg(i), and waits
+// for every first connection; it stops at the first failure, when ctx ends or after capTime. The
+// clients do not reconnect silently during a measurement: a lost connection fails the requests
+// in flight, which the phase counts.
+func openClients(ctx context.Context, rep *reporter, n, c int, capTime time.Duration, cfg func(i int) client.Config) ([]*client.Client, error) {
+	ctx, cancel := context.WithTimeout(ctx, capTime)
+	defer cancel()
+	out := make([]*client.Client, n)
+	var next, done atomic.Int64
+	var errs errorCounts
+	var failed atomic.Int64
+	stop := make(chan struct{})
+	go func() { // progress
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				rep.progress("connecting: %d/%d done, %d failed", done.Load(), n, failed.Load())
+			}
+		}
+	}()
+	var wg sync.WaitGroup
+	for range min(c, n) {
+		wg.Go(func() {
+			for ctx.Err() == nil && failed.Load() == 0 {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				cl, err := client.Dial(ctx, cfg(i))
+				if err != nil {
+					failed.Add(1)
+					errs.add(classify(err))
+				} else {
+					out[i] = cl
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	close(stop)
+	if f := failed.Load(); f > 0 || ctx.Err() != nil {
+		closeClients(out)
+		if f == 0 {
+			return nil, fmt.Errorf("%d of %d clients connected: %w", done.Load(), n, ctx.Err())
+		}
+		return nil, fmt.Errorf("a client could not connect: %s", topErrors(errs.snapshot(), 3))
+	}
+	return out, nil
+}
+
+// closeClients closes the clients (1000) and waits for their goroutines.
+func closeClients(cs []*client.Client) {
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		if c != nil {
+			wg.Go(func() { _ = c.Close() })
+		}
+	}
+	wg.Wait()
+}

@@ -1,27 +1,29 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"switchboard/transport/client"
 )
 
 // target is a broadcast server under test: Switchboard or the built-in naive baseline.
 type target struct {
-	name      string // switchboard | baseline
-	ws        string // ws://…/web
-	ws2       string // a second node's ws://…/web (subscribers alternate); "" for one node
-	http      string // http://… (POST /api/broadcast)
-	subHeader func(i int) http.Header
-	producer  http.Header
-	pid       int // for CPU accounting; 0: unknown (in-process baseline)
+	name          string // switchboard | baseline
+	ws            string // ws://…/web
+	ws2           string // a second node's ws://…/web (subscribers alternate); "" for one node
+	http          string // http://… (POST /api/broadcast)
+	subHeader     func(i int) http.Header
+	producerToken string // bearer token of the producers ("" for the baseline, which checks none)
+	pid           int    // for CPU accounting; 0: unknown (in-process baseline)
 }
 
 // subscriber is one connection's handler in a fan-out run; its read goroutine is the only
@@ -75,7 +77,7 @@ func runFanout(ctx context.Context, o *options, rep *reporter, switchboard, base
 		}
 		defer srv.stop()
 		tg := &target{name: "baseline", ws: "ws://" + srv.addr + "/web", http: "http://" + srv.addr, pid: srv.pid,
-			subHeader: func(int) http.Header { return http.Header{} }, producer: http.Header{}}
+			subHeader: func(int) http.Header { return http.Header{} }, producerToken: "baseline"}
 		if base, err = fanoutOnce(ctx, o, rep, tg, 0); err != nil {
 			return err
 		}
@@ -114,7 +116,7 @@ func switchboardTarget(ctx context.Context, o *options, rep *reporter, n int) (*
 		name, ws2 = "switchboard-2nodes", o.url2+"/web"
 	}
 	return &target{name: name, ws: o.url + "/web", ws2: ws2, http: o.http, pid: o.serverPID,
-		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producer: bearer(ptok)}, nil
+		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producerToken: ptok}, nil
 }
 
 // compare puts the performance targets on the Switchboard result.
@@ -165,7 +167,10 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 		defer stalled.close()
 	}
 	slow0, _ := scrape(ctx, o, slowMetric)
-	prod := newProducer(tg, o.producers)
+	prod, err := newProducer(tg, o.producers)
+	if err != nil {
+		return nil, err
+	}
 	if err := warmUp(ctx, rep, prod, live, 30*time.Second); err != nil {
 		return nil, fmt.Errorf("[%s] %w", tg.name, err)
 	}
@@ -257,7 +262,7 @@ func addErr(m map[string]int, k string, v int) map[string]int {
 func warmUp(ctx context.Context, rep *reporter, prod *producer, subs []*subscriber, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
-		if err := prod.post(ctx, []byte(`{"pkg_id":100,"data":{"w":1}}`)); err != nil {
+		if err := prod.post(ctx, "", []byte(`{"w":1}`)); err != nil {
 			return fmt.Errorf("warm-up broadcast: %w", err)
 		}
 		for range 10 {
@@ -312,43 +317,34 @@ func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *produ
 	}
 }
 
-// producer POSTs broadcasts over keep-alive HTTP connections.
+// producer POSTs broadcasts over keep-alive HTTP connections, through the Go client's
+// Publisher (transport/client): a producer that never receives needs no WebSocket.
 type producer struct {
-	url      string
-	header   http.Header
-	client   *http.Client
+	pub      *client.Publisher
 	workers  int
 	accepted atomic.Int64
 	errs     errorCounts
 }
 
-func newProducer(tg *target, workers int) *producer {
+func newProducer(tg *target, workers int) (*producer, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: workers + 1, DisableCompression: true, ForceAttemptHTTP2: false}
-	return &producer{url: tg.http + "/api/broadcast", header: tg.producer, workers: workers,
-		client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	pub, err := client.NewPublisher(client.PublisherConfig{BaseURL: tg.http, Token: tg.producerToken,
+		HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}})
+	if err != nil {
+		return nil, err
+	}
+	return &producer{pub: pub, workers: workers}, nil
 }
 
-func (p *producer) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+// post publishes data (a JSON object) with pkg_id 100 on topic ("" for every connection).
+func (p *producer) post(ctx context.Context, topic string, data []byte) error {
+	_, err := p.pub.Publish(ctx, topic, 100, json.RawMessage(data))
+	var e *client.Error
+	if errors.As(err, &e) && e.HTTPStatus == http.StatusTooManyRequests {
+		return fmt.Errorf("POST /api/broadcast: %w (raise SWITCHBOARD_RATE_LIMIT_PER_MINUTE on the server)", err)
+	}
 	if err != nil {
-		return err
-	}
-	for k, v := range p.header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return err
-	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		hint := ""
-		if resp.StatusCode == http.StatusTooManyRequests {
-			hint = " (raise SWITCHBOARD_RATE_LIMIT_PER_MINUTE on the server)"
-		}
-		return fmt.Errorf("POST /api/broadcast: HTTP %d %s%s", resp.StatusCode, bytes.TrimSpace(msg), hint)
+		return fmt.Errorf("POST /api/broadcast: %w", err)
 	}
 	return nil
 }
@@ -360,7 +356,6 @@ func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate 
 	var wg sync.WaitGroup
 	for k := range p.workers {
 		wg.Go(func() {
-			body := make([]byte, 0, size+64)
 			var data []byte
 			for seq := k; seq < b && ctx.Err() == nil && time.Now().Before(capAt); seq += p.workers {
 				if rate > 0 {
@@ -368,8 +363,7 @@ func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate 
 					sleepCtx(ctx, time.Until(at))
 				}
 				data = payload(data, seq, time.Now().UnixNano(), size)
-				body = append(append(append(body[:0], `{"pkg_id":100,"data":`...), data...), '}')
-				if err := p.post(ctx, body); err != nil {
+				if err := p.post(ctx, "", data); err != nil {
 					p.errs.add(classify(err))
 					return
 				}

@@ -38,9 +38,15 @@ type subscriber struct {
 }
 
 func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
-	now := time.Now().UnixNano()
-	seq, ts, ok := seqTS(m.Bytes())
+	s.onData(m.Bytes())
 	_ = m.Close()
+}
+
+// onData records one broadcast (the whole frame, or its data object): on the raw socket's read
+// goroutine or on the Go client's callback goroutine, never both.
+func (s *subscriber) onData(b []byte) {
+	now := time.Now().UnixNano()
+	seq, ts, ok := seqTS(b)
 	if !ok {
 		s.warmed.Store(true) // a warm-up broadcast: this connection is registered
 		return
@@ -49,6 +55,18 @@ func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
 		s.complete.Add(1)
 	}
 	s.got.Add(1)
+}
+
+// disconnected counts a Go client's connection that the server closed (the raw sockets count
+// theirs in baseHandler.OnClose).
+func (s *subscriber) disconnected(d client.Disconnect) {
+	if d.Code == 0 || s.closed == nil {
+		return
+	}
+	s.closed.Add(1)
+	if s.codes != nil {
+		s.codes.add(fmt.Sprintf("server closed %d %s", d.Code, d.Reason))
+	}
 }
 
 // runFanout measures Switchboard and/or the baseline and prints the ratio when both ran.
@@ -147,15 +165,20 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 			d: newDelivery(b, o.producers, b/sampleEvery+1)}
 	}
 	d := &dialer{url: tg.ws, alt: tg.ws2, readBuf: o.readBuf}
-	rep.progress("[%s] opening %d subscribers to %s", tg.name, n, tg.ws)
-	p := openPool(ctx, rep, d, n, o.c, o.duration, func(i int) gws.Event { return subs[i] }, tg.subHeader)
+	rep.progress("[%s] opening %d subscribers (%s) to %s", tg.name, n, o.subClient, tg.ws)
+	var p *pool
+	if o.subClient == "go" && tg.name != "baseline" {
+		p = openGoSubscribers(ctx, rep, o, tg, subs)
+	} else {
+		p = openPool(ctx, rep, d, n, o.c, o.duration, func(i int) gws.Event { return subs[i] }, tg.subHeader)
+	}
 	defer p.close()
 	if p.ok == 0 {
 		return nil, fmt.Errorf("[%s] no subscriber could connect: %s", tg.name, topErrors(p.errs.snapshot(), 3))
 	}
 	var live []*subscriber
-	for i, c := range p.conns {
-		if c != nil {
+	for i := range subs {
+		if p.up(i) {
 			live = append(live, subs[i])
 		}
 	}

@@ -96,6 +96,7 @@ type options struct {
 	seedRows   int
 	maxSamples int
 	slow       int
+	subClient  string // fanout: "raw" (light gws sockets) or "go" (transport/client)
 	nofile     uint64
 
 	// stress
@@ -221,6 +222,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.directDSN, "direct-dsn", "", "rpc: postgres://… of the server's database; runs the same Bun query directly for the ratio")
 	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
+	fs.StringVar(&o.subClient, "subscribers", "raw", "fanout: raw (a light receive-only gws socket each) or go (a transport/client Client each; costs the tool more CPU and memory per connection, see docs/performance.md)")
 	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
 	fs.IntVar(&o.topics, "topics", 6, "stress: dashboards.* topics")
 	fs.IntVar(&o.topicsPerSub, "topics-per-sub", 3, "stress: topics each subscriber holds")
@@ -289,6 +291,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--duration and --timeout must be positive")
 	case o.slow < 0 || o.slow > 10_000:
 		return fmt.Errorf("--slow must be between 0 and 10000")
+	case o.subClient != "raw" && o.subClient != "go":
+		return fmt.Errorf("--subscribers must be raw or go, got %q", o.subClient)
 	case o.readBuf < 512:
 		return fmt.Errorf("--read-buf must be at least 512")
 	case o.headerBytes < 1 || o.headerBytes > 64<<20:

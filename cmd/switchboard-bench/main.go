@@ -41,7 +41,10 @@ Scenarios:
              --slow K: the fanout twice, the second time with K connections that never read
   baseline   the fanout run against the built-in naive gws broadcaster only
   rpc        --n clients in a closed loop: GET_AUTHORS and CREATE_AUTHOR over WebSocket and
-             GET/POST /authors over HTTP; with --direct-dsn, the same Bun query called directly
+             GET/POST /authors over HTTP; each phase followed by the same queries behind a bare
+             gws server and a bare net/http handler (in the tool, on the server's database:
+             --direct-dsn or the SQLite file in --data-dir; --rpc-baselines=false skips them),
+             with the req/s and p99 ratios; with --direct-dsn, the same Bun query called directly
   stress     a bounded mixed run that checks invariants as it goes; exits non-zero on a violation.
              Self-contained by default: starts a private redis-server (--redis-port, else a free
              port) and a server (--server-bin, else go build) with a temporary data directory,
@@ -72,32 +75,33 @@ Flags:
 
 // options are the flags shared by every scenario.
 type options struct {
-	scenario   string
-	url        string // ws://127.0.0.1:8000
-	url2       string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
-	http       string // http://127.0.0.1:8000
-	dataDir    string
-	clientID   string
-	n, c       int
-	perUser    int
-	messages   int
-	size       int
-	rate       float64
-	producers  int
-	duration   time.Duration
-	timeout    time.Duration
-	settle     time.Duration
-	serverPID  int
-	jsonOnly   bool
-	compare    bool
-	pin        string
-	readBuf    int
-	directDSN  string
-	seedRows   int
-	maxSamples int
-	slow       int
-	subClient  string // fanout: "raw" (light gws sockets) or "go" (transport/client)
-	nofile     uint64
+	scenario     string
+	url          string // ws://127.0.0.1:8000
+	url2         string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
+	http         string // http://127.0.0.1:8000
+	dataDir      string
+	clientID     string
+	n, c         int
+	perUser      int
+	messages     int
+	size         int
+	rate         float64
+	producers    int
+	duration     time.Duration
+	timeout      time.Duration
+	settle       time.Duration
+	serverPID    int
+	jsonOnly     bool
+	compare      bool
+	pin          string
+	readBuf      int
+	directDSN    string
+	seedRows     int
+	maxSamples   int
+	slow         int
+	subClient    string // fanout: "raw" (light gws sockets) or "go" (transport/client)
+	rpcBaselines bool   // rpc: also measure the bare gws and net/http request baselines
+	nofile       uint64
 
 	// stress
 	external      bool // --url was given: a server the tool did not start
@@ -220,6 +224,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.pin, "pin", "", "baseline: run the baseline server as a child process pinned with taskset -c PIN (e.g. 0)")
 	fs.IntVar(&o.readBuf, "read-buf", 4096, "client read buffer per connection, bytes")
 	fs.StringVar(&o.directDSN, "direct-dsn", "", "rpc: postgres://… of the server's database; runs the same Bun query directly for the ratio")
+	fs.BoolVar(&o.rpcBaselines, "rpc-baselines", true, "rpc: also run the same queries behind a bare gws server and a bare net/http handler (in the tool, on the server's database: --direct-dsn or the SQLite file in --data-dir) and print the ratios")
 	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
 	fs.StringVar(&o.subClient, "subscribers", "raw", "fanout: raw (a light receive-only gws socket each) or go (a transport/client Client each; costs the tool more CPU and memory per connection, see docs/performance.md)")

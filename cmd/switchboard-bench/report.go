@@ -61,9 +61,11 @@ type result struct {
 
 	Ratio   float64 `json:"ratio,omitempty"` // against RatioOf
 	RatioOf string  `json:"ratio_of,omitempty"`
-	Goal    string  `json:"goal,omitempty"` // the performance target for this figure
-	GoalMet *bool   `json:"goal_met,omitempty"`
-	Limit   string  `json:"limited_by,omitempty"` // best guess at what bounded the figure
+	// BareP99Ratio is rpc's p99 over the bare baseline's p99 (Ratio is then the req/s ratio).
+	BareP99Ratio float64 `json:"bare_p99_ratio,omitempty"`
+	Goal         string  `json:"goal,omitempty"` // the performance target for this figure
+	GoalMet      *bool   `json:"goal_met,omitempty"`
+	Limit        string  `json:"limited_by,omitempty"` // best guess at what bounded the figure
 
 	Errors map[string]int `json:"errors,omitempty"`
 	Notes  []string       `json:"notes,omitempty"`

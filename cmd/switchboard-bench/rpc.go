@@ -49,8 +49,8 @@ func runPhase(ctx context.Context, o *options, rep *reporter, ph phase) *result 
 	var errs errorCounts
 	rep.progress("rpc: %s %s, %d clients for %s", ph.target, ph.mode, o.n, o.duration)
 	pid := o.serverPID
-	if ph.target == "direct" {
-		pid = 0
+	if ph.target != "switchboard" {
+		pid = 0 // the direct query and the bare baselines run inside the tool
 	}
 	cpu := startCPU(pid)
 	start := time.Now()
@@ -122,8 +122,9 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 
 	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil,
 		MaxIdleConnsPerHost: o.n, MaxConnsPerHost: o.n, DisableCompression: true}}
-	doHTTP := func(ctx context.Context, method, path, token string, body []byte) error {
-		req, err := http.NewRequestWithContext(ctx, method, o.http+path, bytes.NewReader(body))
+	defer httpc.CloseIdleConnections()
+	doHTTP := func(ctx context.Context, base, method, path, token string, body []byte) error {
+		req, err := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(body))
 		if err != nil {
 			return err
 		}
@@ -145,15 +146,58 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 	run := fmt.Sprintf("%x", time.Now().UnixNano()&0xffffffffff)
 	empty := json.RawMessage(`{}`)
 
+	// The request baselines, in the same invocation: a bare gws server and a bare net/http
+	// handler running the same Bun queries on the server's database (rpcbaseline.go).
+	var bare *bareServer
+	var bareClients []*rpcClient
+	if o.rpcBaselines {
+		if bare, err = startBareRPC(ctx, o, rep); err != nil {
+			return fmt.Errorf("rpc: %w", err)
+		}
+		defer bare.stop()
+		bconns, err := openClients(ctx, rep, o.n, o.c, o.duration+o.timeout, func(i int) client.Config {
+			return client.Config{URL: "ws://" + bare.addr + "/web", Token: toks[i]}
+		})
+		if err != nil {
+			return fmt.Errorf("rpc: the bare gws baseline: %w", err)
+		}
+		defer closeClients(bconns) // before bare.stop: deferred calls run last first
+		for _, c := range bconns {
+			bareClients = append(bareClients, &rpcClient{c: c})
+		}
+	}
+	// compareBare runs the baseline phase of sb (same mode, its own clients) right after it and
+	// puts the ratios on sb: throughput Switchboard/bare, and p99 Switchboard/bare.
 	var results []*result
+	compareBare := func(sb *result, mode string, fn func(ctx context.Context, w, k int) error) {
+		results = append(results, sb)
+		if bare == nil {
+			return
+		}
+		b := runPhase(ctx, o, rep, phase{"bare", mode, fn})
+		b.note("bare server inside the load tool: it shared the tool's CPU (server cpu%% is blank)")
+		if b.PerSecond > 0 && b.P99ms > 0 {
+			sb.Ratio, sb.BareP99Ratio = sb.PerSecond/b.PerSecond, sb.P99ms/b.P99ms
+			sb.RatioOf = fmt.Sprintf(" bare req/s, p99 %.2f× bare", sb.BareP99Ratio)
+			sb.note("against the bare baseline: %.2f× its req/s, %.2f× its p99", sb.Ratio, sb.BareP99Ratio)
+		}
+		results = append(results, b)
+	}
+
 	wsGet := runPhase(ctx, o, rep, phase{"switchboard", "ws GET_AUTHORS", func(ctx context.Context, w, k int) error {
 		_, err := clients[w].call(ctx, 1, empty)
 		return err
 	}})
+	compareBare(wsGet, "gws GET_AUTHORS", func(ctx context.Context, w, k int) error {
+		_, err := bareClients[w].call(ctx, 1, empty)
+		return err
+	})
 	httpGet := runPhase(ctx, o, rep, phase{"switchboard", "http GET /authors", func(ctx context.Context, w, k int) error {
-		return doHTTP(ctx, http.MethodGet, "/authors", toks[w], nil)
+		return doHTTP(ctx, o.http, http.MethodGet, "/authors", toks[w], nil)
 	}})
-	results = append(results, wsGet, httpGet)
+	compareBare(httpGet, "net/http GET /authors", func(ctx context.Context, w, k int) error {
+		return doHTTP(ctx, "http://"+bare.addr, http.MethodGet, "/authors", toks[w], nil)
+	})
 	var db *store.DB
 	if o.directDSN != "" {
 		if db, err = store.Open(ctx, o.directDSN, 10*time.Second); err != nil {
@@ -165,37 +209,52 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 			_, err := authors.List(ctx, store.AuthorFilter{})
 			return err
 		}})
-		for _, r := range []*result{wsGet, httpGet} {
-			if direct.PerSecond > 0 {
-				r.Ratio, r.RatioOf = r.PerSecond/direct.PerSecond, " direct"
+		if direct.PerSecond > 0 {
+			ratio := wsGet.PerSecond / direct.PerSecond
+			wsGet.goal("≥ 70% of direct Bun", ratio >= 0.7 && wsGet.Failed == 0)
+			for _, r := range []*result{wsGet, httpGet} {
+				r.note("%.2f× the direct Bun query's req/s", r.PerSecond/direct.PerSecond)
 			}
 		}
-		wsGet.goal("≥ 70% of direct Bun", wsGet.Ratio >= 0.7 && wsGet.Failed == 0)
 		results = append(results, direct)
 	}
-	for _, r := range []*result{wsGet, httpGet} {
-		r.Rows = rows
+	for _, r := range results {
+		if r.Mode != "bun List (same query)" {
+			r.Rows = rows
+		}
 	}
 	wsCreate := runPhase(ctx, o, rep, phase{"switchboard", "ws CREATE_AUTHOR", func(ctx context.Context, w, k int) error {
 		name := fmt.Sprintf("bench-%s-w%d-%d", run, w, k)
 		_, err := clients[w].call(ctx, 3, json.RawMessage(`{"name":"`+name+`"}`))
 		return err
 	}})
+	compareBare(wsCreate, "gws CREATE_AUTHOR", func(ctx context.Context, w, k int) error {
+		name := fmt.Sprintf("bench-%s-bw%d-%d", run, w, k)
+		_, err := bareClients[w].call(ctx, 3, json.RawMessage(`{"name":"`+name+`"}`))
+		return err
+	})
 	httpCreate := runPhase(ctx, o, rep, phase{"switchboard", "http POST /authors", func(ctx context.Context, w, k int) error {
 		name := fmt.Sprintf("bench-%s-h%d-%d", run, w, k)
-		return doHTTP(ctx, http.MethodPost, "/authors", toks[w], []byte(`{"name":"`+name+`"}`))
+		return doHTTP(ctx, o.http, http.MethodPost, "/authors", toks[w], []byte(`{"name":"`+name+`"}`))
 	}})
-	results = append(results, wsCreate, httpCreate)
-	if db != nil {
+	compareBare(httpCreate, "net/http POST /authors", func(ctx context.Context, w, k int) error {
+		name := fmt.Sprintf("bench-%s-bh%d-%d", run, w, k)
+		return doHTTP(ctx, "http://"+bare.addr, http.MethodPost, "/authors", toks[w], []byte(`{"name":"`+name+`"}`))
+	})
+	cleanup := db
+	if cleanup == nil && bare != nil {
+		cleanup = bare.db
+	}
+	if cleanup != nil {
 		// Keep the table as it was so the next run's GET_AUTHORS reads the same rows.
-		res, err := db.Bun.NewDelete().Model((*store.Author)(nil)).Where("name LIKE ?", "bench-"+run+"-%").Exec(ctx)
+		res, err := cleanup.Bun.NewDelete().Model((*store.Author)(nil)).Where("name LIKE ?", "bench-"+run+"-%").Exec(ctx)
 		if err != nil {
 			rep.progress("rpc: could not delete the authors this run created: %v", err)
 		} else if n, err := res.RowsAffected(); err == nil {
 			rep.progress("rpc: deleted the %d authors this run created", n)
 		}
 	} else {
-		rep.progress("rpc: the authors this run created stay in the table (no --direct-dsn to delete them)")
+		rep.progress("rpc: the authors this run created stay in the table (no database to delete them from: --direct-dsn)")
 	}
 	for _, r := range results {
 		if rateLimited(r.Errors) {

@@ -212,16 +212,24 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 	var sendEnd time.Time
 	go func() {
 		defer close(sendDone)
-		prod.send(ctx, start, b, o.size, o.rate, start.Add(o.duration))
+		prod.send(ctx, start, b, o.size, o.rate, start.Add(o.duration), nil)
 		sendEnd = time.Now()
 	}()
-	waitDeliveries(ctx, rep, tg.name, prod, live, &complete, sendDone, o.timeout)
+	got := func() int64 {
+		var g int64
+		for _, s := range live {
+			g += s.got.Load()
+		}
+		return g
+	}
+	waitDeliveries(ctx, rep, tg.name, prod, len(live), got, &complete, sendDone, o.timeout)
 	wall := time.Since(start)
 	<-sendDone // the producers stop at the cap or with ctx; sendEnd is theirs until then
 	cli, srv, oth := cpu.stop()
 
 	res := &result{Scenario: "fanout", Target: tg.name, Mode: mode, N: len(live), C: o.c, Messages: b, Size: o.size,
-		Rate: o.rate, Producers: o.producers, NoFile: o.nofile, Unit: "msgs", Failed: p.failed, Errors: p.errs.snapshot()}
+		Rate: o.rate, Producers: o.producers, NoFile: o.nofile, Unit: "msgs", Failed: p.failed, Errors: p.errs.snapshot(),
+		ConnectPS: float64(p.ok) / p.took.Seconds()}
 	var lastRecv int64
 	var samples []uint32
 	for _, s := range live {
@@ -307,7 +315,7 @@ func warmUp(ctx context.Context, rep *reporter, prod *producer, subs []*subscrib
 
 // waitDeliveries prints progress until every subscriber has every broadcast, or the timeout
 // after sending ended.
-func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *producer, subs []*subscriber,
+func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *producer, subs int, got func() int64,
 	complete *atomic.Int64, sendDone <-chan struct{}, timeout time.Duration) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -321,20 +329,16 @@ func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *produ
 			sendDone = nil
 			giveUp = time.After(timeout)
 		case <-giveUp:
-			rep.progress("[%s] timeout: %d of %d subscribers complete", name, complete.Load(), len(subs))
+			rep.progress("[%s] timeout: %d of %d subscribers complete", name, complete.Load(), subs)
 			return
 		case <-tick.C:
-			if sendDone == nil && complete.Load() == int64(len(subs)) {
+			if sendDone == nil && complete.Load() == int64(subs) {
 				return
 			}
 			if time.Since(lastPrint) >= time.Second {
 				lastPrint = time.Now()
-				var got int64
-				for _, s := range subs {
-					got += s.got.Load()
-				}
 				rep.progress("[%s] sent %d, delivered %d, complete subscribers %d/%d",
-					name, prod.accepted.Load(), got, complete.Load(), len(subs))
+					name, prod.accepted.Load(), got(), complete.Load(), subs)
 			}
 		}
 	}
@@ -372,10 +376,11 @@ func (p *producer) post(ctx context.Context, topic string, data []byte) error {
 	return nil
 }
 
-// send posts broadcasts 0…b-1: worker k sends k, k+P, k+2P…, each after the previous one was
+// send posts broadcasts 0…b-1 (on topicOf(i), or to every connection when topicOf is nil):
+// worker k sends k, k+P, k+2P…, each after the previous one was
 // accepted, so the server's order within a worker is the sequence order. With rate > 0,
 // broadcast i leaves at start + i/rate. Sending stops at the first error or at capAt.
-func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate float64, capAt time.Time) {
+func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate float64, capAt time.Time, topicOf func(int) string) {
 	var wg sync.WaitGroup
 	for k := range p.workers {
 		wg.Go(func() {
@@ -386,7 +391,11 @@ func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate 
 					sleepCtx(ctx, time.Until(at))
 				}
 				data = payload(data, seq, time.Now().UnixNano(), size)
-				if err := p.post(ctx, "", data); err != nil {
+				topic := ""
+				if topicOf != nil {
+					topic = topicOf(seq)
+				}
+				if err := p.post(ctx, topic, data); err != nil {
 					p.errs.add(classify(err))
 					return
 				}

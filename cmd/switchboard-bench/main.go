@@ -6,6 +6,7 @@
 //	switchboard-bench connect  --n 10000 --c 64 --server-pid PID
 //	switchboard-bench fanout   --n 10000 --messages 300 --size 100 [--rate 5] [--compare=false]
 //	switchboard-bench fanout   --n 1000 --messages 2000 --size 2000 --rate 200 --slow 10
+//	switchboard-bench fanout   --n 2000 --messages 100 --topics 20
 //	switchboard-bench baseline --n 10000 --messages 300 --size 100
 //	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
 //	switchboard-bench stress   --duration 60s --kill-redis-at 20s,40s --redis-down 3s --plot stress.svg
@@ -36,6 +37,9 @@ Scenarios:
   connect    open --n authenticated connections at concurrency --c; conns/s, handshake
              p50/p99, server RSS per idle connection (--server-pid, else /metrics)
   fanout     --n subscribers, --messages broadcasts of --size bytes through POST /api/broadcast,
+             (--topics K: then the subscribers again, spread over K topics dashboards.0…K-1,
+             --messages per topic on random topics; no loss, exactly once and seq order per
+             topic are checked; connect+SUBSCRIBE rate beside the connect rate)
              as fast as possible (--rate 0) or at --rate per second; then the same against the
              built-in naive gws broadcaster (--compare, on by default) and the ratio
              --slow K: the fanout twice, the second time with K connections that never read
@@ -178,9 +182,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "connect":
 		err = runConnect(ctx, o, rep)
 	case "fanout":
-		if o.slow > 0 {
+		switch {
+		case o.slow > 0 && o.topics > 0:
+			err = errors.New("fanout: --slow and --topics are separate runs: give one of them")
+		case o.slow > 0:
 			err = runSlow(ctx, o, rep)
-		} else {
+		case o.topics > 0:
+			err = runTopicFanout(ctx, o, rep)
+		default:
 			err = runFanout(ctx, o, rep, true, o.compare)
 		}
 	case "baseline":
@@ -229,7 +238,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
 	fs.StringVar(&o.subClient, "subscribers", "raw", "fanout: raw (a light receive-only gws socket each) or go (a transport/client Client each; costs the tool more CPU and memory per connection, see docs/performance.md)")
 	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
-	fs.IntVar(&o.topics, "topics", 6, "stress: dashboards.* topics")
+	fs.IntVar(&o.topics, "topics", 0, "stress: dashboards.* topics (default 6); fanout: after the broadcast-to-all run, spread the --n subscribers over this many topics dashboards.0… and publish --messages per topic on random topics (default 0: no topic run)")
 	fs.IntVar(&o.topicsPerSub, "topics-per-sub", 3, "stress: topics each subscriber holds")
 	fs.IntVar(&o.churners, "churners", 6, "stress: workers opening short-lived connections")
 	fs.IntVar(&o.rpcClients, "rpc-clients", 4, "stress: request/response connections")
@@ -296,6 +305,8 @@ func (o *options) check() error {
 		return fmt.Errorf("--duration and --timeout must be positive")
 	case o.slow < 0 || o.slow > 10_000:
 		return fmt.Errorf("--slow must be between 0 and 10000")
+	case o.scenario == "fanout" && (o.topics < 0 || o.topics > o.n):
+		return fmt.Errorf("fanout: --topics must be between 0 and --n (%d), got %d", o.n, o.topics)
 	case o.subClient != "raw" && o.subClient != "go":
 		return fmt.Errorf("--subscribers must be raw or go, got %q", o.subClient)
 	case o.readBuf < 512:

@@ -64,6 +64,9 @@ func (o *options) stressDefaults(set map[string]bool) error {
 	if !set["producers"] {
 		o.producers = 2
 	}
+	if !set["topics"] {
+		o.topics = 6
+	}
 	if !set["timeout"] {
 		o.timeout = 30 * time.Second
 	}

@@ -95,6 +95,11 @@ func runPhase(ctx context.Context, o *options, rep *reporter, ph phase) *result 
 
 // runRPC measures request/response over WebSocket and HTTP, and the Bun query directly.
 func runRPC(ctx context.Context, o *options, rep *reporter) error {
+	if o.rpcBaselines {
+		if _, err := bareDSN(o); err != nil { // before anything is dialed
+			return fmt.Errorf("rpc: %w", err)
+		}
+	}
 	m, err := newMinter(o)
 	if err != nil {
 		return err

@@ -173,8 +173,8 @@ type DeadRow struct {
 // Dead returns the dead-lettered rows, oldest id first (for tests and operators).
 func (o *Outbox) Dead(ctx context.Context) ([]DeadRow, error) {
 	var rows []DeadRow
-	err := o.db.Bun.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, CAST(pkg_id AS TEXT) AS pkg_id, data, " +
-		"idempotency_key, reason FROM " + DeadTable + " ORDER BY id").Scan(context.WithoutCancel(ctx), &rows)
+	err := o.db.Bun.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, CAST(pkg_id AS TEXT) AS pkg_id, data, "+
+		"idempotency_key, reason FROM "+DeadTable+" ORDER BY id").Scan(context.WithoutCancel(ctx), &rows)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: outbox dead rows: %w", store.ErrDatabase, err)
 	}

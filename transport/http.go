@@ -109,11 +109,11 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 }
 
 type api struct {
-	cfg             APIConfig
-	broadcasts      *actors.Broadcasts // the rules the outbox and the stream inbox share
-	objectSchema    *actors.Schema
-	loginSchema     *actors.Schema
-	refreshSchema   *actors.Schema
+	cfg           APIConfig
+	broadcasts    *actors.Broadcasts // the rules the outbox and the stream inbox share
+	objectSchema  *actors.Schema
+	loginSchema   *actors.Schema
+	refreshSchema *actors.Schema
 }
 
 // routeAudit says how a route is authorised and recorded: rbac is the policy's route key

@@ -26,7 +26,7 @@ func (o *Outbox) Listen(log *slog.Logger) *Listener {
 	}
 	c := make(chan struct{}, 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &Listener{C: c, ln: pgdriver.NewListener(o.db.Bun), cancel: cancel}
+	l := &Listener{C: c, ln: pgdriver.NewListener(o.db), cancel: cancel}
 	l.wg.Add(1)
 	go func() {
 		defer l.wg.Done()

@@ -12,8 +12,7 @@ import (
 	"time"
 
 	"github.com/uptrace/bun"
-
-	"switchboard/store"
+	"github.com/uptrace/bun/dialect"
 )
 
 // Table names, for producers' SQL and the docs.
@@ -51,14 +50,15 @@ type Row struct {
 
 // Outbox reads and writes the outbox tables of one database.
 type Outbox struct {
-	db *store.DB
+	db *bun.DB
 }
 
-// New returns the outbox over d (migrated: the tables come with the migrations).
-func New(d *store.DB) *Outbox { return &Outbox{db: d} }
+// New returns the outbox over db (store.DB.Bun, migrated: the tables come with the
+// migrations).
+func New(db *bun.DB) *Outbox { return &Outbox{db: db} }
 
 // Postgres reports whether the database is PostgreSQL (LISTEN/NOTIFY, advisory locks).
-func (o *Outbox) Postgres() bool { return o.db.Dialect == store.DialectPostgres }
+func (o *Outbox) Postgres() bool { return o.db.Dialect().Name() == dialect.PG }
 
 // Insert writes e into the outbox through db: a transaction (bun.Tx) makes it part of the
 // caller's change, committed or rolled back with it. It checks only what the database itself
@@ -91,7 +91,7 @@ func Insert(ctx context.Context, db bun.IDB, e Event) error {
 			topic, e.PkgID, string(data), e.Key).Exec(ctx)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: outbox insert: %w", store.ErrDatabase, err)
+		return fmt.Errorf("%w: outbox insert: %w", ErrDatabase, err)
 	}
 	return nil
 }
@@ -101,11 +101,11 @@ func Insert(ctx context.Context, db bun.IDB, e Event) error {
 // type it was given).
 func (o *Outbox) Pending(ctx context.Context, after int64, limit int) ([]Row, error) {
 	rows := make([]Row, 0, limit)
-	err := o.db.Bun.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, COALESCE(CAST(pkg_id AS TEXT), '') AS pkg_id, "+
+	err := o.db.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, COALESCE(CAST(pkg_id AS TEXT), '') AS pkg_id, "+
 		"COALESCE(CAST(data AS TEXT), '') AS data, COALESCE(CAST(idempotency_key AS TEXT), '') AS idempotency_key "+
 		"FROM "+Table+" WHERE id > ? ORDER BY id LIMIT ?", after, limit).Scan(ctx, &rows)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: outbox read: %w", store.ErrDatabase, err)
+		return nil, fmt.Errorf("%w: outbox read: %w", ErrDatabase, err)
 	}
 	return rows, nil
 }
@@ -115,8 +115,8 @@ func (o *Outbox) Delete(ctx context.Context, ids []int64) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	if _, err := o.db.Bun.NewRaw("DELETE FROM "+Table+" WHERE id IN (?)", bun.In(ids)).Exec(ctx); err != nil {
-		return fmt.Errorf("%w: outbox delete: %w", store.ErrDatabase, err)
+	if _, err := o.db.NewRaw("DELETE FROM "+Table+" WHERE id IN (?)", bun.In(ids)).Exec(ctx); err != nil {
+		return fmt.Errorf("%w: outbox delete: %w", ErrDatabase, err)
 	}
 	return nil
 }
@@ -127,7 +127,7 @@ func (o *Outbox) DeadLetter(ctx context.Context, id int64, reason string) error 
 		reason = reason[:1000]
 	}
 	reason = strings.ToValidUTF8(reason, "?")
-	err := o.db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err := o.db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		if _, err := tx.NewRaw("INSERT INTO "+DeadTable+" (id, topic, pkg_id, data, idempotency_key, created_at, reason) "+
 			"SELECT id, topic, pkg_id, CAST(data AS TEXT), idempotency_key, created_at, ? FROM "+Table+" WHERE id = ? "+
 			"ON CONFLICT (id) DO NOTHING", reason, id).Exec(ctx); err != nil {
@@ -137,7 +137,7 @@ func (o *Outbox) DeadLetter(ctx context.Context, id int64, reason string) error 
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("%w: outbox dead-letter: %w", store.ErrDatabase, err)
+		return fmt.Errorf("%w: outbox dead-letter: %w", ErrDatabase, err)
 	}
 	return nil
 }
@@ -150,12 +150,12 @@ func (o *Outbox) OldestAge(ctx context.Context) (time.Duration, error) {
 		q = "SELECT ((julianday('now') - 2440587.5) * 86400000 - created_at) / 1000.0 FROM " + Table + " ORDER BY id LIMIT 1"
 	}
 	var secs sql.NullFloat64
-	err := o.db.Bun.QueryRowContext(ctx, q).Scan(&secs)
+	err := o.db.QueryRowContext(ctx, q).Scan(&secs)
 	if errors.Is(err, sql.ErrNoRows) || (err == nil && !secs.Valid) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%w: outbox age: %w", store.ErrDatabase, err)
+		return 0, fmt.Errorf("%w: outbox age: %w", ErrDatabase, err)
 	}
 	return time.Duration(max(secs.Float64, 0) * float64(time.Second)), nil
 }
@@ -173,10 +173,10 @@ type DeadRow struct {
 // Dead returns the dead-lettered rows, oldest id first (for tests and operators).
 func (o *Outbox) Dead(ctx context.Context) ([]DeadRow, error) {
 	var rows []DeadRow
-	err := o.db.Bun.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, CAST(pkg_id AS TEXT) AS pkg_id, data, "+
+	err := o.db.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, CAST(pkg_id AS TEXT) AS pkg_id, data, "+
 		"idempotency_key, reason FROM "+DeadTable+" ORDER BY id").Scan(context.WithoutCancel(ctx), &rows)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return nil, fmt.Errorf("%w: outbox dead rows: %w", store.ErrDatabase, err)
+		return nil, fmt.Errorf("%w: outbox dead rows: %w", ErrDatabase, err)
 	}
 	return rows, nil
 }
@@ -192,14 +192,14 @@ func (o *Outbox) Lead(ctx context.Context) (*Lease, error) {
 	if !o.Postgres() {
 		return &Lease{}, nil
 	}
-	conn, err := o.db.Bun.Conn(ctx)
+	conn, err := o.db.Conn(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: relay lock connection: %w", store.ErrDatabase, err)
+		return nil, fmt.Errorf("%w: relay lock connection: %w", ErrDatabase, err)
 	}
 	var ok bool
 	if err := conn.QueryRowContext(ctx, "SELECT pg_try_advisory_lock(?)", leadLockKey).Scan(&ok); err != nil {
 		dropConn(&conn)
-		return nil, fmt.Errorf("%w: relay lock: %w", store.ErrDatabase, err)
+		return nil, fmt.Errorf("%w: relay lock: %w", ErrDatabase, err)
 	}
 	if !ok {
 		_ = conn.Close()

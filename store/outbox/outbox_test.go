@@ -17,7 +17,7 @@ import (
 func TestInsertPendingDeleteDeadLetter(t *testing.T) {
 	storetest.ForEachBackend(t, func(t *testing.T, url string) {
 		db := storetest.NewDB(t, url)
-		o := outbox.New(db)
+		o := outbox.New(db.Bun)
 		ctx := context.Background()
 		// One in a committed transaction, one rolled back: only the first exists.
 		if err := db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
@@ -95,7 +95,7 @@ func TestPendingReadsAnythingSQLiteHolds(t *testing.T) {
 	if _, err := db.Bun.ExecContext(ctx, "INSERT INTO switchboard_outbox (topic, pkg_id, data) VALUES (x'00ff', 'abc', x'ff')"); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := outbox.New(db).Pending(ctx, 0, 10)
+	rows, err := outbox.New(db.Bun).Pending(ctx, 0, 10)
 	if err != nil || len(rows) != 1 || rows[0].PkgID != "abc" {
 		t.Fatalf("%+v %v", rows, err)
 	}
@@ -106,7 +106,7 @@ func TestPendingReadsAnythingSQLiteHolds(t *testing.T) {
 
 func TestLeadIsExclusiveAndFreedWithItsSession(t *testing.T) {
 	url := storetest.PostgresURL(t)
-	a, b := outbox.New(storetest.NewDB(t, url)), outbox.New(storetest.NewDB(t, url))
+	a, b := outbox.New(storetest.NewDB(t, url).Bun), outbox.New(storetest.NewDB(t, url).Bun)
 	ctx := context.Background()
 	la, err := a.Lead(ctx)
 	if err != nil || la == nil {
@@ -128,7 +128,7 @@ func TestLeadIsExclusiveAndFreedWithItsSession(t *testing.T) {
 
 func TestListenWakesOnCommit(t *testing.T) {
 	db := storetest.NewDB(t, storetest.PostgresURL(t))
-	o := outbox.New(db)
+	o := outbox.New(db.Bun)
 	l := o.Listen(slog.New(slog.DiscardHandler))
 	defer l.Close()
 	ctx := context.Background()

@@ -11,7 +11,7 @@ import (
 // openBus starts the cluster bus: Redis pub/sub when SWITCHBOARD_REDIS_URL is set (every node
 // delivers every broadcast to its own connections), in-process otherwise.
 func (a *app) openBus(deliver func(*bus.Message)) error {
-	opts := []bus.Option{bus.WithLogger(a.log), bus.WithMetrics(a.metrics)}
+	opts := []bus.Option{bus.WithLogger(a.log), bus.WithMetrics(a.metrics), bus.WithDedupWindow(a.cfg.DedupWindow)}
 	if a.redis == nil {
 		a.bus = bus.NewMemory(deliver, opts...)
 		return nil

@@ -185,9 +185,11 @@ func (r *Outbox) observeLag(ctx context.Context) {
 	}
 }
 
-// drain relays batches until the outbox is empty or a step fails.
+// drain relays batches until the outbox is empty or a step fails; the lag is measured before
+// each batch, so a backlog shows while it is worked off.
 func (r *Outbox) drain(ctx context.Context) error {
 	for {
+		r.observeLag(ctx)
 		n, err := r.batch(ctx)
 		if err != nil || n < r.cfg.Batch {
 			return err

@@ -7,6 +7,7 @@ import (
 
 	"switchboard/actors"
 	"switchboard/relay"
+	"switchboard/store/inbox"
 	"switchboard/store/outbox"
 )
 
@@ -14,6 +15,7 @@ import (
 // relays only while it holds the cluster's lease), the stream inbox with Redis only.
 type relays struct {
 	outbox *relay.Outbox
+	inbox  *relay.Inbox // nil without Redis
 }
 
 // haltEnv is a test hook: when set (to anything), the outbox relay stops dead after publishing
@@ -40,6 +42,12 @@ func (a *app) startRelays(policy *actors.Policy) error {
 		}
 	}
 	a.relays.outbox = relay.StartOutbox(cfg)
+	if a.redis != nil {
+		a.relays.inbox = relay.StartInbox(relay.InboxConfig{
+			Inbox: inbox.New(a.redis, a.cfg.RedisPrefix, a.node), Hub: a.hub, Rules: rules,
+			ClaimAfter: a.cfg.InboxClaimAfter, Logger: a.log, Metrics: a.metrics,
+		})
+	}
 	return nil
 }
 
@@ -62,6 +70,9 @@ func (r *relays) healthy() func(context.Context) error {
 
 // stop ends the relays and waits for them; a no-op for those never started or already stopped.
 func (r *relays) stop() {
+	if r.inbox != nil {
+		r.inbox.Stop()
+	}
 	if r.outbox != nil {
 		r.outbox.Stop()
 	}

@@ -33,6 +33,7 @@ const (
 	DefaultPollInterval = 2 * time.Second
 	DefaultStuckAfter   = time.Minute
 	DefaultBatch        = 500
+	DefaultBatchBytes   = 8 << 20
 	// takeoverInterval is how often a node that does not relay tries to take the lease: a dead
 	// relay's rows move again within about this long after PostgreSQL saw its session end.
 	takeoverInterval = time.Second
@@ -50,8 +51,11 @@ type OutboxConfig struct {
 	// StuckAfter: Healthy fails while the oldest waiting row is older than this.
 	StuckAfter time.Duration
 	Batch      int // rows per read; default DefaultBatch
-	Logger     *slog.Logger
-	Metrics    *metrics.Set
+	// MaxBytes is SWITCHBOARD_MAX_REQUEST_BYTES: a row's data larger than this is not even read
+	// (it is dead-lettered), and a batch reads about DefaultBatchBytes of data at most.
+	MaxBytes int64
+	Logger   *slog.Logger
+	Metrics  *metrics.Set
 	// AfterPublish, when set, is called after a batch was published and before its rows are
 	// deleted, with ctx ending at Stop (tests use it to stop a relay dead at that point).
 	AfterPublish func(ctx context.Context, published int)
@@ -80,6 +84,9 @@ func StartOutbox(cfg OutboxConfig) *Outbox {
 	}
 	if cfg.Batch <= 0 {
 		cfg.Batch = DefaultBatch
+	}
+	if cfg.MaxBytes <= 0 {
+		cfg.MaxBytes = 1 << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -152,7 +159,9 @@ func (r *Outbox) run() {
 			r.m.leader.Set(1)
 			r.log.Info("outbox relay: this node relays the outbox")
 		}
-		if err := lease.Check(ctx); err != nil {
+		err := r.drain(ctx, lease)
+		r.observeLag(ctx)
+		if errors.Is(err, outbox.ErrLeaseLost) {
 			if ctx.Err() == nil {
 				r.log.Warn("outbox relay: lease lost; another node may relay", "err", err)
 			}
@@ -161,8 +170,6 @@ func (r *Outbox) run() {
 			r.m.leader.Set(0)
 			continue
 		}
-		err := r.drain(ctx)
-		r.observeLag(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -185,13 +192,17 @@ func (r *Outbox) observeLag(ctx context.Context) {
 	}
 }
 
-// drain relays batches until the outbox is empty or a step fails; the lag is measured before
-// each batch, so a backlog shows while it is worked off.
-func (r *Outbox) drain(ctx context.Context) error {
+// drain relays batches until the outbox is empty or a step fails. Before each batch it checks
+// the lease (a long backlog is not relayed on by a node that lost it) and measures the lag, so
+// a backlog shows while it is worked off.
+func (r *Outbox) drain(ctx context.Context, lease *outbox.Lease) error {
 	for {
+		if err := lease.Check(ctx); err != nil {
+			return err
+		}
 		r.observeLag(ctx)
 		n, err := r.batch(ctx)
-		if err != nil || n < r.cfg.Batch {
+		if err != nil || n == 0 {
 			return err
 		}
 	}
@@ -201,7 +212,7 @@ func (r *Outbox) drain(ctx context.Context) error {
 // and the published ones are deleted together. A failure to publish stops the batch there:
 // what was published is deleted, the rest waits for the retry, in order.
 func (r *Outbox) batch(ctx context.Context) (int, error) {
-	rows, err := r.cfg.Outbox.Pending(ctx, 0, r.cfg.Batch)
+	rows, err := r.cfg.Outbox.Pending(ctx, 0, r.cfg.Batch, r.cfg.MaxBytes, DefaultBatchBytes)
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
@@ -254,6 +265,9 @@ func (r *Outbox) batch(ctx context.Context) (int, error) {
 
 // check turns a row into the broadcast the rules accept, or the reason they refuse it.
 func (r *Outbox) check(row outbox.Row) (*hub.Message, string) {
+	if row.Size > r.cfg.MaxBytes {
+		return nil, fmt.Sprintf("data of %d bytes is larger than SWITCHBOARD_MAX_REQUEST_BYTES (%d)", row.Size, r.cfg.MaxBytes)
+	}
 	pkgID, err := outbox.ParsePkgID(row.PkgID)
 	if err != nil {
 		return nil, err.Error()

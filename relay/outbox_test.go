@@ -27,7 +27,7 @@ func insert(t testing.TB, db bun.IDB, topic string, pkgID int, data string) {
 }
 
 func startOutbox(t testing.TB, o *outbox.Outbox, pub Publisher, set *metrics.Set, edit ...func(*OutboxConfig)) *Outbox {
-	cfg := OutboxConfig{Outbox: o, Hub: pub, Rules: rules(t), PollInterval: 50 * time.Millisecond, Metrics: set}
+	cfg := OutboxConfig{Outbox: o, Hub: pub, Rules: rules(t), PollInterval: 50 * time.Millisecond, Metrics: set, MaxBytes: 4096}
 	for _, e := range edit {
 		e(&cfg)
 	}
@@ -79,7 +79,7 @@ func TestOutboxRelaysInOrderAndDeadLettersPoison(t *testing.T) {
 				t.Fatalf("message %d: %+v %s", i, m, m.Data)
 			}
 		}
-		eventually(t, patience, "the outbox to empty", func() bool { rows, _ := o.Pending(ctx, 0, 10); return len(rows) == 0 })
+		eventually(t, patience, "the outbox to empty", func() bool { rows, _ := o.Pending(ctx, 0, 10, 1<<20, 1<<20); return len(rows) == 0 })
 		dead, err := o.Dead(ctx)
 		if err != nil || len(dead) != len(poison) {
 			t.Fatalf("dead rows: %+v %v", dead, err)
@@ -118,12 +118,12 @@ func TestOutboxRepublishIsDeliveredOnce(t *testing.T) {
 			AfterPublish: func(ctx context.Context, _ int) { close(halted); <-ctx.Done() }})
 		<-halted
 		first.Stop()
-		if rows, _ := o.Pending(ctx, 0, 100); len(rows) != 10 {
+		if rows, _ := o.Pending(ctx, 0, 100, 1<<20, 1<<20); len(rows) != 10 {
 			t.Fatalf("%d rows left after the halted relay, want 10", len(rows))
 		}
 		set := metrics.NewSet()
 		startOutbox(t, o, pub, set)
-		eventually(t, patience, "the outbox to empty", func() bool { rows, _ := o.Pending(ctx, 0, 10); return len(rows) == 0 })
+		eventually(t, patience, "the outbox to empty", func() bool { rows, _ := o.Pending(ctx, 0, 10, 1<<20, 1<<20); return len(rows) == 0 })
 		time.Sleep(100 * time.Millisecond) // anything delivered twice would be here by now
 		if msgs := rec.snapshot(); len(msgs) != 10 {
 			t.Fatalf("delivered %d messages, want 10", len(msgs))

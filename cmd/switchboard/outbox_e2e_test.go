@@ -147,7 +147,7 @@ func TestOutboxRelayKilledBetweenPublishAndDelete(t *testing.T) {
 	produce(50, 50)
 	eventually(t, 60*time.Second, "every board to see 100 rows", seen(topic, 100))
 	eventually(t, 30*time.Second, "the outbox to empty", func() bool {
-		rows, err := outbox.New(db.Bun).Pending(context.Background(), 0, 10)
+		rows, err := outbox.New(db.Bun).Pending(context.Background(), 0, 10, 1<<20, 1<<20)
 		return err == nil && len(rows) == 0
 	})
 	time.Sleep(500 * time.Millisecond) // a duplicate would arrive now

@@ -32,7 +32,7 @@ func (a *app) startRelays(policy *actors.Policy) error {
 	}
 	cfg := relay.OutboxConfig{
 		Outbox: outbox.New(a.db.Bun), Hub: a.hub, Rules: rules,
-		PollInterval: a.cfg.OutboxPoll, StuckAfter: a.cfg.RelayStuckAfter,
+		PollInterval: a.cfg.OutboxPoll, StuckAfter: a.cfg.RelayStuckAfter, MaxBytes: a.cfg.MaxRequestBytes,
 		Logger: a.log, Metrics: a.metrics,
 	}
 	if _, ok := os.LookupEnv(haltEnv); ok {

@@ -24,8 +24,12 @@ import (
 // Group is the consumer group every node reads the inbox with.
 const Group = "switchboard"
 
-// deadMaxLen bounds the dead-letter stream (approximately: MAXLEN ~).
-const deadMaxLen = 100_000
+// deadMaxLen bounds the dead-letter stream (approximately: MAXLEN ~); deadFieldMax bounds each
+// field of a dead letter (bytes).
+const (
+	deadMaxLen   = 100_000
+	deadFieldMax = 64 << 10
+)
 
 // ErrUnavailable wraps (with %w) every Redis failure.
 var ErrUnavailable = errors.New("inbox: redis unavailable")
@@ -131,13 +135,16 @@ func (i *Inbox) Done(ctx context.Context, ids []string) error {
 	return nil
 }
 
-// DeadLetter adds e to the dead-letter stream with its id and the reason, then acknowledges
-// and deletes it, in one MULTI.
+// DeadLetter adds e to the dead-letter stream with its id and the reason (fields longer than
+// 64 KiB cut there), then acknowledges and deletes it, in one MULTI.
 func (i *Inbox) DeadLetter(ctx context.Context, e Entry, reason string) error {
 	values := make([]string, 0, 2*len(e.Fields)+4)
 	values = append(values, "entry_id", e.ID, "reason", reason)
 	for k, v := range e.Fields {
 		if k != "entry_id" && k != "reason" {
+			if len(v) > deadFieldMax { // an entry refused for its size is not stored twice
+				v = strings.ToValidUTF8(v[:deadFieldMax], "") + "…[truncated]"
+			}
 			values = append(values, k, v)
 		}
 	}

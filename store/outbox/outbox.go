@@ -39,13 +39,15 @@ type Event struct {
 }
 
 // Row is a waiting row as the relay reads it. PkgID and Data are the text the database holds:
-// the relay validates them, so a row a producer got wrong is refused, never misread.
+// the relay validates them, so a row a producer got wrong is refused, never misread. Size is
+// the data's length in bytes; Data is left empty when Size is over Pending's maxData.
 type Row struct {
 	ID    int64  `bun:"id"`
 	Topic string `bun:"topic"`
 	PkgID string `bun:"pkg_id"`
 	Data  string `bun:"data"`
 	Key   string `bun:"idempotency_key"`
+	Size  int64  `bun:"size"`
 }
 
 // Outbox reads and writes the outbox tables of one database.
@@ -96,14 +98,26 @@ func Insert(ctx context.Context, db bun.IDB, e Event) error {
 	return nil
 }
 
-// Pending returns up to limit waiting rows with id > after, in id order. Every column is read
-// as text, so no value a producer wrote can make the read itself fail (SQLite keeps whatever
-// type it was given).
-func (o *Outbox) Pending(ctx context.Context, after int64, limit int) ([]Row, error) {
+// Pending returns waiting rows with id > after, in id order: at most limit rows, each of them
+// starting before budget bytes of data have been read (so at most budget plus one row's data;
+// the first row always comes). A row whose data is larger
+// than maxData comes with its Size and without its Data, so that no row can make the relay
+// hold more than it would publish. Every column is read as text, so no value a producer wrote
+// can make the read itself fail (SQLite keeps whatever type it was given).
+func (o *Outbox) Pending(ctx context.Context, after int64, limit int, maxData, budget int64) ([]Row, error) {
+	size := "octet_length(CAST(data AS TEXT))"
+	if !o.Postgres() {
+		size = "length(CAST(data AS BLOB))"
+	}
+	// The window runs over the limited rows only (innermost query), not over the backlog.
+	q := "SELECT id, topic, pkg_id, CASE WHEN size > ? THEN '' ELSE data END AS data, idempotency_key, size FROM (" +
+		"SELECT r.*, sum(CASE WHEN size > ? THEN 0 ELSE size END) OVER (ORDER BY id) AS run FROM (" +
+		"SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, COALESCE(CAST(pkg_id AS TEXT), '') AS pkg_id, " +
+		"COALESCE(CAST(data AS TEXT), '') AS data, COALESCE(CAST(idempotency_key AS TEXT), '') AS idempotency_key, " +
+		"COALESCE(" + size + ", 0) AS size FROM " + Table + " WHERE id > ? ORDER BY id LIMIT ?) r) w " +
+		"WHERE run - (CASE WHEN size > ? THEN 0 ELSE size END) < ? ORDER BY id"
 	rows := make([]Row, 0, limit)
-	err := o.db.NewRaw("SELECT id, COALESCE(CAST(topic AS TEXT), '') AS topic, COALESCE(CAST(pkg_id AS TEXT), '') AS pkg_id, "+
-		"COALESCE(CAST(data AS TEXT), '') AS data, COALESCE(CAST(idempotency_key AS TEXT), '') AS idempotency_key "+
-		"FROM "+Table+" WHERE id > ? ORDER BY id LIMIT ?", after, limit).Scan(ctx, &rows)
+	err := o.db.NewRaw(q, maxData, maxData, after, limit, maxData, budget).Scan(ctx, &rows)
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return nil, fmt.Errorf("%w: outbox read: %w", ErrDatabase, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,7 +47,7 @@ func TestInsertPendingDeleteDeadLetter(t *testing.T) {
 				t.Errorf("Insert(%+v) = %v, want ErrInvalidEvent", bad, err)
 			}
 		}
-		rows, err := o.Pending(ctx, 0, 10)
+		rows, err := o.Pending(ctx, 0, 10, 1<<20, 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -65,7 +66,7 @@ func TestInsertPendingDeleteDeadLetter(t *testing.T) {
 		if age, err := o.OldestAge(ctx); err != nil || age < 0 || age > time.Hour {
 			t.Errorf("OldestAge = %s, %v", age, err)
 		}
-		if after, _ := o.Pending(ctx, rows[1].ID, 10); len(after) != 1 || after[0].ID != rows[2].ID {
+		if after, _ := o.Pending(ctx, rows[1].ID, 10, 1<<20, 1<<20); len(after) != 1 || after[0].ID != rows[2].ID {
 			t.Errorf("Pending after %d: %+v", rows[1].ID, after)
 		}
 		if err := o.DeadLetter(ctx, rows[1].ID, "topic not allowed"); err != nil {
@@ -74,7 +75,7 @@ func TestInsertPendingDeleteDeadLetter(t *testing.T) {
 		if err := o.Delete(ctx, []int64{rows[0].ID, rows[2].ID}); err != nil {
 			t.Fatal(err)
 		}
-		if left, _ := o.Pending(ctx, 0, 10); len(left) != 0 {
+		if left, _ := o.Pending(ctx, 0, 10, 1<<20, 1<<20); len(left) != 0 {
 			t.Errorf("left: %+v", left)
 		}
 		if age, err := o.OldestAge(ctx); err != nil || age != 0 {
@@ -95,7 +96,7 @@ func TestPendingReadsAnythingSQLiteHolds(t *testing.T) {
 	if _, err := db.Bun.ExecContext(ctx, "INSERT INTO switchboard_outbox (topic, pkg_id, data) VALUES (x'00ff', 'abc', x'ff')"); err != nil {
 		t.Fatal(err)
 	}
-	rows, err := outbox.New(db.Bun).Pending(ctx, 0, 10)
+	rows, err := outbox.New(db.Bun).Pending(ctx, 0, 10, 1<<20, 1<<20)
 	if err != nil || len(rows) != 1 || rows[0].PkgID != "abc" {
 		t.Fatalf("%+v %v", rows, err)
 	}
@@ -147,4 +148,37 @@ func TestListenWakesOnCommit(t *testing.T) {
 			t.Fatal("no wake-up from NOTIFY")
 		}
 	}
+}
+
+// Pending keeps a batch within its byte budget (plus the row that crosses it) and leaves out the data of a row over maxData.
+func TestPendingBoundsWhatItReads(t *testing.T) {
+	storetest.ForEachBackend(t, func(t *testing.T, url string) {
+		db := storetest.NewDB(t, url)
+		o := outbox.New(db.Bun)
+		ctx := context.Background()
+		big := `{"s": "` + strings.Repeat("x", 3000) + `"}`
+		for _, d := range []string{big, `{"a": 1}`, big, big, `{"b": 2}`} {
+			if err := outbox.Insert(ctx, db.Bun, outbox.Event{PkgID: 1, Data: json.RawMessage(d)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// maxData 2000: the big rows come without data and cost nothing of the budget.
+		rows, err := o.Pending(ctx, 0, 10, 2000, 100)
+		if err != nil || len(rows) != 5 {
+			t.Fatalf("%+v %v", rows, err)
+		}
+		if rows[0].Data != "" || rows[0].Size != int64(len(big)) || rows[1].Data != `{"a": 1}` {
+			t.Errorf("rows: %+v", rows[:2])
+		}
+		// maxData 1 MiB, budget 5000: rows come while what came before them is under the budget.
+		rows, err = o.Pending(ctx, 0, 10, 1<<20, 5000)
+		if err != nil || len(rows) != 3 || rows[0].Data != big || rows[2].Data != big {
+			t.Fatalf("budgeted: %d rows %v", len(rows), err)
+		}
+		// A first row over the budget comes all the same, alone.
+		rows, err = o.Pending(ctx, rows[2].ID, 10, 1<<20, 10)
+		if err != nil || len(rows) != 1 || rows[0].Data != big {
+			t.Fatalf("first row over the budget: %d rows %v", len(rows), err)
+		}
+	})
 }

@@ -257,3 +257,50 @@ func TestOutboxHealthyReportsAStuckRelay(t *testing.T) {
 		return err != nil && strings.Contains(err.Error(), "relay stuck")
 	})
 }
+
+// TestOutboxCommitOrderOfConflictingProducers: producers whose transactions change the same row
+// and insert their event after the change commit one after another on that row's lock; their
+// events reach subscribers in that commit order (the counter each transaction read), while a
+// relay runs throughout.
+func TestOutboxCommitOrderOfConflictingProducers(t *testing.T) {
+	storetest.ForEachBackend(t, func(t *testing.T, url string) {
+		db := storetest.NewDB(t, url)
+		ctx := context.Background()
+		if _, err := db.Bun.ExecContext(ctx, "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEGER NOT NULL)"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Bun.ExecContext(ctx, "INSERT INTO counter VALUES (1, 0)"); err != nil {
+			t.Fatal(err)
+		}
+		pub, rec := memoryBus(t)
+		startOutbox(t, outbox.New(db.Bun), pub, metrics.NewSet())
+		const producers, each = 4, 50
+		var wg sync.WaitGroup
+		for range producers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range each {
+					err := db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+						var n int
+						if err := tx.NewRaw("UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n").Scan(ctx, &n); err != nil {
+							return err
+						}
+						return outbox.Insert(ctx, tx, outbox.Event{Topic: "dashboards.commits", PkgID: 7, Data: json.RawMessage(fmt.Sprintf(`{"n": %d}`, n))})
+					})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		eventually(t, patience, "every event", func() bool { return len(rec.snapshot()) >= producers*each })
+		for i, m := range rec.snapshot() {
+			if n(t, m) != i+1 {
+				t.Fatalf("event %d carries counter %d: not in commit order", i, n(t, m))
+			}
+		}
+	})
+}

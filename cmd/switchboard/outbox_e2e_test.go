@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/uptrace/bun"
 
 	"switchboard/config"
@@ -170,5 +171,60 @@ func TestOutboxRelayKilledBetweenPublishAndDelete(t *testing.T) {
 	}
 	if dup := metricValue(t, b.base, `relay_events_total{source="outbox",outcome="duplicate"}`); dup != 50 {
 		t.Errorf("node B dropped %g duplicates, want the 50 rows A published", dup)
+	}
+}
+
+// TestStreamInboxEndToEnd: entries XADDed to the node's stream inbox reach a subscriber in
+// order, the ones the rules refuse land in the dead-letter stream with their reason, and the
+// entries behind them flow.
+func TestStreamInboxEndToEnd(t *testing.T) {
+	rc := redistest.Client(t)
+	prefix := redistest.Prefix(t, rc)
+	s := startServer(t, func(c *config.Config) {
+		c.RedisURL, c.RedisPrefix = redistest.URL(t), prefix
+	})
+	const topic = "dashboards.inbox"
+	d := &dashboard{name: "inbox", topic: topic, nodes: []string{s.wsURL("")}}
+	d.token = s.token(t, "inbox-viewer")
+	c, err := d.subscribe(t, s.wsURL(""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { defer close(done); d.run(t, c, stop) }()
+	defer func() { close(stop); <-done }()
+
+	ctx := context.Background()
+	stream := prefix + "inbox"
+	for i := range 10 {
+		values := []any{"topic", topic, "pkg_id", "7", "data", fmt.Sprintf(`{"n": %d}`, i)}
+		if err := rc.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if i == 4 { // poison: a server-only topic, then a pkg_id that is not a number
+			for _, v := range [][]any{{"topic", "authors", "pkg_id", "3", "data", `{}`}, {"topic", topic, "pkg_id", "seven"}} {
+				if err := rc.XAdd(ctx, &redis.XAddArgs{Stream: stream, Values: v}).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	eventually(t, e2eWait, "10 messages", func() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.got >= 10 })
+	eventually(t, e2eWait, "2 dead letters", func() bool { return rc.XLen(ctx, stream+":dead").Val() == 2 })
+	dead := rc.XRange(ctx, stream+":dead", "-", "+").Val()
+	if r := fmt.Sprint(dead[0].Values["reason"]); !strings.Contains(r, "only the server publishes") {
+		t.Errorf("first dead letter's reason: %q", r)
+	}
+	if r := fmt.Sprint(dead[1].Values["reason"]); !strings.Contains(r, "pkg_id") {
+		t.Errorf("second dead letter's reason: %q", r)
+	}
+	d.mu.Lock()
+	if d.got != 10 || len(d.errs) > 0 {
+		t.Errorf("got %d messages, errors %v", d.got, d.errs)
+	}
+	d.mu.Unlock()
+	if v := metricValue(t, s.base, `relay_events_total{source="inbox",outcome="dead_lettered"}`); v != 2 {
+		t.Errorf("dead-lettered counter %g", v)
 	}
 }

@@ -144,11 +144,17 @@ func (r *Outbox) run() {
 		r.m.leader.Set(0)
 	}()
 	backoff := 100 * time.Millisecond
+	leadFailing := false // logged once per outage, not once a second
 	for ctx.Err() == nil {
 		if lease == nil {
 			l, err := r.cfg.Outbox.Lead(ctx)
-			if err != nil && ctx.Err() == nil {
-				r.log.Warn("outbox relay: cannot take the lease", "err", err)
+			switch {
+			case err != nil && ctx.Err() == nil && !leadFailing:
+				leadFailing = true
+				r.log.Warn("outbox relay: cannot try for the lease; trying every second", "err", err)
+			case err == nil && leadFailing:
+				leadFailing = false
+				r.log.Info("outbox relay: the database answers again")
 			}
 			if l == nil {
 				r.observeLag(ctx)

@@ -48,6 +48,10 @@ type Config struct {
 	LogFormat          string         // SWITCHBOARD_LOG_FORMAT: text|json
 	DBConnectTimeout   time.Duration  // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
 	ShutdownTimeout    time.Duration  // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+	OutboxPoll         time.Duration  // SWITCHBOARD_OUTBOX_POLL_INTERVAL (the relay's poll under NOTIFY)
+	RelayStuckAfter    time.Duration  // SWITCHBOARD_RELAY_STUCK_AFTER (/health: an outbox row waiting longer)
+	DedupWindow        time.Duration  // SWITCHBOARD_DEDUP_WINDOW (how long the bus remembers an event's key)
+	InboxClaimAfter    time.Duration  // SWITCHBOARD_INBOX_CLAIM_AFTER (a dead node's stream entries are taken over after this)
 	// DevIssuerPublic (SWITCHBOARD_DEV_ISSUER_PUBLIC) lets the built-in development issuer
 	// serve on an address other machines reach; without it such a configuration is refused.
 	DevIssuerPublic bool
@@ -83,6 +87,10 @@ func Default() Config {
 		LogFormat:          "text",
 		DBConnectTimeout:   30 * time.Second,
 		ShutdownTimeout:    15 * time.Second,
+		OutboxPoll:         2 * time.Second,
+		RelayStuckAfter:    time.Minute,
+		DedupWindow:        10 * time.Minute,
+		InboxClaimAfter:    30 * time.Second,
 	}
 }
 
@@ -173,6 +181,10 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
 	p.duration("SWITCHBOARD_DB_CONNECT_TIMEOUT", &c.DBConnectTimeout)
 	p.duration("SWITCHBOARD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	p.duration("SWITCHBOARD_OUTBOX_POLL_INTERVAL", &c.OutboxPoll)
+	p.duration("SWITCHBOARD_RELAY_STUCK_AFTER", &c.RelayStuckAfter)
+	p.duration("SWITCHBOARD_DEDUP_WINDOW", &c.DedupWindow)
+	p.duration("SWITCHBOARD_INBOX_CLAIM_AFTER", &c.InboxClaimAfter)
 	p.boolean("SWITCHBOARD_DEV_ISSUER_PUBLIC", &c.DevIssuerPublic)
 }
 
@@ -266,6 +278,18 @@ func (c Config) Validate() error {
 		if durations[name] <= 0 {
 			bad(name, "must be a positive duration such as 10s, got %s", durations[name])
 		}
+	}
+	if c.OutboxPoll < 10*time.Millisecond || c.OutboxPoll > time.Hour {
+		bad("SWITCHBOARD_OUTBOX_POLL_INTERVAL", "must be between 10ms and 1h, such as 2s, got %s", c.OutboxPoll)
+	}
+	if c.RelayStuckAfter < time.Second {
+		bad("SWITCHBOARD_RELAY_STUCK_AFTER", "must be at least 1s, such as 1m, got %s", c.RelayStuckAfter)
+	}
+	if c.DedupWindow < time.Second || c.DedupWindow > 7*24*time.Hour {
+		bad("SWITCHBOARD_DEDUP_WINDOW", "must be between 1s and 168h, such as 10m, got %s", c.DedupWindow)
+	}
+	if c.InboxClaimAfter < 100*time.Millisecond {
+		bad("SWITCHBOARD_INBOX_CLAIM_AFTER", "must be at least 100ms, such as 30s, got %s", c.InboxClaimAfter)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

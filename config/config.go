@@ -39,6 +39,7 @@ type Config struct {
 	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors for pkg_ids that use the database)
 	ControlPoolSize    int            // SWITCHBOARD_CONTROL_POOL_SIZE (handler actors for pkg_ids that do not)
 	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (a request's deadline, from admission)
+	AuditFlush         time.Duration  // SWITCHBOARD_AUDIT_FLUSH_INTERVAL (longest wait of an audit entry for its batch to fill)
 	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix // SWITCHBOARD_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
 	MetricsAddr        string         // SWITCHBOARD_METRICS_ADDR
@@ -81,6 +82,7 @@ func Default() Config {
 		HandlerPoolSize:    64,
 		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
+		AuditFlush:         time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
 		DataDir:            "./data",
 		LogLevel:           "info",
@@ -172,6 +174,7 @@ func bind(p *parser, c *Config) {
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
 	p.integer("SWITCHBOARD_CONTROL_POOL_SIZE", &c.ControlPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
+	p.duration("SWITCHBOARD_AUDIT_FLUSH_INTERVAL", &c.AuditFlush)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
 	p.str("SWITCHBOARD_METRICS_ADDR", &c.MetricsAddr)
@@ -268,11 +271,12 @@ func (c Config) Validate() error {
 		bad("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", "must be between 1 and 1000000, got %d (raise it for clients behind a large NAT)", c.MaxPreAuthConnsIP)
 	}
 	durations := map[string]time.Duration{
-		"SWITCHBOARD_WS_PING_INTERVAL":   c.WSPingInterval,
-		"SWITCHBOARD_WS_WRITE_TIMEOUT":   c.WSWriteTimeout,
-		"SWITCHBOARD_HANDLER_TIMEOUT":    c.HandlerTimeout,
-		"SWITCHBOARD_DB_CONNECT_TIMEOUT": c.DBConnectTimeout,
-		"SWITCHBOARD_SHUTDOWN_TIMEOUT":   c.ShutdownTimeout,
+		"SWITCHBOARD_WS_PING_INTERVAL":     c.WSPingInterval,
+		"SWITCHBOARD_WS_WRITE_TIMEOUT":     c.WSWriteTimeout,
+		"SWITCHBOARD_HANDLER_TIMEOUT":      c.HandlerTimeout,
+		"SWITCHBOARD_AUDIT_FLUSH_INTERVAL": c.AuditFlush,
+		"SWITCHBOARD_DB_CONNECT_TIMEOUT":   c.DBConnectTimeout,
+		"SWITCHBOARD_SHUTDOWN_TIMEOUT":     c.ShutdownTimeout,
 	}
 	for _, name := range sortedKeys(durations) {
 		if durations[name] <= 0 {

@@ -62,6 +62,7 @@ var docs = map[string]doc{
 	"SWITCHBOARD_HANDLER_POOL_SIZE":              {meaning: "handler actors for the pkg_ids that use the database (1–5, 20): at most this many such calls at once"},
 	"SWITCHBOARD_CONTROL_POOL_SIZE":              {meaning: "handler actors for SUBSCRIBE, UNSUBSCRIBE and REFRESH_TOKEN, which never wait for the database behind the others"},
 	"SWITCHBOARD_HANDLER_TIMEOUT":                {meaning: "a request's deadline, counted from when the server took it in (waiting for a handler counts); one that has not run by then is answered `1` `Request timed out` (HTTP `503`) and never runs"},
+	"SWITCHBOARD_AUDIT_FLUSH_INTERVAL":           {meaning: "longest time an audit entry waits for its batch (200 entries) to fill before it is written"},
 	"SWITCHBOARD_RBAC_FILE":                      {defaultText: "empty (built-in policy)", meaning: "roles per pkg_id, route and topic pattern"},
 	"SWITCHBOARD_TRUSTED_PROXIES":                {meaning: "CIDRs whose `X-Forwarded-For` is believed"},
 	"SWITCHBOARD_METRICS_ADDR":                   {meaning: "an extra listener serving only `/metrics`"},

@@ -92,7 +92,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, fmt.Errorf("%s: %w", databaseVar(cfg), err)
 	}
 	a.db.Observe(a.metrics)
-	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics})
+	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics, FlushInterval: cfg.AuditFlush})
 	policy, err := actors.LoadPolicy(cfg.RBACFile)
 	if err != nil {
 		return nil, fmt.Errorf("SWITCHBOARD_RBAC_FILE: %w", err)

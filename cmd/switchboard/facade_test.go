@@ -1184,7 +1184,7 @@ func fcHealth(t testing.TB, c *fcClient, path string) (int, map[string]string, t
 }
 
 func fcHealthy() map[string]string {
-	return map[string]string{"status": "healthy", "database": "healthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled"}
+	return map[string]string{"status": "healthy", "database": "healthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled", "relay": "healthy"}
 }
 
 func fcSameBody(a, b map[string]string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
@@ -1241,7 +1241,7 @@ func TestFacadeHealthPostgresUnreachable(t *testing.T) {
 			}
 		}
 	}
-	unhealthy := map[string]string{"status": "unhealthy", "database": "unhealthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled"}
+	unhealthy := map[string]string{"status": "unhealthy", "database": "unhealthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled", "relay": "unhealthy"}
 	expectUnhealthy := func(phase string, minTook time.Duration) {
 		t.Helper()
 		for _, p := range []string{"/health", "/readyz"} {

@@ -26,6 +26,7 @@ type config struct {
 	probeInterval time.Duration
 	timeout       time.Duration
 	historyTTL    time.Duration
+	dedupWindow   time.Duration
 	logger        *slog.Logger
 	metrics       *metrics.Set
 }
@@ -84,6 +85,7 @@ func newConfig(opts []Option) config {
 	c := config{
 		probeInterval: DefaultProbeInterval,
 		timeout:       DefaultTimeout,
+		dedupWindow:   DefaultDedupWindow,
 		logger:        slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {

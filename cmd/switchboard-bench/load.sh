@@ -119,12 +119,12 @@ if psql -h 127.0.0.1 -U "$PGUSER" -qc 'select 1' >/dev/null 2>&1; then
 	PG_CREATED=1
 	DSN="postgres://$PGUSER@127.0.0.1:5432/sb_bench?sslmode=disable"
 	start_server rpc SWITCHBOARD_DATABASE_URL="$DSN"
-	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --direct-dsn "$DSN"
+	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --direct-dsn "$DSN" --pin "$SERVER_CPU"
 	stop_server
 else
 	echo "load: no PostgreSQL on 127.0.0.1 for $PGUSER: rpc runs against the embedded SQLite, without --direct-dsn" >&2
 	start_server rpc
-	bench rpc --n "$RPC_N" --duration "$RPC_DURATION"
+	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --pin "$SERVER_CPU"
 	stop_server
 fi
 

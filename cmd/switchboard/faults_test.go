@@ -410,7 +410,7 @@ func TestFaultHalfOpenClientIsReaped(t *testing.T) {
 		p := faultproxy.Start(t, strings.TrimPrefix(s.base, "http://"))
 		u := limUser(r, "halfopen")
 		tok := s.token(t, u, "get-authors")
-		c, err := s.tryDialVia(t, p.Addr(), tok, nil)
+		c, err := s.tryDialVia(t, p.Addr(), tok, nil) // raw: a client that would reconnect is no half-open peer
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -90,6 +90,17 @@ func Default() Config {
 // form one cluster unless each has its own prefix.
 const DefaultRedisPrefix = "switchboard:"
 
+// redisScheme reports whether s is a scheme of SWITCHBOARD_REDIS_URL (store/redisconn parses
+// the rest).
+func redisScheme(s string) bool {
+	switch strings.ToLower(s) {
+	case "redis", "rediss", "redis-sentinel", "rediss-sentinel", "redis+sentinel", "rediss+sentinel",
+		"redis-cluster", "rediss-cluster", "redis+cluster", "rediss+cluster":
+		return true
+	}
+	return false
+}
+
 // validRedisPrefix keeps the prefix printable and free of the braces Redis Cluster reads as a
 // hash tag (the keys carry their own).
 func validRedisPrefix(p string) bool {
@@ -199,8 +210,9 @@ func (c Config) Validate() error {
 	if !strings.HasPrefix(db, "sqlite://") && !strings.HasPrefix(db, "postgres://") && !strings.HasPrefix(db, "postgresql://") {
 		bad("SWITCHBOARD_DATABASE_URL", "want postgres://… or sqlite://path, got a URL with scheme %q", scheme(db))
 	}
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], got a URL with scheme %q", scheme(c.RedisURL))
+	if c.RedisURL != "" && !redisScheme(scheme(c.RedisURL)) {
+		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], redis-sentinel://host:26379,…?master_name=NAME "+
+			"or redis-cluster://host:port,…, got a URL with scheme %q", scheme(c.RedisURL))
 	}
 	if !validRedisPrefix(c.RedisPrefix) {
 		bad("SWITCHBOARD_REDIS_PREFIX", "want 1 to 64 characters of A-Z a-z 0-9 _ . : -, such as %q, got %q", DefaultRedisPrefix, c.RedisPrefix)

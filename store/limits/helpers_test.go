@@ -3,8 +3,8 @@ package limits
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"

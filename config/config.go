@@ -16,7 +16,8 @@ type Config struct {
 	Addr               string         // SWITCHBOARD_ADDR
 	DatabaseURL        string         // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
 	RedisURL           string         // SWITCHBOARD_REDIS_URL; empty = in-process, single node
-	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
+	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channels
+	RedisBusShards     int            // SWITCHBOARD_REDIS_BUS_SHARDS: shard channels the bus spreads topics over
 	OIDCIssuer         string         // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
 	OIDCClientID       string         // SWITCHBOARD_OIDC_CLIENT_ID
 	OIDCClientSecret   string         // SWITCHBOARD_OIDC_CLIENT_SECRET
@@ -78,6 +79,7 @@ func Default() Config {
 		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
+		RedisBusShards:     16,
 		DataDir:            "./data",
 		LogLevel:           "info",
 		LogFormat:          "text",
@@ -153,6 +155,7 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
 	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
 	p.str("SWITCHBOARD_REDIS_PREFIX", &c.RedisPrefix)
+	p.integer("SWITCHBOARD_REDIS_BUS_SHARDS", &c.RedisBusShards)
 	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
 	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
 	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
@@ -246,6 +249,9 @@ func (c Config) Validate() error {
 		if positive[name] < 1 {
 			bad(name, "must be at least 1, got %d", positive[name])
 		}
+	}
+	if c.RedisBusShards < 1 || c.RedisBusShards > 1024 {
+		bad("SWITCHBOARD_REDIS_BUS_SHARDS", "must be between 1 and 1024 (and the same on every node), got %d", c.RedisBusShards)
 	}
 	if c.WSMaxMessageBytes < 128 || c.WSMaxMessageBytes > 64<<20 {
 		bad("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", "must be between 128 and 67108864, got %d", c.WSMaxMessageBytes)

@@ -36,8 +36,11 @@ var docs = map[string]doc{
 		meaning: "limits, sessions and broadcasts across nodes: `redis://host:6379/0` (one server), " +
 			"`redis-sentinel://s1:26379,s2,s3?master_name=NAME` (Sentinel) or `redis-cluster://n1:6379,n2,n3` " +
 			"(Cluster; `redis://` with two or more hosts too); see docs/protocol.md §8"},
-	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channel in Redis (sessions " +
+	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channels in Redis (sessions " +
 		"excepted): deployments sharing one Redis need different prefixes, or their broadcasts cross"},
+	"SWITCHBOARD_REDIS_BUS_SHARDS": {meaning: "shard channels the bus spreads topics over (1–1024; on a Redis " +
+		"Cluster they spread over its primaries); the same on every node, which a node that disagrees " +
+		"reports as `pubsub: unhealthy`; see docs/sizing.md"},
 	"SWITCHBOARD_OIDC_ISSUER": {defaultText: "empty (development issuer)",
 		meaning: "e.g. `http://keycloak:8080/realms/HW-App`"},
 	"SWITCHBOARD_OIDC_CLIENT_ID": {meaning: "audience / `azp`, and the `resource_access` key for roles"},

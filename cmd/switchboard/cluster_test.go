@@ -59,15 +59,22 @@ func clSharedRedis(t testing.TB, tag string, topics ...string) string {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		var keys []string
+		// A topic's keys are <prefix>topic:{b<shard>}:<topic>:stream and :hist.
+		patterns := []string{config.DefaultRedisPrefix + "*" + tag + "*"}
 		for _, topic := range topics {
-			keys = append(keys, config.DefaultRedisPrefix+"topic:{"+topic+"}:seq", config.DefaultRedisPrefix+"topic:{"+topic+"}:hist")
+			patterns = append(patterns, config.DefaultRedisPrefix+"topic:{*}:"+topic+":*")
 		}
-		iter := c.Scan(ctx, 0, config.DefaultRedisPrefix+"*"+tag+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
+		for _, pattern := range patterns {
+			iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+			for iter.Next(ctx) {
+				keys = append(keys, iter.Val())
+			}
+			if err := iter.Err(); err != nil {
+				t.Errorf("find the test's keys %s: %v", pattern, err)
+			}
 		}
-		if err := iter.Err(); err != nil {
-			t.Errorf("find the test's keys *%s*: %v", tag, err)
+		if len(keys) == 0 {
+			return
 		}
 		if err := c.Del(ctx, keys...).Err(); err != nil {
 			t.Errorf("delete the test's keys: %v", err)

@@ -23,7 +23,8 @@ import (
 //
 //	<prefix>bus:{b<k>}                   shard channel k (SPUBLISH / SSUBSCRIBE)
 //	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree)
-//	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq)
+//	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq),
+//	                                     srv (run_id of the Redis server that wrote it)
 //	<prefix>topic:{b<k>}:<topic>:hist    list: the last kept entries, oldest first
 //
 // The epoch and the counter are fields of one key, so nothing (eviction, expiry, FLUSHDB, a
@@ -45,16 +46,26 @@ import (
 // candidate every Publish sends and the script keeps only in that case, seq starts at 1, and the
 // history of an earlier stream and the counter key of earlier versions (:seq) are deleted.
 //
+// The fence: a stream also records (srv) the run_id of the Redis server that wrote it, and a
+// server that finds a stream written by another starts a new one too. Replication is
+// asynchronous, so a replica promoted after a failover (Sentinel, or a cluster replica taking
+// over its primary's slots), or a server restarted from a snapshot or an AOF, may lack the last
+// messages of a stream; continuing its counter would give new messages the (epoch, seq) of
+// messages subscribers already received. A new epoch instead tells every subscriber of the
+// topic that its stream restarted (recovered: false). The price is one recovered: false per
+// topic after every failover, restart or slot migration, even when nothing was lost.
+//
 //	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <topic's keys>:seq (versions before epochs)
 //	ARGV    = shard channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
 //	returns {seq, subscribers that received it}
 const publishLua = `
-local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq', 'srv')
 local epoch = not s.err and s[1]
-if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) then
+local srv = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) or s[3] ~= srv then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'srv', srv)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local tail = ',"seq":' .. string.format('%d', seq) .. '}'

@@ -99,8 +99,11 @@ func TestRedisKeys(t *testing.T) {
 		t.Fatalf("stream key %s, want %stopic:{b<shard>}:dash:x-1:stream", streamKey, prefix)
 	}
 	stream, err := c.HGetAll(ctx, streamKey).Result()
-	if err != nil || stream["seq"] != "3" || len(stream["epoch"]) != 16 || len(stream) != 2 {
-		t.Fatalf("HGETALL %s = %v, %v; want seq 3 and a 16-digit epoch", streamKey, stream, err)
+	if err != nil || stream["seq"] != "3" || len(stream["epoch"]) != 16 || len(stream) != 3 {
+		t.Fatalf("HGETALL %s = %v, %v; want seq 3, a 16-digit epoch and the server's run_id", streamKey, stream, err)
+	}
+	if info := c.Info(ctx, "server").Val(); !strings.Contains(info, "run_id:"+stream["srv"]+"\r\n") {
+		t.Fatalf("srv %q is not the server's run_id", stream["srv"])
 	}
 	entries, err := c.LRange(ctx, histKey, 0, -1).Result()
 	if err != nil || len(entries) != 2 {

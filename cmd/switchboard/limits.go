@@ -42,7 +42,7 @@ func (a *app) redisPing() func(context.Context) error {
 	if a.redis == nil {
 		return nil
 	}
-	return func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }
+	return func(ctx context.Context) error { return redisconn.Ping(ctx, a.redis) }
 }
 
 func (a *app) sessions() transport.SessionStore {

@@ -202,15 +202,24 @@ func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Mess
 	return r, nil
 }
 
-// shardOf returns the shard of topic ("" = broadcasts to every connection: shard 0).
-func (r *Redis) shardOf(topic string) int {
-	if topic == "" {
+// ShardOf returns the shard of topic among shards ("" = broadcasts to every connection: shard
+// 0): fnv32a(topic) mod shards.
+func ShardOf(topic string, shards int) int {
+	if topic == "" || shards <= 1 {
 		return 0
 	}
 	h := fnv.New32a()
 	_, _ = h.Write([]byte(topic))
-	return int(h.Sum32() % uint32(r.shards))
+	return int(h.Sum32() % uint32(shards))
 }
+
+// StreamKey is the key of topic's stream under prefix with shards shards (for tools and tests
+// that look at Redis directly).
+func StreamKey(prefix, topic string, shards int) string {
+	return prefix + "topic:" + tag(ShardOf(topic, shards)) + ":" + topic + ":stream"
+}
+
+func (r *Redis) shardOf(topic string) int { return ShardOf(topic, r.shards) }
 
 // tag is shard k's hash tag: its channel and its topics' keys share one cluster slot.
 func tag(k int) string { return "{b" + strconv.Itoa(k) + "}" }

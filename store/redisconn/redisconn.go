@@ -19,6 +19,7 @@
 package redisconn
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -211,6 +212,30 @@ func cleanErr(err error) error {
 	return err
 }
 
+// ClusterStateReload is how stale a cluster client's slot map may get before a call reads it
+// again.
+const ClusterStateReload = 2 * time.Second
+
+// Ping checks that c answers: on a Redis Cluster, every primary of its slot map, which it reads
+// again when one does not answer (a failover moved its slots), so the next check sees the
+// cluster as it is now.
+func Ping(ctx context.Context, c redis.UniversalClient) error {
+	cc, ok := c.(*redis.ClusterClient)
+	if !ok {
+		return c.Ping(ctx).Err()
+	}
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		if err := node.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("%s: %w", node.Options().Addr, err)
+		}
+		return nil
+	})
+	if err != nil {
+		cc.ReloadState(ctx)
+	}
+	return err
+}
+
 // Settings are what Switchboard sets on every client, whatever the URL says.
 type Settings struct {
 	DialTimeout time.Duration // 0: go-redis's default (5 s)
@@ -235,6 +260,11 @@ func (t *Target) NewClient(s Settings) redis.UniversalClient {
 	case Cluster:
 		o := *t.cluster
 		o.ContextTimeoutEnabled = true
+		// go-redis reads the slot map again only on MOVED or after this interval (60 s by
+		// default); a primary that died makes its slots' calls fail (limits fail open) until
+		// then, so read it often: one CLUSTER SLOTS at most every two seconds, and only while
+		// calls are made.
+		o.ClusterStateReloadInterval = ClusterStateReload
 		if s.DialTimeout > 0 {
 			o.DialTimeout = s.DialTimeout
 		}

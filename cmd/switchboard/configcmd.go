@@ -162,7 +162,9 @@ func checkRedis(ctx context.Context, cfg config.Config, timeout time.Duration) c
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := client.Ping(ctx).Err(); err != nil {
+	if err := redisconn.Ping(ctx, client); errors.Is(err, redisconn.ErrClusterNode) {
+		r.err = fmt.Errorf("SWITCHBOARD_REDIS_URL: %s: %w", target, err)
+	} else if err != nil {
 		r.err = fmt.Errorf("SWITCHBOARD_REDIS_URL: %s does not answer: %w", target, err)
 	}
 	return r

@@ -45,6 +45,9 @@ const (
 // password).
 var ErrInvalidURL = errors.New("invalid Redis URL")
 
+// ErrClusterNode: a URL for one server names a node of a Redis Cluster.
+var ErrClusterNode = errors.New("this server is a node of a Redis Cluster: name it (and other seed nodes) with redis-cluster://host:port,host2:port")
+
 // Usage is the one-line reminder of the forms, for error messages.
 const Usage = "want redis://[user:password@]host:port[/db], " +
 	"redis-sentinel://host:26379,host2,…[/db]?master_name=NAME or redis-cluster://host:port,host2,…"
@@ -219,10 +222,20 @@ const ClusterStateReload = 2 * time.Second
 // Ping checks that c answers: on a Redis Cluster, every primary of its slot map, which it reads
 // again when one does not answer (a failover moved its slots), so the next check sees the
 // cluster as it is now.
+//
+// A redis:// URL that names one node of a Redis Cluster works for keys of that node's slots
+// only; every other call fails with MOVED (and the limits fail open). Ping says so.
 func Ping(ctx context.Context, c redis.UniversalClient) error {
 	cc, ok := c.(*redis.ClusterClient)
 	if !ok {
-		return c.Ping(ctx).Err()
+		info, err := c.Info(ctx, "cluster").Result()
+		if err != nil {
+			return err
+		}
+		if strings.Contains(info, "cluster_enabled:1") {
+			return ErrClusterNode
+		}
+		return nil
 	}
 	err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
 		if err := node.Ping(ctx).Err(); err != nil {

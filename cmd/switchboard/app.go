@@ -23,6 +23,7 @@ import (
 	"switchboard/store"
 	"switchboard/store/audit"
 	"switchboard/store/limits"
+	"switchboard/store/redisconn"
 	"switchboard/transport"
 	"switchboard/transport/auth"
 	"switchboard/transport/web"
@@ -40,7 +41,8 @@ type app struct {
 	handlers  *actors.HandlerPool
 	cancel    context.CancelFunc // aborts in-flight handler calls
 	verifier  *auth.Verifier
-	redis     *redis.Client // nil without SWITCHBOARD_REDIS_URL
+	redis     redis.UniversalClient // nil without SWITCHBOARD_REDIS_URL: one server, Sentinel or Cluster
+	redisKind redisconn.Kind
 	limiter   limits.RateLimiter
 	conns     limits.ConnCounter
 	stopConns func() error // stops the connection counter's heartbeat

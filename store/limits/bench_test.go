@@ -79,13 +79,19 @@ func BenchmarkMemoryRateLimiter(b *testing.B) {
 }
 
 // BenchmarkConnHeartbeat measures the connection counter's steady load on Redis: one heartbeat
-// of a node holding 10 000 users × 4 connections, on a redis-server of its own. It reports
+// of a node holding 10 000 users with 1 or 4 connections each, on a redis-server of its own. It
+// reports
 // Redis's CPU per user refreshed (redis_us/user) and per connection (redis_us/conn), which
 // docs/sizing.md multiplies out for a deployment.
 //
 //	go test -run XXX -bench BenchmarkConnHeartbeat -benchtime 5x ./store/limits
 func BenchmarkConnHeartbeat(b *testing.B) {
-	const users, perUser = 10000, 4
+	for _, perUser := range []int{1, 4} {
+		b.Run("conns_per_user="+strconv.Itoa(perUser), func(b *testing.B) { benchHeartbeat(b, 10000, perUser) })
+	}
+}
+
+func benchHeartbeat(b *testing.B, users, perUser int) {
 	srv := redistest.StartServer(b)
 	c := srv.Client()
 	prefix := redistest.Prefix(b, c)
@@ -118,6 +124,6 @@ func BenchmarkConnHeartbeat(b *testing.B) {
 	}
 	b.StopTimer()
 	per := (cpu() - cpu0) * 1e6 / float64(b.N)
-	b.ReportMetric(per/users, "redis_us/user")
-	b.ReportMetric(per/(users*perUser), "redis_us/conn")
+	b.ReportMetric(per/float64(users), "redis_us/user")
+	b.ReportMetric(per/float64(users*perUser), "redis_us/conn")
 }

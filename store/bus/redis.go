@@ -53,7 +53,9 @@ import (
 // messages of a stream; continuing its counter would give new messages the (epoch, seq) of
 // messages subscribers already received. A new epoch instead tells every subscriber of the
 // topic that its stream restarted (recovered: false). The price is one recovered: false per
-// topic after every failover, restart or slot migration, even when nothing was lost.
+// topic after every failover, restart or slot migration, even when nothing was lost. Where INFO
+// is not allowed (an ACL without +info, a renamed command) srv is "" and there is no fence,
+// only the other checks (docs/protocol.md §8).
 //
 //	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <topic's keys>:seq (versions before epochs)
 //	ARGV    = shard channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
@@ -61,7 +63,8 @@ import (
 const publishLua = `
 local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq', 'srv')
 local epoch = not s.err and s[1]
-local srv = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local info = redis.pcall('INFO', 'server')
+local srv = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
 if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) or s[3] ~= srv then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])

@@ -40,6 +40,7 @@ type Config struct {
 	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors for pkg_ids that use the database)
 	ControlPoolSize    int            // SWITCHBOARD_CONTROL_POOL_SIZE (handler actors for pkg_ids that do not)
 	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (a request's deadline, from admission)
+	AuditFlush         time.Duration  // SWITCHBOARD_AUDIT_FLUSH_INTERVAL (longest wait of an audit entry for its batch to fill)
 	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix // SWITCHBOARD_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
 	MetricsAddr        string         // SWITCHBOARD_METRICS_ADDR
@@ -49,6 +50,10 @@ type Config struct {
 	LogFormat          string         // SWITCHBOARD_LOG_FORMAT: text|json
 	DBConnectTimeout   time.Duration  // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
 	ShutdownTimeout    time.Duration  // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+	OutboxPoll         time.Duration  // SWITCHBOARD_OUTBOX_POLL_INTERVAL (the relay's poll under NOTIFY)
+	RelayStuckAfter    time.Duration  // SWITCHBOARD_RELAY_STUCK_AFTER (/health: an outbox row waiting longer)
+	DedupWindow        time.Duration  // SWITCHBOARD_DEDUP_WINDOW (how long the bus remembers an event's key)
+	InboxClaimAfter    time.Duration  // SWITCHBOARD_INBOX_CLAIM_AFTER (a dead node's stream entries are taken over after this)
 	// DevIssuerPublic (SWITCHBOARD_DEV_ISSUER_PUBLIC) lets the built-in development issuer
 	// serve on an address other machines reach; without it such a configuration is refused.
 	DevIssuerPublic bool
@@ -78,6 +83,7 @@ func Default() Config {
 		HandlerPoolSize:    64,
 		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
+		AuditFlush:         time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
 		RedisBusShards:     16,
 		DataDir:            "./data",
@@ -85,6 +91,10 @@ func Default() Config {
 		LogFormat:          "text",
 		DBConnectTimeout:   30 * time.Second,
 		ShutdownTimeout:    15 * time.Second,
+		OutboxPoll:         2 * time.Second,
+		RelayStuckAfter:    time.Minute,
+		DedupWindow:        10 * time.Minute,
+		InboxClaimAfter:    30 * time.Second,
 	}
 }
 
@@ -178,6 +188,7 @@ func bind(p *parser, c *Config) {
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
 	p.integer("SWITCHBOARD_CONTROL_POOL_SIZE", &c.ControlPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
+	p.duration("SWITCHBOARD_AUDIT_FLUSH_INTERVAL", &c.AuditFlush)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
 	p.str("SWITCHBOARD_METRICS_ADDR", &c.MetricsAddr)
@@ -187,6 +198,10 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
 	p.duration("SWITCHBOARD_DB_CONNECT_TIMEOUT", &c.DBConnectTimeout)
 	p.duration("SWITCHBOARD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	p.duration("SWITCHBOARD_OUTBOX_POLL_INTERVAL", &c.OutboxPoll)
+	p.duration("SWITCHBOARD_RELAY_STUCK_AFTER", &c.RelayStuckAfter)
+	p.duration("SWITCHBOARD_DEDUP_WINDOW", &c.DedupWindow)
+	p.duration("SWITCHBOARD_INBOX_CLAIM_AFTER", &c.InboxClaimAfter)
 	p.boolean("SWITCHBOARD_DEV_ISSUER_PUBLIC", &c.DevIssuerPublic)
 }
 
@@ -274,16 +289,29 @@ func (c Config) Validate() error {
 		bad("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", "must be between 1 and 1000000, got %d (raise it for clients behind a large NAT)", c.MaxPreAuthConnsIP)
 	}
 	durations := map[string]time.Duration{
-		"SWITCHBOARD_WS_PING_INTERVAL":   c.WSPingInterval,
-		"SWITCHBOARD_WS_WRITE_TIMEOUT":   c.WSWriteTimeout,
-		"SWITCHBOARD_HANDLER_TIMEOUT":    c.HandlerTimeout,
-		"SWITCHBOARD_DB_CONNECT_TIMEOUT": c.DBConnectTimeout,
-		"SWITCHBOARD_SHUTDOWN_TIMEOUT":   c.ShutdownTimeout,
+		"SWITCHBOARD_WS_PING_INTERVAL":     c.WSPingInterval,
+		"SWITCHBOARD_WS_WRITE_TIMEOUT":     c.WSWriteTimeout,
+		"SWITCHBOARD_HANDLER_TIMEOUT":      c.HandlerTimeout,
+		"SWITCHBOARD_AUDIT_FLUSH_INTERVAL": c.AuditFlush,
+		"SWITCHBOARD_DB_CONNECT_TIMEOUT":   c.DBConnectTimeout,
+		"SWITCHBOARD_SHUTDOWN_TIMEOUT":     c.ShutdownTimeout,
 	}
 	for _, name := range sortedKeys(durations) {
 		if durations[name] <= 0 {
 			bad(name, "must be a positive duration such as 10s, got %s", durations[name])
 		}
+	}
+	if c.OutboxPoll < 10*time.Millisecond || c.OutboxPoll > time.Hour {
+		bad("SWITCHBOARD_OUTBOX_POLL_INTERVAL", "must be between 10ms and 1h, such as 2s, got %s", c.OutboxPoll)
+	}
+	if c.RelayStuckAfter < time.Second {
+		bad("SWITCHBOARD_RELAY_STUCK_AFTER", "must be at least 1s, such as 1m, got %s", c.RelayStuckAfter)
+	}
+	if c.DedupWindow < time.Second || c.DedupWindow > 7*24*time.Hour {
+		bad("SWITCHBOARD_DEDUP_WINDOW", "must be between 1s and 168h, such as 10m, got %s", c.DedupWindow)
+	}
+	if c.InboxClaimAfter < 100*time.Millisecond {
+		bad("SWITCHBOARD_INBOX_CLAIM_AFTER", "must be at least 100ms, such as 30s, got %s", c.InboxClaimAfter)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -163,3 +163,27 @@ func TestRedisURLAndShards(t *testing.T) {
 		}
 	}
 }
+
+func TestRelayVariables(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"SWITCHBOARD_OUTBOX_POLL_INTERVAL": "500ms",
+		"SWITCHBOARD_RELAY_STUCK_AFTER":    "5m",
+		"SWITCHBOARD_DEDUP_WINDOW":         "1h",
+		"SWITCHBOARD_INBOX_CLAIM_AFTER":    "10s",
+	}))
+	if err != nil || c.OutboxPoll != 500*time.Millisecond || c.RelayStuckAfter != 5*time.Minute ||
+		c.DedupWindow != time.Hour || c.InboxClaimAfter != 10*time.Second {
+		t.Fatalf("overrides: %+v %v", c, err)
+	}
+	for name, bad := range map[string]string{
+		"SWITCHBOARD_OUTBOX_POLL_INTERVAL": "1ms",
+		"SWITCHBOARD_RELAY_STUCK_AFTER":    "0s",
+		"SWITCHBOARD_DEDUP_WINDOW":         "2000h",
+		"SWITCHBOARD_INBOX_CLAIM_AFTER":    "-1s",
+	} {
+		_, err := Load(env(map[string]string{name: bad}))
+		if err == nil || !strings.Contains(err.Error(), name+": must be") {
+			t.Errorf("%s=%s: want an error naming the variable, got %v", name, bad, err)
+		}
+	}
+}

@@ -67,6 +67,7 @@ var docs = map[string]doc{
 	"SWITCHBOARD_HANDLER_POOL_SIZE":              {meaning: "handler actors for the pkg_ids that use the database (1–5, 20): at most this many such calls at once"},
 	"SWITCHBOARD_CONTROL_POOL_SIZE":              {meaning: "handler actors for SUBSCRIBE, UNSUBSCRIBE and REFRESH_TOKEN, which never wait for the database behind the others"},
 	"SWITCHBOARD_HANDLER_TIMEOUT":                {meaning: "a request's deadline, counted from when the server took it in (waiting for a handler counts); one that has not run by then is answered `1` `Request timed out` (HTTP `503`) and never runs"},
+	"SWITCHBOARD_AUDIT_FLUSH_INTERVAL":           {meaning: "longest time an audit entry waits for its batch (200 entries) to fill before it is written"},
 	"SWITCHBOARD_RBAC_FILE":                      {defaultText: "empty (built-in policy)", meaning: "roles per pkg_id, route and topic pattern"},
 	"SWITCHBOARD_TRUSTED_PROXIES":                {meaning: "CIDRs whose `X-Forwarded-For` is believed"},
 	"SWITCHBOARD_METRICS_ADDR":                   {meaning: "an extra listener serving only `/metrics`"},
@@ -78,6 +79,14 @@ var docs = map[string]doc{
 	"SWITCHBOARD_LOG_FORMAT":         {meaning: "`text`, or `json` for production"},
 	"SWITCHBOARD_DB_CONNECT_TIMEOUT": {meaning: "how long PostgreSQL is retried at start"},
 	"SWITCHBOARD_SHUTDOWN_TIMEOUT":   {meaning: "one deadline over the whole shutdown"},
+	"SWITCHBOARD_OUTBOX_POLL_INTERVAL": {meaning: "how often the outbox relay looks for rows without being woken " +
+		"(PostgreSQL wakes it with `NOTIFY`; on SQLite rows other processes write wait up to this long)"},
+	"SWITCHBOARD_RELAY_STUCK_AFTER": {meaning: "`/health` reports `relay: unhealthy` while an outbox row has " +
+		"waited longer than this"},
+	"SWITCHBOARD_DEDUP_WINDOW": {meaning: "how long the bus remembers an event's idempotency key (outbox and " +
+		"stream inbox): an event published again within it reaches no subscriber twice (at most 100 000 keys per topic)"},
+	"SWITCHBOARD_INBOX_CLAIM_AFTER": {meaning: "with Redis: stream inbox entries a node took and did not " +
+		"acknowledge for this long (the node died) are taken over by another"},
 	"SWITCHBOARD_DEV_ISSUER_PUBLIC": {meaning: "`true` lets the development issuer (and its `/login`) " +
 		"serve on an address other machines reach; refused otherwise"},
 }

@@ -20,6 +20,10 @@ package main
 // SWITCHBOARD_TEST_REDIS_URL) only topics named dashboards.cl<random> are used, and their keys
 // (and the per-user limit keys, whose user names carry the same tag) are deleted at cleanup.
 // Missing redis-server or an unreachable Redis skips, or fails under CI=true.
+//
+// The subscribers read raw frames (wsClient) rather than use transport/client: exactly once and
+// the replay after SUBSCRIBE since are checked frame by frame, and the Go client would drop a
+// duplicate and resubscribe over a hole by itself.
 
 import (
 	"context"

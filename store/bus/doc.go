@@ -12,6 +12,11 @@
 // atomic step, so (epoch, seq) never names two different messages and a consumer can tell a
 // restarted counter from messages it already has.
 //
+// A message with a Key is published at most once per topic and key within the dedup window
+// (WithDedupWindow): the check runs in the same atomic step that assigns the seq, so a
+// producer's retry (the outbox relay publishing a row again after a crash) takes no second seq
+// and reaches no subscriber twice; Publish returns ErrDuplicate for it.
+//
 // Concurrency: Publish, History and Healthy are safe for concurrent use by any number of
 // goroutines and never call deliver themselves. Each bus owns its goroutines, starts them in its
 // constructor and stops them in Close, which waits for them; deliver is never called after Close

@@ -30,6 +30,7 @@ type config struct {
 	probeInterval time.Duration
 	timeout       time.Duration
 	historyTTL    time.Duration
+	dedupWindow   time.Duration
 	shards        int
 	logger        *slog.Logger
 	metrics       *metrics.Set
@@ -101,6 +102,7 @@ func newConfig(opts []Option) config {
 	c := config{
 		probeInterval: DefaultProbeInterval,
 		timeout:       DefaultTimeout,
+		dedupWindow:   DefaultDedupWindow,
 		shards:        DefaultShards,
 		logger:        slog.New(slog.DiscardHandler),
 	}

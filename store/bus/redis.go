@@ -26,6 +26,9 @@ import (
 //	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq),
 //	                                     srv (run_id of the Redis server that wrote it)
 //	<prefix>topic:{b<k>}:<topic>:hist    list: the last kept entries, oldest first
+//	<prefix>topic:{b<k>}:<topic>:dedup   sorted set: message keys published within the dedup
+//	                                     window, scored by when they expire
+//	<prefix>broadcast:{b0}:dedup         the same, for broadcasts without a topic
 //
 // The epoch and the counter are fields of one key, so nothing (eviction, expiry, FLUSHDB, a
 // restart without persistence, a failover to an empty replica) can take one and leave the other:
@@ -57,10 +60,21 @@ import (
 // is not allowed (an ACL without +info, a renamed command) srv is "" and there is no fence,
 // only the other checks (docs/protocol.md §8).
 //
+// With a message key (ARGV[7] not empty) the script first looks the key up in the topic's dedup
+// window (KEYS[4], a sorted set of keys scored by when they expire) and, when it is there,
+// publishes nothing and takes no seq: {0, -1}. Otherwise the key is recorded with the
+// publish (after everything that could fail), the set trimmed to its newest ARGV[10] keys.
+//
 //	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <topic's keys>:seq (versions before epochs)
-//	ARGV    = shard channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
-//	returns {seq, subscribers that received it}
+//	KEYS[4] = <topic's keys>:dedup
+//	ARGV    = shard channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch,
+//	          key ("" = none), now in ms, dedup window in ms, most keys kept
+//	returns {seq, subscribers that received it}, or {0, -1} for a duplicate
 const publishLua = `
+if ARGV[7] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+  if redis.call('ZSCORE', KEYS[4], ARGV[7]) then return {0, -1} end
+end
 local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq', 'srv')
 local epoch = not s.err and s[1]
 local info = redis.pcall('INFO', 'server')
@@ -80,8 +94,30 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[8]) + tonumber(ARGV[9]), ARGV[7])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
 local n = redis.call('SPUBLISH', ARGV[1], ARGV[5] .. ARGV[4] .. ',"epoch":"' .. epoch .. '"' .. tail .. '}')
 return {seq, n}
+`
+
+// dedupPublishLua publishes a message without history that has a key: the dedup window as in
+// publishScript, then SPUBLISH.
+//
+//	KEYS[1] = the dedup set (<topic's keys>:dedup; without a topic, shard 0's)
+//	ARGV    = shard channel, envelope, key, now in ms, dedup window in ms, most keys kept
+//	returns subscribers that received it, or -1 for a duplicate
+const dedupPublishLua = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -1 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[3])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[6])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return redis.call('SPUBLISH', ARGV[1], ARGV[2])
 `
 
 // historyScript reads the stream and the entries after ARGV[1] in one consistent view.
@@ -107,6 +143,7 @@ return {latest, s[1], oldest, redis.call('LRANGE', KEYS[2], start, -1)}
 
 var (
 	publishScript = redis.NewScript(publishLua)
+	dedupScript   = redis.NewScript(dedupPublishLua)
 	historyScript = redis.NewScript(historyLua)
 )
 
@@ -239,6 +276,15 @@ func (r *Redis) histKey(topic string) string   { return r.topicKey(topic, "hist"
 // oldSeqKey is where versions before epochs kept the counter; a new stream deletes it.
 func (r *Redis) oldSeqKey(topic string) string { return r.topicKey(topic, "seq") }
 
+// dedupKey is the topic's dedup window (see publishScript); one, in shard 0's slot, for the
+// messages without a topic.
+func (r *Redis) dedupKey(topic string) string {
+	if topic == "" {
+		return r.prefix + "broadcast:" + tag(0) + ":dedup"
+	}
+	return r.topicKey(topic, "dedup")
+}
+
 func (r *Redis) keys(topic string) []string {
 	return []string{r.streamKey(topic), r.histKey(topic), r.oldSeqKey(topic)}
 }
@@ -266,19 +312,33 @@ func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, i
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
 	defer cancel()
 
+	now, window := time.Now().UnixMilli(), r.cfg.dedupWindow.Milliseconds()
 	if history == 0 {
 		env := make([]byte, 0, len(r.envHead)+len(body)+1)
 		env = append(append(append(env, r.envHead...), body...), '}')
-		n, err := r.client.SPublish(callCtx, r.channel(r.shardOf(m.Topic)), env).Result()
+		var n int64
+		if m.Key == "" {
+			n, err = r.client.SPublish(callCtx, r.channel(r.shardOf(m.Topic)), env).Result()
+		} else {
+			n, err = dedupScript.Run(callCtx, r.client, []string{r.dedupKey(m.Topic)},
+				r.channel(r.shardOf(m.Topic)), env, m.Key, now, window, MaxDedupKeys).Int64()
+		}
 		if err != nil {
 			return 0, 0, r.trouble.fail(ctx, opPublish, err)
+		}
+		if n < 0 {
+			return 0, 0, ErrDuplicate
 		}
 		return 0, int(n), nil
 	}
 
 	head := bytes.TrimSuffix(body, []byte("}")) // the script appends ,"seq":<n>}
-	res, err := publishScript.Run(callCtx, r.client, r.keys(m.Topic),
-		r.channel(r.shardOf(m.Topic)), history, r.cfg.historyTTL.Milliseconds(), head, r.envHead, newEpoch()).Int64Slice()
+	res, err := publishScript.Run(callCtx, r.client, append(r.keys(m.Topic), r.dedupKey(m.Topic)),
+		r.channel(r.shardOf(m.Topic)), history, r.cfg.historyTTL.Milliseconds(), head, r.envHead, newEpoch(),
+		m.Key, now, window, MaxDedupKeys).Int64Slice()
+	if err == nil && len(res) == 2 && res[0] == 0 && res[1] == -1 {
+		return 0, 0, ErrDuplicate
+	}
 	if err == nil && (len(res) != 2 || res[0] <= 0) {
 		err = fmt.Errorf("publish script returned %v", res)
 	}

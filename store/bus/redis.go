@@ -22,7 +22,8 @@ import (
 // atomic step on any topology. Broadcasts to every connection (no topic) travel on shard 0.
 //
 //	<prefix>bus:{b<k>}                   shard channel k (SPUBLISH / SSUBSCRIBE)
-//	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree)
+//	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree; it
+//	                                     expires a minute after the last node stopped)
 //	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq),
 //	                                     srv (run_id of the Redis server that wrote it)
 //	<prefix>topic:{b<k>}:<topic>:hist    list: the last kept entries, oldest first

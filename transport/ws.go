@@ -72,6 +72,7 @@ type WSServer struct {
 func NewWSServer(cfg WSConfig) *WSServer {
 	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(),
 		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
+	s.m.silence = 2 * cfg.PingInterval
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
 	return s
 }
@@ -94,6 +95,8 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 		// socket, so they cannot land inside a frame the writer has started.
 		CloseWriter: func(socket *gws.Conn, payload []byte, cause error) { conn(socket).closeFromGWS(payload, cause) },
 		NewSession:  func() gws.SessionStorage { return &connSession{} },
+		// A connection that sent a request and went idle goes back to the smallest stack.
+		FreshReadStack: true,
 	}
 }
 
@@ -194,6 +197,7 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec)
 		user:     user,
 		opened:   time.Now().UnixNano(),
 	}
+	c.seen.Store(c.opened)
 	if sc, ok := c.raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rc = rc
@@ -325,13 +329,8 @@ func (s *connSession) Delete(string)                  {}
 func (s *connSession) Store(string, any)              {}
 func (s *connSession) Range(f func(string, any) bool) { f("conn", s.c) }
 
-func (e *wsEvents) keepAlive(socket *gws.Conn) {
-	if e.s.cfg.PingInterval > 0 {
-		_ = socket.SetReadDeadline(time.Now().Add(2 * e.s.cfg.PingInterval))
-	}
-}
-
-func (e *wsEvents) OnOpen(socket *gws.Conn) { e.keepAlive(socket) }
+// Every frame received counts as a sign of life for the keepalive (wsConn.Ping).
+func (e *wsEvents) OnOpen(*gws.Conn) {}
 
 func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 	defer e.s.conns.Done() // the read loop ends after this
@@ -344,16 +343,17 @@ func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 }
 
 func (e *wsEvents) OnPing(socket *gws.Conn, payload []byte) {
-	e.keepAlive(socket)
-	conn(socket).Enqueue(controlFrame(opPong, payload))
+	c := conn(socket)
+	c.heard()
+	c.Enqueue(controlFrame(opPong, payload))
 }
 
-func (e *wsEvents) OnPong(socket *gws.Conn, payload []byte) { e.keepAlive(socket) }
+func (e *wsEvents) OnPong(socket *gws.Conn, payload []byte) { conn(socket).heard() }
 
 func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
-	e.keepAlive(socket)
 	c := conn(socket)
+	c.heard()
 	codec := c.wire()
 	if msg.Opcode != codec.opcode() {
 		c.Close(CloseUnsupportedData, codec.refusal())

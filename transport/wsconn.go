@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -87,8 +88,9 @@ type wsConn struct {
 	counted  bool // holds a slot of the per-user connection limit
 	// remote and userAgent come from the handshake, for limits and the audit log.
 	remote, userAgent string
-	opened            int64  // Unix nanoseconds of the upgrade, for the close log
-	framesIn          uint32 // data frames received
+	opened            int64        // Unix nanoseconds of the upgrade, for the close log
+	seen              atomic.Int64 // Unix nanoseconds of the last frame received (see Ping)
+	framesIn          uint32       // data frames received
 }
 
 // writeState says who writes a connection's queue next; exactly one of them at a time.
@@ -124,8 +126,24 @@ func (c *wsConn) EncodeResponse(r *actors.Response) ([]byte, error) {
 // Send queues a frame addressed to this connection only (a response).
 func (c *wsConn) Send(frame []byte) bool { return c.Enqueue(frame) }
 
-// Ping queues a keepalive ping.
-func (c *wsConn) Ping() { c.Enqueue(pingFrame) }
+// Ping queues a keepalive ping, or drops the connection without a close frame (1006) when its
+// peer has sent nothing, not even a pong, for longer than the silence allowed: the keepalive
+// reaps dead peers here, at the hub's ping, rather than with a read deadline, whose renewal on
+// every inbound frame cost time and grew the read goroutine's stack.
+func (c *wsConn) Ping() {
+	if s := c.m.silence; s > 0 && time.Now().UnixNano()-c.seen.Load() > int64(s) {
+		c.fail()
+		return
+	}
+	c.Enqueue(pingFrame)
+}
+
+// heard notes that the peer sent a frame (for Ping's silence check).
+func (c *wsConn) heard() {
+	if c.m.silence > 0 {
+		c.seen.Store(time.Now().UnixNano())
+	}
+}
 
 // Enqueue queues a complete frame; see hub.Conn.
 func (c *wsConn) Enqueue(frame []byte) bool {
@@ -493,6 +511,9 @@ type connShared struct {
 	closeCounts                  map[uint16]*metrics.Counter // ws_closes_total by code; 0: other
 	log                          *slog.Logger
 	drains                       sync.WaitGroup
+	// silence is how long a peer may send nothing before its next keepalive ping drops it
+	// (twice the ping interval); 0: never.
+	silence time.Duration
 }
 
 // closeCodes are the close codes ws_closes_total has a series of its own for; the peer's

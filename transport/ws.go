@@ -73,6 +73,7 @@ func NewWSServer(cfg WSConfig) *WSServer {
 	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(),
 		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
 	s.m.silence = 2 * cfg.PingInterval
+	s.m.maxInFlight = int32(max(cfg.MaxInFlight, 1))
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
 	return s
 }
@@ -185,17 +186,15 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec) *wsConn {
 	id := s.nextID.Add(1)
 	c := &wsConn{
-		id:       id,
-		raw:      socket.NetConn(),
-		fl:       s.flushers.forConn(id),
-		codec:    codec,
-		budget:   s.cfg.SendQueueBytes,
-		wt:       s.cfg.WriteTimeout,
-		m:        s.m,
-		done:     make(chan struct{}),
-		inflight: make(chan struct{}, s.cfg.MaxInFlight),
-		user:     user,
-		opened:   time.Now().UnixNano(),
+		id:     id,
+		raw:    socket.NetConn(),
+		fl:     s.flushers.forConn(id),
+		codec:  codec,
+		budget: s.cfg.SendQueueBytes,
+		wt:     s.cfg.WriteTimeout,
+		m:      s.m,
+		user:   user,
+		opened: time.Now().UnixNano(),
 	}
 	c.seen.Store(c.opened)
 	if sc, ok := c.raw.(syscall.Conn); ok {

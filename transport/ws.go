@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -58,8 +59,10 @@ type WSServer struct {
 	nextID       atomic.Uint64
 	flushers     flushers
 	stopFlushers sync.Once
-	// connProps spawns every connection actor; they share its dependencies.
+	// connProps spawns every connection actor; they share its dependencies, and workers run
+	// their mailboxes.
 	connProps *actor.Props
+	workers   *actors.Workers
 	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
 	// under mu while closing is false, so BeginShutdown's caller can rely on the hub closing
 	// every socket that Wait then waits for.
@@ -70,8 +73,10 @@ type WSServer struct {
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
 func NewWSServer(cfg WSConfig) *WSServer {
-	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(),
-		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
+	workers := actors.NewWorkers(max(runtime.GOMAXPROCS(0), 2))
+	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(), workers: workers,
+		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway,
+			Logger: cfg.Logger, Workers: workers})}
 	s.m.silence = 2 * cfg.PingInterval
 	s.m.maxInFlight = int32(max(cfg.MaxInFlight, 1))
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
@@ -251,7 +256,10 @@ func (s *WSServer) Wait(ctx context.Context) error {
 	err := waitFor(ctx, &s.conns)
 	// Sockets still open past the deadline get no more writes: the process is going away,
 	// and a server stopped in a test must not leave the flushers running.
-	s.stopFlushers.Do(s.flushers.close)
+	s.stopFlushers.Do(func() {
+		s.flushers.close()
+		s.workers.Close()
+	})
 	// Every drain ends within the close grace of its connection's close, or at its write
 	// timeout.
 	return errors.Join(err, waitFor(ctx, &s.m.drains))

@@ -179,17 +179,23 @@ func TestSubscribeAnswerKeepsItsPlace(t *testing.T) {
 		}
 	}
 	// The epoch of the authors stream: a since is only recovered with the stream it belongs to.
+	// The events go out through the outbox relay once their writes committed, so the stream
+	// may be a moment behind the answers: wait until it holds all three.
 	var stream struct {
 		Epoch string `json:"epoch"`
+		Seq   uint64 `json:"seq"`
 	}
-	e := c.call(10, map[string]any{"topic": "authors"})
-	decodeData(t, e, &stream)
-	if e.status() != 0 || stream.Epoch == "" {
-		t.Fatalf("SUBSCRIBE authors: %d %s epoch %q", e.status(), e.msg(), stream.Epoch)
-	}
-	if e := c.call(11, map[string]any{"topic": "authors"}); e.status() != 0 {
-		t.Fatalf("UNSUBSCRIBE authors: %d %s", e.status(), e.msg())
-	}
+	eventually(t, e2eWait, "the three events on authors", func() bool {
+		e := c.call(10, map[string]any{"topic": "authors"})
+		decodeData(t, e, &stream)
+		if e.status() != 0 {
+			t.Fatalf("SUBSCRIBE authors: %d %s", e.status(), e.msg())
+		}
+		if e := c.call(11, map[string]any{"topic": "authors"}); e.status() != 0 {
+			t.Fatalf("UNSUBSCRIBE authors: %d %s", e.status(), e.msg())
+		}
+		return stream.Epoch != "" && stream.Seq >= 3
+	})
 	for round := range 20 {
 		frames := []rqFrame{
 			rqRequest(10, fmt.Sprintf(`{"topic":"dashboards.rq%d"}`, round)),

@@ -16,7 +16,8 @@ type Config struct {
 	Addr               string         // SWITCHBOARD_ADDR
 	DatabaseURL        string         // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
 	RedisURL           string         // SWITCHBOARD_REDIS_URL; empty = in-process, single node
-	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
+	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channels
+	RedisBusShards     int            // SWITCHBOARD_REDIS_BUS_SHARDS: shard channels the bus spreads topics over
 	OIDCIssuer         string         // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
 	OIDCClientID       string         // SWITCHBOARD_OIDC_CLIENT_ID
 	OIDCClientSecret   string         // SWITCHBOARD_OIDC_CLIENT_SECRET
@@ -39,6 +40,7 @@ type Config struct {
 	HandlerPoolSize    int            // SWITCHBOARD_HANDLER_POOL_SIZE (handler actors for pkg_ids that use the database)
 	ControlPoolSize    int            // SWITCHBOARD_CONTROL_POOL_SIZE (handler actors for pkg_ids that do not)
 	HandlerTimeout     time.Duration  // SWITCHBOARD_HANDLER_TIMEOUT (a request's deadline, from admission)
+	AuditFlush         time.Duration  // SWITCHBOARD_AUDIT_FLUSH_INTERVAL (longest wait of an audit entry for its batch to fill)
 	RBACFile           string         // SWITCHBOARD_RBAC_FILE; empty = built-in policy
 	TrustedProxies     []netip.Prefix // SWITCHBOARD_TRUSTED_PROXIES: CIDRs whose X-Forwarded-For is believed
 	MetricsAddr        string         // SWITCHBOARD_METRICS_ADDR
@@ -81,7 +83,9 @@ func Default() Config {
 		HandlerPoolSize:    64,
 		ControlPoolSize:    16,
 		HandlerTimeout:     10 * time.Second,
+		AuditFlush:         time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
+		RedisBusShards:     16,
 		DataDir:            "./data",
 		LogLevel:           "info",
 		LogFormat:          "text",
@@ -97,6 +101,17 @@ func Default() Config {
 // DefaultRedisPrefix is SWITCHBOARD_REDIS_PREFIX's default. Deployments that share one Redis
 // form one cluster unless each has its own prefix.
 const DefaultRedisPrefix = "switchboard:"
+
+// redisScheme reports whether s is a scheme of SWITCHBOARD_REDIS_URL (store/redisconn parses
+// the rest).
+func redisScheme(s string) bool {
+	switch strings.ToLower(s) {
+	case "redis", "rediss", "redis-sentinel", "rediss-sentinel", "redis+sentinel", "rediss+sentinel",
+		"redis-cluster", "rediss-cluster", "redis+cluster", "rediss+cluster":
+		return true
+	}
+	return false
+}
 
 // validRedisPrefix keeps the prefix printable and free of the braces Redis Cluster reads as a
 // hash tag (the keys carry their own).
@@ -150,6 +165,7 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
 	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
 	p.str("SWITCHBOARD_REDIS_PREFIX", &c.RedisPrefix)
+	p.integer("SWITCHBOARD_REDIS_BUS_SHARDS", &c.RedisBusShards)
 	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
 	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
 	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
@@ -172,6 +188,7 @@ func bind(p *parser, c *Config) {
 	p.integer("SWITCHBOARD_HANDLER_POOL_SIZE", &c.HandlerPoolSize)
 	p.integer("SWITCHBOARD_CONTROL_POOL_SIZE", &c.ControlPoolSize)
 	p.duration("SWITCHBOARD_HANDLER_TIMEOUT", &c.HandlerTimeout)
+	p.duration("SWITCHBOARD_AUDIT_FLUSH_INTERVAL", &c.AuditFlush)
 	p.str("SWITCHBOARD_RBAC_FILE", &c.RBACFile)
 	p.prefixes("SWITCHBOARD_TRUSTED_PROXIES", &c.TrustedProxies)
 	p.str("SWITCHBOARD_METRICS_ADDR", &c.MetricsAddr)
@@ -211,8 +228,9 @@ func (c Config) Validate() error {
 	if !strings.HasPrefix(db, "sqlite://") && !strings.HasPrefix(db, "postgres://") && !strings.HasPrefix(db, "postgresql://") {
 		bad("SWITCHBOARD_DATABASE_URL", "want postgres://… or sqlite://path, got a URL with scheme %q", scheme(db))
 	}
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], got a URL with scheme %q", scheme(c.RedisURL))
+	if c.RedisURL != "" && !redisScheme(scheme(c.RedisURL)) {
+		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], redis-sentinel://host:26379,…?master_name=NAME "+
+			"or redis-cluster://host:port,…, got a URL with scheme %q", scheme(c.RedisURL))
 	}
 	if !validRedisPrefix(c.RedisPrefix) {
 		bad("SWITCHBOARD_REDIS_PREFIX", "want 1 to 64 characters of A-Z a-z 0-9 _ . : -, such as %q, got %q", DefaultRedisPrefix, c.RedisPrefix)
@@ -247,6 +265,9 @@ func (c Config) Validate() error {
 			bad(name, "must be at least 1, got %d", positive[name])
 		}
 	}
+	if c.RedisBusShards < 1 || c.RedisBusShards > 1024 {
+		bad("SWITCHBOARD_REDIS_BUS_SHARDS", "must be between 1 and 1024 (and the same on every node), got %d", c.RedisBusShards)
+	}
 	if c.WSMaxMessageBytes < 128 || c.WSMaxMessageBytes > 64<<20 {
 		bad("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", "must be between 128 and 67108864, got %d", c.WSMaxMessageBytes)
 	}
@@ -268,11 +289,12 @@ func (c Config) Validate() error {
 		bad("SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP", "must be between 1 and 1000000, got %d (raise it for clients behind a large NAT)", c.MaxPreAuthConnsIP)
 	}
 	durations := map[string]time.Duration{
-		"SWITCHBOARD_WS_PING_INTERVAL":   c.WSPingInterval,
-		"SWITCHBOARD_WS_WRITE_TIMEOUT":   c.WSWriteTimeout,
-		"SWITCHBOARD_HANDLER_TIMEOUT":    c.HandlerTimeout,
-		"SWITCHBOARD_DB_CONNECT_TIMEOUT": c.DBConnectTimeout,
-		"SWITCHBOARD_SHUTDOWN_TIMEOUT":   c.ShutdownTimeout,
+		"SWITCHBOARD_WS_PING_INTERVAL":     c.WSPingInterval,
+		"SWITCHBOARD_WS_WRITE_TIMEOUT":     c.WSWriteTimeout,
+		"SWITCHBOARD_HANDLER_TIMEOUT":      c.HandlerTimeout,
+		"SWITCHBOARD_AUDIT_FLUSH_INTERVAL": c.AuditFlush,
+		"SWITCHBOARD_DB_CONNECT_TIMEOUT":   c.DBConnectTimeout,
+		"SWITCHBOARD_SHUTDOWN_TIMEOUT":     c.ShutdownTimeout,
 	}
 	for _, name := range sortedKeys(durations) {
 		if durations[name] <= 0 {

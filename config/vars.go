@@ -33,9 +33,14 @@ var docs = map[string]doc{
 		meaning: "`postgres://user@host:5432/db?sslmode=disable` for PostgreSQL (retried for " +
 			"`SWITCHBOARD_DB_CONNECT_TIMEOUT` at start)"},
 	"SWITCHBOARD_REDIS_URL": {defaultText: "empty (in-process, single node)", redactURL: true,
-		meaning: "`redis://…`: limits, sessions and broadcasts across nodes"},
-	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channel in Redis (sessions " +
+		meaning: "limits, sessions and broadcasts across nodes: `redis://host:6379/0` (one server), " +
+			"`redis-sentinel://s1:26379,s2,s3?master_name=NAME` (Sentinel) or `redis-cluster://n1:6379,n2,n3` " +
+			"(Cluster; `redis://` with two or more hosts too); see docs/protocol.md §8"},
+	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channels in Redis (sessions " +
 		"excepted): deployments sharing one Redis need different prefixes, or their broadcasts cross"},
+	"SWITCHBOARD_REDIS_BUS_SHARDS": {meaning: "shard channels the bus spreads topics over (1–1024; on a Redis " +
+		"Cluster they spread over its primaries); the same on every node, which a node that disagrees " +
+		"reports as `pubsub: unhealthy`; see docs/sizing.md"},
 	"SWITCHBOARD_OIDC_ISSUER": {defaultText: "empty (development issuer)",
 		meaning: "e.g. `http://keycloak:8080/realms/HW-App`"},
 	"SWITCHBOARD_OIDC_CLIENT_ID": {meaning: "audience / `azp`, and the `resource_access` key for roles"},
@@ -62,6 +67,7 @@ var docs = map[string]doc{
 	"SWITCHBOARD_HANDLER_POOL_SIZE":              {meaning: "handler actors for the pkg_ids that use the database (1–5, 20): at most this many such calls at once"},
 	"SWITCHBOARD_CONTROL_POOL_SIZE":              {meaning: "handler actors for SUBSCRIBE, UNSUBSCRIBE and REFRESH_TOKEN, which never wait for the database behind the others"},
 	"SWITCHBOARD_HANDLER_TIMEOUT":                {meaning: "a request's deadline, counted from when the server took it in (waiting for a handler counts); one that has not run by then is answered `1` `Request timed out` (HTTP `503`) and never runs"},
+	"SWITCHBOARD_AUDIT_FLUSH_INTERVAL":           {meaning: "longest time an audit entry waits for its batch (200 entries) to fill before it is written"},
 	"SWITCHBOARD_RBAC_FILE":                      {defaultText: "empty (built-in policy)", meaning: "roles per pkg_id, route and topic pattern"},
 	"SWITCHBOARD_TRUSTED_PROXIES":                {meaning: "CIDRs whose `X-Forwarded-For` is believed"},
 	"SWITCHBOARD_METRICS_ADDR":                   {meaning: "an extra listener serving only `/metrics`"},
@@ -135,18 +141,60 @@ func redact(d doc, v string) string {
 	return v
 }
 
-// RedactURL returns u with its password replaced, or the whole value replaced when it does
-// not parse (the password could be anywhere in it).
+// RedactURL returns u with its password replaced, in the user information and in query
+// parameters whose name holds "password" or "secret" (go-redis's password=, sentinel_password=),
+// or the whole value replaced when it cannot be read (the password could be anywhere in it).
+// A comma-separated host list (Redis Sentinel and Cluster URLs) is kept as it is.
 func RedactURL(u string) string {
-	parsed, err := url.Parse(u)
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return Redacted
+	}
+	authority, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority, tail = rest[:i], rest[i:]
+	}
+	userinfo, hosts := "", authority
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		userinfo, hosts = authority[:i], authority[i+1:]
+	}
+	// Parse with the first host only: url.Parse refuses some host lists.
+	first, _, _ := strings.Cut(hosts, ",")
+	probe := scheme + "://" + first + tail
+	if userinfo != "" {
+		probe = scheme + "://" + userinfo + "@" + first + tail
+	}
+	parsed, err := url.Parse(probe)
 	if err != nil {
 		return Redacted
 	}
+	changed := false
 	if _, has := parsed.User.Password(); has {
-		parsed.User = url.UserPassword(parsed.User.Username(), "xxxxx")
-		return parsed.String()
+		userinfo = url.UserPassword(parsed.User.Username(), "xxxxx").String()
+		changed = true
 	}
-	return u
+	if parsed.RawQuery != "" {
+		q := parsed.Query()
+		for k := range q {
+			if l := strings.ToLower(k); strings.Contains(l, "password") || strings.Contains(l, "secret") {
+				q[k] = []string{"xxxxx"}
+				changed = true
+			}
+		}
+		parsed.RawQuery = q.Encode()
+	}
+	if !changed {
+		return u
+	}
+	out := scheme + "://"
+	if userinfo != "" {
+		out += userinfo + "@"
+	}
+	out += hosts + parsed.EscapedPath()
+	if parsed.RawQuery != "" {
+		out += "?" + parsed.RawQuery
+	}
+	return out
 }
 
 // Known reports whether name is a variable Load reads.

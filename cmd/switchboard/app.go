@@ -23,6 +23,7 @@ import (
 	"switchboard/store"
 	"switchboard/store/audit"
 	"switchboard/store/limits"
+	"switchboard/store/redisconn"
 	"switchboard/transport"
 	"switchboard/transport/auth"
 	"switchboard/transport/web"
@@ -40,7 +41,8 @@ type app struct {
 	handlers  *actors.HandlerPool
 	cancel    context.CancelFunc // aborts in-flight handler calls
 	verifier  *auth.Verifier
-	redis     *redis.Client // nil without SWITCHBOARD_REDIS_URL
+	redis     redis.UniversalClient // nil without SWITCHBOARD_REDIS_URL: one server, Sentinel or Cluster
+	redisKind redisconn.Kind
 	limiter   limits.RateLimiter
 	conns     limits.ConnCounter
 	stopConns func() error // stops the connection counter's heartbeat
@@ -92,7 +94,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 		return nil, fmt.Errorf("%s: %w", databaseVar(cfg), err)
 	}
 	a.db.Observe(a.metrics)
-	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics})
+	a.audit = audit.NewWriter(a.db, audit.WriterConfig{Logger: log, Metrics: a.metrics, FlushInterval: cfg.AuditFlush})
 	policy, err := actors.LoadPolicy(cfg.RBACFile)
 	if err != nil {
 		return nil, fmt.Errorf("SWITCHBOARD_RBAC_FILE: %w", err)

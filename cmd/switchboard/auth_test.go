@@ -2,7 +2,8 @@ package main
 
 // End-to-end tests of the WebSocket handshake (docs/protocol.md §1.1, §3, §6): token checks before
 // the upgrade, both token forms, allowed origins, roles from an external (Keycloak-shaped)
-// issuer, and tokens kept out of the logs.
+// issuer, and tokens kept out of the logs. Handshakes are raw (net/http, wsClient) since both
+// token forms, origins and refusal bodies are what is under test.
 
 import (
 	"bufio"

@@ -8,14 +8,16 @@ import (
 	"switchboard/store/bus"
 )
 
-// openBus starts the cluster bus: Redis pub/sub when SWITCHBOARD_REDIS_URL is set (every node
-// delivers every broadcast to its own connections), in-process otherwise.
+// openBus starts the cluster bus: Redis sharded pub/sub when SWITCHBOARD_REDIS_URL is set (every
+// node subscribes to every shard and delivers every broadcast to its own connections),
+// in-process otherwise.
 func (a *app) openBus(deliver func(*bus.Message)) error {
 	opts := []bus.Option{bus.WithLogger(a.log), bus.WithMetrics(a.metrics), bus.WithDedupWindow(a.cfg.DedupWindow)}
 	if a.redis == nil {
 		a.bus = bus.NewMemory(deliver, opts...)
 		return nil
 	}
+	opts = append(opts, bus.WithShards(a.cfg.RedisBusShards))
 	b, err := bus.NewRedis(a.redis, a.cfg.RedisPrefix, a.node, deliver, opts...)
 	if err != nil {
 		return err

@@ -970,7 +970,7 @@ func TestFacadeBroadcast(t *testing.T) {
 		c.RateLimitPerMinute = 1_000_000
 	})
 	c := newFCClient(t, s)
-	listener := s.dial(t, s.token(t, "fc-listener"))
+	listener := s.connect(t, s.token(t, "fc-listener"))
 	eventually(t, fcWait, "the listener registered", func() bool { return s.app.hub.Active() == 1 })
 	producer := s.token(t, "fc-producer", "broadcast")
 	reader := s.token(t, "fc-reader", "get-authors")
@@ -984,7 +984,7 @@ func TestFacadeBroadcast(t *testing.T) {
 		t.Fatalf("%s: want {\"delivered_to_nodes\": 1}", r)
 	}
 	e := listener.next(fcWait)
-	if e.PkgID != 42 || e.ReqID != fcZeroReqID || e.StatusCode != nil || string(e.Data) != `{"hello":"fc"}` {
+	if e.PkgID != 42 || e.Topic != "" || string(e.Data) != `{"hello":"fc"}` {
 		t.Fatalf("broadcast frame %+v data %s", e, e.Data)
 	}
 
@@ -1434,7 +1434,7 @@ func TestFacadeMetrics(t *testing.T) {
 	reader := s.token(t, "fc-metrics-reader", "get-authors")
 
 	// A WebSocket client: one accepted connection, a request, a broadcast it receives.
-	ws := s.dial(t, all)
+	ws := s.connect(t, all)
 	c.mu.Lock()
 	c.counts[fcKey{"GET", "GET /web", "101"}]++
 	c.mu.Unlock()

@@ -76,8 +76,9 @@ type faultAnswer struct {
 	took   time.Duration
 }
 
-// faultCall sends one request on c and waits up to d for its answer. It never fails the test,
-// so load goroutines may call it.
+// faultCall sends one request on the raw connection c and waits up to d for its answer. It
+// never fails the test, so load goroutines may call it. The Redis-outage test uses it on the
+// connections whose admission under the per-user limit it checks frame by frame.
 func faultCall(c *wsClient, pkgID int, data any, d time.Duration) (envelope, error) {
 	id := uuid.NewString()
 	b, _ := json.Marshal(map[string]any{"pkg_id": pkgID, "req_id": id, "data": data})
@@ -128,7 +129,7 @@ func startWriteLoad(t *testing.T, s *testServer, clients int, wait time.Duration
 	l := &writeLoad{stop: make(chan struct{})}
 	tag := limRandomHex(3)
 	for k := range clients {
-		c := s.dial(t, s.token(t, fmt.Sprintf("writer-%d", k), "create-author"))
+		c := s.connect(t, s.token(t, fmt.Sprintf("writer-%d", k), "create-author"))
 		l.wg.Go(func() {
 			pace := time.NewTicker(writePace)
 			defer pace.Stop()
@@ -139,7 +140,9 @@ func startWriteLoad(t *testing.T, s *testServer, clients int, wait time.Duration
 				case <-pace.C:
 				}
 				a := faultAnswer{name: fmt.Sprintf("Fault %s %d-%d", tag, k, i), sent: time.Now()}
-				e, err := faultCall(c, 3, map[string]any{"name": a.name}, wait)
+				ctx, cancel := context.WithTimeout(context.Background(), wait)
+				e, err := c.tryCall(ctx, 3, map[string]any{"name": a.name})
+				cancel()
 				a.took = time.Since(a.sent)
 				if err != nil {
 					l.mu.Lock()

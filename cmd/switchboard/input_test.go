@@ -80,7 +80,7 @@ func TestInputNULRefused(t *testing.T) {
 		s := startServerLogged(t, func(c *config.Config) { c.DatabaseURL = dbURL },
 			slog.New(slog.NewTextHandler(&logs, nil)))
 		token := s.token(t, "nul-user", inputRoles...)
-		c := s.dial(t, token)
+		c := s.connect(t, token)
 		const nul = "a\x00b"
 		for _, tc := range []struct {
 			pkg  int
@@ -148,7 +148,7 @@ func TestInputNULRefused(t *testing.T) {
 func TestInputUnicodeSpaceNames(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
 		token := s.token(t, "space-user", inputRoles...)
-		c := s.dial(t, token)
+		c := s.connect(t, token)
 		for _, name := range []string{" ", "\u00a0", "\u3000", "\u200b", "\u2003\u2009\u202f", "\ufeff", "\u2060",
 			"\u3164", "\u2800", "\u180e", " \u00a0\u3000\u200b "} {
 			expectFieldError(t, c.call(3, map[string]any{"name": name}), "/name", "visible character")

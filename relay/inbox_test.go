@@ -14,7 +14,7 @@ import (
 	"switchboard/store/redistest"
 )
 
-func xadd(t testing.TB, c *redis.Client, stream string, values ...string) {
+func xadd(t testing.TB, c redis.UniversalClient, stream string, values ...string) {
 	t.Helper()
 	if err := c.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
 		t.Fatal(err)
@@ -36,7 +36,21 @@ func startInbox(t testing.TB, ib *inbox.Inbox, pub Publisher, set *metrics.Set, 
 // entries behind them flow.
 func TestInboxRelaysAndDeadLettersPoison(t *testing.T) {
 	c := redistest.Client(t)
-	prefix := redistest.Prefix(t, c)
+	inboxPoison(t, c, redistest.Prefix(t, c))
+}
+
+// TestInboxOnRedisCluster: the same on a Redis Cluster, where the stream and its dead-letter
+// stream live in different slots.
+func TestInboxOnRedisCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster")
+	}
+	c := redistest.SharedCluster(t).Client()
+	t.Cleanup(func() { _ = c.Close() }) // after the prefix's keys are deleted
+	inboxPoison(t, c, redistest.Prefix(t, c))
+}
+
+func inboxPoison(t *testing.T, c redis.UniversalClient, prefix string) {
 	ib := inbox.New(c, prefix, "node-a")
 	poison := map[string]string{}
 	for i := range 20 {

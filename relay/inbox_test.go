@@ -139,3 +139,18 @@ func TestInboxDeadNodesEntriesAreClaimedAndDeliveredOnce(t *testing.T) {
 		t.Error("duplicate counter 0")
 	}
 }
+
+// TestInboxSurvivesItsStreamDeleted: the stream and its group gone (Redis lost its data, or
+// someone deleted the key): the relay creates the group again and relays what comes next.
+func TestInboxSurvivesItsStreamDeleted(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	ib := inbox.New(c, prefix, "node-a")
+	pub, rec := memoryBus(t)
+	startInbox(t, ib, pub, metrics.NewSet())
+	xadd(t, c, ib.Stream, "topic", "dashboards.gone", "pkg_id", "7", "data", `{"n": 0}`)
+	eventually(t, patience, "the first message", func() bool { return len(rec.snapshot()) == 1 })
+	c.Del(context.Background(), ib.Stream)
+	xadd(t, c, ib.Stream, "topic", "dashboards.gone", "pkg_id", "7", "data", `{"n": 1}`)
+	eventually(t, patience, "the message after the stream was deleted", func() bool { return len(rec.snapshot()) == 2 })
+}

@@ -63,15 +63,15 @@ func topoLimits(t *testing.T, nodes []*testServer, tag string) {
 	clHangUp(t, c2)
 
 	rt := a.token(t, "topo-rate-"+tag, "get-authors")
-	r1, r2 := a.dial(t, rt), b.dial(t, rt)
+	r1, r2 := a.connect(t, rt), b.connect(t, rt)
 	for i := 0; i < 4; i++ {
 		expectStatus(t, r1.call(1, nil), 0, "")
 		expectStatus(t, r2.call(1, nil), 0, "")
 	}
 	expectStatus(t, r1.call(1, nil), 1, "Rate limit exceeded")
 	expectStatus(t, r2.call(1, nil), 1, "Rate limit exceeded")
-	clHangUp(t, r1)
-	clHangUp(t, r2)
+	_ = r1.c.Close()
+	_ = r2.c.Close()
 }
 
 func TestTopologyNodes(t *testing.T) {

@@ -136,6 +136,34 @@ func TestErrorsAreCollectedAndActionable(t *testing.T) {
 	}
 }
 
+func TestRedisURLAndShards(t *testing.T) {
+	for _, ok := range []string{"redis://h:6379/0", "rediss://h", "redis-sentinel://s1,s2?master_name=m",
+		"redis-cluster://a:1,b:2", "redis://a:1,b:2", "REDIS-CLUSTER://a:1"} {
+		if _, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_URL": ok})); err != nil {
+			t.Errorf("SWITCHBOARD_REDIS_URL=%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"http://h", "h:6379", "sentinel://s1"} {
+		_, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_URL": bad}))
+		if err == nil || !strings.Contains(err.Error(), "redis-sentinel://") {
+			t.Errorf("SWITCHBOARD_REDIS_URL=%s: want an error listing the forms, got %v", bad, err)
+		}
+	}
+	c, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_BUS_SHARDS": "64"}))
+	if err != nil || c.RedisBusShards != 64 {
+		t.Errorf("SWITCHBOARD_REDIS_BUS_SHARDS=64: %d, %v", c.RedisBusShards, err)
+	}
+	if Default().RedisBusShards != 16 {
+		t.Errorf("default shards %d", Default().RedisBusShards)
+	}
+	for _, bad := range []string{"0", "-1", "1025", "x"} {
+		_, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_BUS_SHARDS": bad}))
+		if err == nil || !strings.Contains(err.Error(), "SWITCHBOARD_REDIS_BUS_SHARDS") {
+			t.Errorf("SWITCHBOARD_REDIS_BUS_SHARDS=%s: %v", bad, err)
+		}
+	}
+}
+
 func TestRelayVariables(t *testing.T) {
 	c, err := Load(env(map[string]string{
 		"SWITCHBOARD_OUTBOX_POLL_INTERVAL": "500ms",

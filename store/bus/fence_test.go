@@ -101,3 +101,26 @@ func TestRedisFenceFailover(t *testing.T) {
 		})
 	})
 }
+
+// Where the ACL forbids INFO, publishing still works (without the fence: srv stays "").
+func TestRedisFenceWithoutInfo(t *testing.T) {
+	srv := redistest.StartServer(t)
+	admin := srv.Client()
+	ctx := context.Background()
+	if err := admin.Do(ctx, "ACL", "SETUSER", "noinfo", "on", "nopass", "~*", "&*", "+@all", "-info").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c := srv.Client(func(o *redis.Options) { o.Username, o.Password = "noinfo", "any" }) // nopass: any password
+	if err := c.Info(ctx, "server").Err(); err == nil {
+		t.Fatal("INFO allowed for the restricted user")
+	}
+	b := newRedisBus(t, c, "", "node-a", (&recorder{}).deliver)
+	for i := 1; i <= 3; i++ {
+		if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: "dash.acl"}, 10); err != nil || seq != uint64(i) {
+			t.Fatalf("publish %d without INFO: %d, %v", i, seq, err)
+		}
+	}
+	if got := admin.HGet(ctx, b.streamKey("dash.acl"), "srv").Val(); got != "" {
+		t.Fatalf("srv = %q, want empty", got)
+	}
+}

@@ -16,6 +16,8 @@ const (
 	DefaultTimeout       = time.Second
 	// DefaultShards is how many shard channels the Redis bus spreads topics over.
 	DefaultShards = 16
+	// shardsTTL: the recorded shard count outlives the last running node by this much.
+	shardsTTL = time.Minute
 	// MaxShards bounds WithShards: every node holds a subscription per shard on a cluster.
 	MaxShards = 1024
 	// unhealthyAfter probe intervals without a probe coming back, Healthy fails.

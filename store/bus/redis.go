@@ -22,7 +22,8 @@ import (
 // atomic step on any topology. Broadcasts to every connection (no topic) travel on shard 0.
 //
 //	<prefix>bus:{b<k>}                   shard channel k (SPUBLISH / SSUBSCRIBE)
-//	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree)
+//	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree; it
+//	                                     expires a minute after the last node stopped)
 //	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq),
 //	                                     srv (run_id of the Redis server that wrote it)
 //	<prefix>topic:{b<k>}:<topic>:hist    list: the last kept entries, oldest first
@@ -56,7 +57,9 @@ import (
 // messages of a stream; continuing its counter would give new messages the (epoch, seq) of
 // messages subscribers already received. A new epoch instead tells every subscriber of the
 // topic that its stream restarted (recovered: false). The price is one recovered: false per
-// topic after every failover, restart or slot migration, even when nothing was lost.
+// topic after every failover, restart or slot migration, even when nothing was lost. Where INFO
+// is not allowed (an ACL without +info, a renamed command) srv is "" and there is no fence,
+// only the other checks (docs/protocol.md §8).
 //
 // With a message key (ARGV[7] not empty) the script first looks the key up in the topic's dedup
 // window (KEYS[4], a sorted set of keys scored by when they expire) and, when it is there,
@@ -75,7 +78,8 @@ if ARGV[7] ~= '' then
 end
 local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq', 'srv')
 local epoch = not s.err and s[1]
-local srv = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+local info = redis.pcall('INFO', 'server')
+local srv = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
 if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) or s[3] ~= srv then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])

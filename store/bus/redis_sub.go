@@ -317,7 +317,6 @@ func (r *Redis) probe() {
 	interval := r.cfg.probeInterval
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	shardsChecked := false
 	for {
 		select {
 		case <-r.ctx.Done():
@@ -331,33 +330,38 @@ func (r *Redis) probe() {
 		for _, s := range r.subs {
 			s.sendProbe()
 		}
-		if !shardsChecked {
-			shardsChecked = r.checkShards()
-		}
+		r.checkShards()
 	}
 }
 
-// checkShards records the shard count in Redis if none is, and compares it with the one
-// recorded: nodes that disagree would keep a topic's stream in two places. It reports whether
-// the check got an answer.
-func (r *Redis) checkShards() bool {
+// checkShards records the shard count in Redis if none is, keeps the record alive while nodes
+// run (it expires shardsTTL after the last node stopped, so a deployment can change its count by
+// stopping every node), and compares it with this node's: nodes that disagree would keep a
+// topic's stream in two places, so the node reports itself unhealthy until they agree.
+func (r *Redis) checkShards() {
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
 	defer cancel()
 	key := r.channel(0) + ":shards"
-	if err := r.client.SetNX(ctx, key, r.shards, 0).Err(); err != nil {
-		return false
+	ttl := max(shardsTTL, 10*r.cfg.probeInterval)
+	if err := r.client.SetNX(ctx, key, r.shards, ttl).Err(); err != nil {
+		return // Redis trouble: the subscriptions' health says so
 	}
 	got, err := r.client.Get(ctx, key).Result()
 	if err != nil {
-		return false
+		return
 	}
-	if got != strconv.Itoa(r.shards) {
-		err := fmt.Errorf("%w: this node uses %d bus shards, the deployment %s (%s in Redis); "+
-			"every node must use the same number", ErrUnhealthy, r.shards, strings.TrimSpace(got), key)
-		r.shardsErr.Store(&err)
+	if got == strconv.Itoa(r.shards) {
+		_ = r.client.PExpire(ctx, key, ttl).Err()
+		if r.shardsErr.Swap(nil) != nil {
+			r.cfg.logger.Info("bus: shard count agrees with the deployment's again", "shards", r.shards)
+		}
+		return
+	}
+	err = fmt.Errorf("%w: this node uses %d bus shards, the deployment %s (%s in Redis); "+
+		"every node must use the same number", ErrUnhealthy, r.shards, strings.TrimSpace(got), key)
+	if r.shardsErr.Swap(&err) == nil {
 		r.cfg.logger.Error("bus: shard count disagrees with the deployment's; not healthy", "err", err)
 	}
-	return true
 }
 
 func (s *shardSub) sendProbe() {

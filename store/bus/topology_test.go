@@ -151,3 +151,31 @@ func TestRedisShardCountMismatch(t *testing.T) {
 		t.Fatalf("the node that agrees: %v", err)
 	}
 }
+
+// The recorded shard count lives while nodes run and expires after they all stopped, so a
+// deployment can change it; a node that came up with the other count is healthy once the
+// record agrees with it.
+func TestRedisShardCountRecordExpires(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	a := newRedisBus(t, c, prefix, "node-a", (&recorder{}).deliver, WithProbeInterval(20*time.Millisecond))
+	waitHealthy(t, a, 5*time.Second)
+	key := a.channel(0) + ":shards"
+	if ttl := c.PTTL(context.Background(), key).Val(); ttl <= 0 {
+		t.Fatalf("%s has no expiry (%s)", key, ttl)
+	}
+	b := newRedisBus(t, c, prefix, "node-b", (&recorder{}).deliver, WithShards(8), WithProbeInterval(20*time.Millisecond))
+	if !waitFor(5*time.Second, func() bool { return b.Healthy(context.Background()) != nil && b.shardsErr.Load() != nil }) {
+		t.Fatal("the node with 8 shards did not notice")
+	}
+	// The 16-shard deployment stops and its record expires (deleted here rather than waited
+	// for); the 8-shard node takes over.
+	_ = a.Close()
+	if err := c.Del(context.Background(), key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitHealthy(t, b, 5*time.Second)
+	if got := c.Get(context.Background(), key).Val(); got != "8" {
+		t.Fatalf("%s = %q, want 8", key, got)
+	}
+}

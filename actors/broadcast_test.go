@@ -25,6 +25,7 @@ func TestBroadcastsCheck(t *testing.T) {
 		{`{"pkg_id": 1, "data": [1]}`, ProducerServer, "/data"},
 		{`{"pkg_id": 1, "data": {"s": "a\u0000b"}}`, ProducerServer, "invalid data"},
 		{`{"pkg_id": 1, "data": `, ProducerServer, "not valid JSON"},
+		{`{"pkg_id": 1, "data": ` + strings.Repeat(`{"a":`, 40) + `1` + strings.Repeat(`}`, 40) + `}`, ProducerServer, "invalid data"},
 		{`{"pkg_id": 1, "data": {"s": "` + strings.Repeat("x", 1024) + `"}}`, ProducerServer, "larger than SWITCHBOARD_MAX_REQUEST_BYTES"},
 	} {
 		msg, reason := b.Check([]byte(c.body), c.p)

@@ -430,3 +430,26 @@ func TestRedisDataLossSinceNotRecovered(t *testing.T) {
 		})
 	}
 }
+
+// TestBroadcastDuplicateKey: a message whose Key the bus published on its topic within the
+// dedup window is refused with ErrDuplicate, and takes no seq.
+func TestBroadcastDuplicateKey(t *testing.T) {
+	n := &busNode{}
+	b := bus.NewMemory(n.deliver)
+	t.Cleanup(func() { _ = b.Close() })
+	n.start(t, b, func(string) int { return 10 })
+	ctx := context.Background()
+	m := func() *hub.Message {
+		return &hub.Message{PkgID: 7, Topic: "dashboards.dup", Data: json.RawMessage(`{}`), Key: "evt-1"}
+	}
+	if _, err := n.hub.Broadcast(ctx, m()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.hub.Broadcast(ctx, m()); err != hub.ErrDuplicate {
+		t.Fatalf("second broadcast of the key: %v, want ErrDuplicate", err)
+	}
+	w, err := b.History(ctx, "dashboards.dup", 0)
+	if err != nil || w.Latest != 1 {
+		t.Fatalf("history: latest %d, %v", w.Latest, err)
+	}
+}

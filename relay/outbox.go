@@ -147,7 +147,8 @@ func (r *Outbox) run() {
 	leadFailing := false // logged once per outage, not once a second
 	for ctx.Err() == nil {
 		if lease == nil {
-			l, err := r.cfg.Outbox.Lead(ctx)
+			var l *outbox.Lease
+			err := bounded(ctx, func(ctx context.Context) (err error) { l, err = r.cfg.Outbox.Lead(ctx); return err })
 			switch {
 			case err != nil && ctx.Err() == nil && !leadFailing:
 				leadFailing = true
@@ -193,7 +194,9 @@ func (r *Outbox) run() {
 
 // observeLag sets relay_lag_seconds from the database (every node, leading or not).
 func (r *Outbox) observeLag(ctx context.Context) {
-	if age, err := r.cfg.Outbox.OldestAge(ctx); err == nil {
+	var age time.Duration
+	err := bounded(ctx, func(ctx context.Context) (err error) { age, err = r.cfg.Outbox.OldestAge(ctx); return err })
+	if err == nil {
 		r.m.lag.Set(age.Seconds())
 	}
 }
@@ -203,7 +206,7 @@ func (r *Outbox) observeLag(ctx context.Context) {
 // a backlog shows while it is worked off.
 func (r *Outbox) drain(ctx context.Context, lease *outbox.Lease) error {
 	for {
-		if err := lease.Check(ctx); err != nil {
+		if err := bounded(ctx, lease.Check); err != nil {
 			return err
 		}
 		r.observeLag(ctx)
@@ -218,7 +221,11 @@ func (r *Outbox) drain(ctx context.Context, lease *outbox.Lease) error {
 // and the published ones are deleted together. A failure to publish stops the batch there:
 // what was published is deleted, the rest waits for the retry, in order.
 func (r *Outbox) batch(ctx context.Context) (int, error) {
-	rows, err := r.cfg.Outbox.Pending(ctx, 0, r.cfg.Batch, r.cfg.MaxBytes, DefaultBatchBytes)
+	var rows []outbox.Row
+	err := bounded(ctx, func(ctx context.Context) (err error) {
+		rows, err = r.cfg.Outbox.Pending(ctx, 0, r.cfg.Batch, r.cfg.MaxBytes, DefaultBatchBytes)
+		return err
+	})
 	if err != nil || len(rows) == 0 {
 		return 0, err
 	}
@@ -246,7 +253,8 @@ func (r *Outbox) batch(ctx context.Context) (int, error) {
 		if failed != nil {
 			break
 		}
-		if err := r.cfg.Outbox.DeadLetter(ctx, row.ID, reason); err != nil {
+		err := bounded(ctx, func(ctx context.Context) error { return r.cfg.Outbox.DeadLetter(ctx, row.ID, reason) })
+		if err != nil {
 			failed = err
 			break
 		}
@@ -259,7 +267,7 @@ func (r *Outbox) batch(ctx context.Context) (int, error) {
 			return 0, ctx.Err()
 		}
 	}
-	if err := r.cfg.Outbox.Delete(ctx, done); err != nil {
+	if err := bounded(ctx, func(ctx context.Context) error { return r.cfg.Outbox.Delete(ctx, done) }); err != nil {
 		// Published and not deleted: they go out again, and the bus's dedup drops them.
 		return 0, err
 	}
@@ -297,6 +305,18 @@ func (r *Outbox) check(row outbox.Row) (*hub.Message, string) {
 		msg.Key = row.Key
 	}
 	return msg, reason
+}
+
+// dbTimeout bounds each database call of the relay: the driver does not interrupt a query
+// when a context without a deadline is cancelled, so Stop waits at most this long for one that
+// a frozen database holds.
+const dbTimeout = 5 * time.Second
+
+// bounded runs fn with ctx bounded by dbTimeout.
+func bounded(ctx context.Context, fn func(ctx context.Context) error) error {
+	c, cancel := context.WithTimeout(ctx, dbTimeout)
+	defer cancel()
+	return fn(c)
 }
 
 // wait returns when ctx ends, a or b delivers, or d passes.

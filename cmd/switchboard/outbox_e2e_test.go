@@ -249,3 +249,110 @@ func TestHealthReportsAStuckRelay(t *testing.T) {
 		t.Fatalf("health: %v", body)
 	}
 }
+
+// TestOutboxTwoNodesRaceForTheRelay: two nodes start at once and race for the relay while
+// 2 000 rows arrive from four producers: exactly one relays, and subscribers on both nodes see
+// every row once, with no hole or repeat in the topic's seq (each producer's order is checked
+// in relay's TestOutboxTwoRelaysRace).
+func TestOutboxTwoNodesRaceForTheRelay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two server processes")
+	}
+	dsn := storetest.PostgresURL(t)
+	rc := redistest.Client(t)
+	prefix := redistest.Prefix(t, rc)
+	data := t.TempDir()
+	seedDataDir(t, data)
+	env := []string{"SWITCHBOARD_DATABASE_URL=" + dsn, "SWITCHBOARD_REDIS_URL=" + redistest.URL(t),
+		"SWITCHBOARD_REDIS_PREFIX=" + prefix, "SWITCHBOARD_DATA_DIR=" + data}
+	// Migrate first: two nodes migrating one database at once is covered elsewhere.
+	db, err := store.Open(context.Background(), dsn, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nodes := make([]*procNode, 2)
+	var wg sync.WaitGroup
+	for i := range nodes {
+		wg.Add(1)
+		go func() { defer wg.Done(); nodes[i] = startProcNode(t, env...) }()
+	}
+	wg.Wait()
+	dev, err := auth.LoadDevIssuer(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &testServer{base: nodes[0].base, cfg: config.Default(), dev: dev}
+	const topic = "dashboards.race"
+	stop := make(chan struct{})
+	var boards []*dashboard
+	var runs sync.WaitGroup
+	for i, n := range nodes {
+		url := strings.Replace(n.base, "http", "ws", 1) + "/web"
+		d := &dashboard{name: fmt.Sprintf("board@node%d", i), topic: topic, nodes: []string{url}, token: s.token(t, fmt.Sprintf("racer%d", i))}
+		c, err := d.subscribe(t, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		boards = append(boards, d)
+		runs.Add(1)
+		go func() { defer runs.Done(); d.run(t, c, stop) }()
+	}
+
+	const producers, each = 4, 500
+	for p := range producers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i += 50 {
+				err := db.Bun.RunInTx(context.Background(), nil, func(ctx context.Context, tx bun.Tx) error {
+					for k := i; k < i+50; k++ {
+						ev := outbox.Event{Topic: topic, PkgID: 7, Data: json.RawMessage(fmt.Sprintf(`{"p": %d, "n": %d}`, p, k))}
+						if err := outbox.Insert(ctx, tx, ev); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	eventually(t, 60*time.Second, "every board to see 2 000 rows", func() bool {
+		for _, d := range boards {
+			d.mu.Lock()
+			got := d.got
+			d.mu.Unlock()
+			if got < producers*each {
+				return false
+			}
+		}
+		return true
+	})
+	time.Sleep(500 * time.Millisecond)
+	close(stop)
+	runs.Wait()
+	for _, d := range boards {
+		d.mu.Lock()
+		for _, e := range d.errs {
+			t.Error(e)
+		}
+		if d.got != producers*each || d.lost {
+			t.Errorf("%s: %d messages (lost %v), want %d once each", d.name, d.got, d.lost, producers*each)
+		}
+		d.mu.Unlock()
+	}
+	leaders := metricValue(t, nodes[0].base, `relay_leader{source="outbox"}`) + metricValue(t, nodes[1].base, `relay_leader{source="outbox"}`)
+	published := metricValue(t, nodes[0].base, `relay_events_total{source="outbox",outcome="published"}`) +
+		metricValue(t, nodes[1].base, `relay_events_total{source="outbox",outcome="published"}`)
+	if leaders != 1 || published != producers*each {
+		t.Errorf("%g nodes relay, %g rows published; want 1 and %d", leaders, published, producers*each)
+	}
+}

@@ -22,6 +22,10 @@ import (
 type HealthCheck struct {
 	Name  string                          // "database", "redis", "pubsub"
 	Check func(ctx context.Context) error // nil Check reports "disabled"
+	// Advisory checks are reported but leave status (and the 200) alone: they watch something
+	// of the whole deployment, which every node would report the same, so answering 503 for
+	// them would take every node out of its load balancer at once (/readyz is /health).
+	Advisory bool
 }
 
 // APIConfig wires the HTTP façade.
@@ -282,7 +286,7 @@ func (a *api) health(w http.ResponseWriter, r *http.Request) {
 	status := http.StatusOK
 	for i, hc := range a.cfg.Health {
 		body[hc.Name] = results[i]
-		if results[i] == "unhealthy" {
+		if results[i] == "unhealthy" && !hc.Advisory {
 			status, body["status"] = http.StatusServiceUnavailable, "unhealthy"
 		}
 	}

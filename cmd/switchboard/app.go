@@ -188,7 +188,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 			{Name: "redis", Check: a.redisPing()},
 			{Name: "pubsub", Check: a.busHealthy()},
 			{Name: "identity", Check: a.identityReady()},
-			{Name: "relay", Check: a.relays.healthy()},
+			{Name: "relay", Check: a.relays.healthy(), Advisory: true},
 		},
 		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra, Web: page,
 	})

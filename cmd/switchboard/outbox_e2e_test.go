@@ -230,8 +230,9 @@ func TestStreamInboxEndToEnd(t *testing.T) {
 }
 
 // TestHealthReportsAStuckRelay: a relay that stops moving rows (here it halts after publishing
-// them, by the test hook) makes /health answer 503 with relay unhealthy once the oldest row has
-// waited longer than SWITCHBOARD_RELAY_STUCK_AFTER; the other checks stay healthy.
+// them, by the test hook) makes /health report relay unhealthy once the oldest row has waited
+// longer than SWITCHBOARD_RELAY_STUCK_AFTER. The node itself still serves: status stays healthy
+// and the answer 200 (every node reads the same table, so a 503 would empty the load balancer).
 func TestHealthReportsAStuckRelay(t *testing.T) {
 	t.Setenv(haltEnv, "1")
 	s := startServer(t, func(c *config.Config) { c.RelayStuckAfter = time.Second })
@@ -243,9 +244,9 @@ func TestHealthReportsAStuckRelay(t *testing.T) {
 		resp, b := s.do(t, http.MethodGet, "/health", "", "")
 		body = nil
 		_ = json.Unmarshal(b, &body)
-		return resp.StatusCode == http.StatusServiceUnavailable && body["relay"] == "unhealthy"
+		return resp.StatusCode == http.StatusOK && body["relay"] == "unhealthy"
 	})
-	if body["database"] != "healthy" || body["status"] != "unhealthy" {
+	if body["database"] != "healthy" || body["status"] != "healthy" {
 		t.Fatalf("health: %v", body)
 	}
 }

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"switchboard/store/bus"
 )
 
 // The seed corpora of these targets are in testdata/fuzz/<FuzzName>/ (nasty documents: deep
@@ -45,7 +47,7 @@ func FuzzParsePolicy(f *testing.F) {
 			if _, err := path.Match(r.Pattern, "x"); err != nil || r.Pattern == "" {
 				t.Fatalf("topics[%d]: pattern %q kept", i, r.Pattern)
 			}
-			if r.History < 0 || r.History > 100000 || r.Subscribe == nil {
+			if r.History < 0 || r.History > bus.MaxHistory || r.Subscribe == nil {
 				t.Fatalf("topics[%d]: %+v", i, r)
 			}
 		}

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path"
 	"strconv"
+
+	"switchboard/store/bus"
 )
 
 //go:embed policy.json
@@ -100,8 +102,8 @@ func ParsePolicy(b []byte) (*Policy, error) {
 			return nil, fmt.Errorf("topics[%d]: bad pattern %q", i, t.Pattern)
 		}
 		p.Topics[i].Subscribe = nonNil(t.Subscribe)
-		if t.History < 0 || t.History > 100000 {
-			return nil, fmt.Errorf("topics[%d]: history must be between 0 and 100000, got %d", i, t.History)
+		if t.History < 0 || t.History > bus.MaxHistory {
+			return nil, fmt.Errorf("topics[%d]: history must be between 0 and %d (what the bus keeps), got %d", i, bus.MaxHistory, t.History)
 		}
 	}
 	return p, nil

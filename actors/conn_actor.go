@@ -42,6 +42,9 @@ type ConnDeps struct {
 	// clock skew the verifier allows.
 	Leeway time.Duration
 	Logger *slog.Logger
+	// Workers, when set, run the connection actors' mailboxes; nil: a goroutine per activation
+	// (protoactor's default).
+	Workers *Workers
 }
 
 // tokenExpired is the connection actor's own timer message; exp tells which token it was
@@ -96,8 +99,11 @@ const subscribeSettleWait = 30 * time.Second
 // ConnProps returns the props every connection actor is spawned from (build it once): the
 // actors share deps, and their mailboxes start without a preallocated ring.
 func ConnProps(deps *ConnDeps) *actor.Props {
-	return actor.PropsFromProducer(func() actor.Actor { return &connActor{deps: deps} },
-		actor.WithMailbox(actor.UnboundedLockfree()))
+	opts := []actor.PropsOption{actor.WithMailbox(actor.UnboundedLockfree())}
+	if deps.Workers != nil {
+		opts = append(opts, actor.WithDispatcher(deps.Workers.d))
+	}
+	return actor.PropsFromProducer(func() actor.Actor { return &connActor{deps: deps} }, opts...)
 }
 
 // StartConn spawns the connection actor of sock for user from props (ConnProps).

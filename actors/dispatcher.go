@@ -74,3 +74,17 @@ func (d *workerDispatcher) close() {
 	d.ready.Broadcast()
 	d.wg.Wait()
 }
+
+// Workers runs the mailboxes of the actors spawned with it (ConnDeps.Workers) on n long-lived
+// goroutines instead of a goroutine per activation: each activation of a connection actor that
+// answers a request goes deeper than a fresh goroutine's stack, which then grows, and growing a
+// stack costs more than the rest of the activation (callgrind, docs/performance.md). Close stops
+// the goroutines once the actors are stopped.
+type Workers struct{ d *workerDispatcher }
+
+// NewWorkers starts n (at least 1) worker goroutines.
+func NewWorkers(n int) *Workers { return &Workers{d: newWorkerDispatcher(n)} }
+
+// Close lets the workers finish what is queued and waits for them; later activations run on
+// goroutines of their own.
+func (w *Workers) Close() { w.d.close() }

@@ -58,7 +58,7 @@ var docs = map[string]doc{
 	"SWITCHBOARD_WS_SEND_QUEUE_BYTES":         {meaning: "outbound budget per connection; over it: close `1013 slow consumer`"},
 	"SWITCHBOARD_WS_MAX_IN_FLIGHT": {meaning: "unanswered requests per connection; past it the server " +
 		"stops reading that socket until answers go out"},
-	"SWITCHBOARD_WS_PING_INTERVAL":               {meaning: "server pings; a peer silent for twice this is dropped"},
+	"SWITCHBOARD_WS_PING_INTERVAL":               {meaning: "server pings; a peer silent for twice this is dropped at its next ping"},
 	"SWITCHBOARD_WS_WRITE_TIMEOUT":               {meaning: "one write to one socket; a peer that blocks longer is dropped"},
 	"SWITCHBOARD_MAX_REQUEST_BYTES":              {meaning: "HTTP body limit (`413`), chunked bodies included"},
 	"SWITCHBOARD_MAX_HEADER_BYTES":               {meaning: "request line and headers, a token in the query or `Authorization` included (`431`); 4096–1048576"},

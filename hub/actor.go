@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -14,7 +15,44 @@ import (
 // member is one registered connection and its subscriptions.
 type member struct {
 	conn   Conn
-	topics map[string]*sub // nil until the first subscription
+	topics subs // nil until the first subscription
+}
+
+// subs are a connection's subscriptions by topic name: a slice searched in order rather than a
+// map, because almost every connection holds one to a few topics, and a map of one entry costs
+// about 250 bytes per idle connection against 24 (and a lookup per delivery costs more than
+// comparing a few names). MaxTopicsPerConn bounds the search.
+type subs []topicSub
+
+type topicSub struct {
+	name string
+	s    *sub
+}
+
+// get returns the subscription to name, or nil.
+func (ss subs) get(name string) *sub {
+	for i := range ss {
+		if ss[i].name == name {
+			return ss[i].s
+		}
+	}
+	return nil
+}
+
+// set adds the subscription s to name (which ss does not hold).
+func (ss *subs) set(name string, s *sub) { *ss = append(*ss, topicSub{name: name, s: s}) }
+
+// del removes the subscription to name, if any, keeping the order of the others.
+func (ss *subs) del(name string) {
+	for i := range *ss {
+		if (*ss)[i].name == name {
+			*ss = slices.Delete(*ss, i, i+1)
+			if len(*ss) == 0 {
+				*ss = nil
+			}
+			return
+		}
+	}
 }
 
 // sub is one subscription. While its history loads, live messages of the topic are held in
@@ -221,8 +259,8 @@ func (a *hubActor) snapshot() []*member {
 func (a *hubActor) remove(mem *member) {
 	delete(a.conns, mem.conn.ID())
 	a.changed()
-	for name := range mem.topics {
-		s := a.dropSub(mem, name)
+	for len(mem.topics) > 0 {
+		s := a.dropSub(mem, mem.topics[0].name)
 		if s == nil {
 			continue
 		}
@@ -257,11 +295,11 @@ func (a *hubActor) unsubscribe(id uint64, name string) {
 // dropSub removes mem's subscription to name and returns it (nil if there was none); its
 // requests are the caller's to answer.
 func (a *hubActor) dropSub(mem *member, name string) *sub {
-	s, ok := mem.topics[name]
-	if !ok {
+	s := mem.topics.get(name)
+	if s == nil {
 		return nil
 	}
-	delete(mem.topics, name)
+	mem.topics.del(name)
 	if s.queued != nil {
 		a.loads.Remove(s.queued)
 		s.queued = nil
@@ -351,7 +389,7 @@ func (a *hubActor) fanOut(t *topic, msg *Message) {
 	enc := encoder{a: a, msg: msg}
 	seq := t.tracked && msg.Seq != 0
 	for _, mem := range t.snapshot() {
-		s := mem.topics[msg.Topic]
+		s := mem.topics.get(msg.Topic)
 		if s == nil {
 			continue // removed during this delivery
 		}
@@ -429,7 +467,8 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 		req.finish() // the connection closed meanwhile
 		return
 	}
-	s, again := mem.topics[req.Topic]
+	s := mem.topics.get(req.Topic)
+	again := s != nil
 	if again && s.loading {
 		// Answered in turn: the answers and their replays must not interleave.
 		s.waiting = append(s.waiting, req)
@@ -442,10 +481,7 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 	t := a.topics[req.Topic]
 	if !again {
 		s = &sub{}
-		if mem.topics == nil {
-			mem.topics = make(map[string]*sub)
-		}
-		mem.topics[req.Topic] = s
+		mem.topics.set(req.Topic, s)
 		if t == nil {
 			t = &topic{
 				members: make(map[uint64]*member),
@@ -484,7 +520,7 @@ func (a *hubActor) startLoads() {
 		if mem == nil {
 			continue
 		}
-		s := mem.topics[k.topic]
+		s := mem.topics.get(k.topic)
 		if s == nil || !s.loading {
 			continue
 		}
@@ -506,8 +542,8 @@ func (a *hubActor) historyLoaded(h *historyLoaded) {
 	if !ok {
 		return
 	}
-	s, ok := mem.topics[h.topic]
-	if !ok || !s.loading || s.gen != h.gen {
+	s := mem.topics.get(h.topic)
+	if s == nil || !s.loading || s.gen != h.gen {
 		return
 	}
 	if h.err != nil {
@@ -590,7 +626,7 @@ func (a *hubActor) settleQueue(name string, mem *member, s *sub, w Window) bool 
 
 // next runs the SUBSCRIBE that waited for s's answer, if any and if s is still there.
 func (a *hubActor) next(name string, mem *member, s *sub) {
-	if a.conns[mem.conn.ID()] != mem || mem.topics[name] != s || s.loading || len(s.waiting) == 0 {
+	if a.conns[mem.conn.ID()] != mem || mem.topics.get(name) != s || s.loading || len(s.waiting) == 0 {
 		return
 	}
 	req := s.waiting[0]

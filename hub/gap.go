@@ -198,7 +198,7 @@ func (a *hubActor) resync() {
 		}
 		settled := false
 		for _, mem := range t.members {
-			s := mem.topics[name]
+			s := mem.topics.get(name)
 			switch {
 			case s == nil:
 			case s.loading:
@@ -226,7 +226,7 @@ func (a *hubActor) lose(name string, t *topic, why string, err error, keep ...*s
 	a.fillLost.Inc()
 	closed, reloaded := 0, 0
 	for _, mem := range slices.Clone(t.snapshot()) {
-		s := mem.topics[name]
+		s := mem.topics.get(name)
 		switch {
 		case s == nil, slices.Contains(keep, s):
 		case s.loading:

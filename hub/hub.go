@@ -78,6 +78,52 @@ type Hub struct {
 	// topic with subscribers).
 	fillSlots chan struct{}
 	unhook    func() // removes the hub from the bus's OnSubscribed
+	loop      *loop  // runs the hub actor's mailbox
+	loadq     chan loadJob
+}
+
+// loop is the hub actor's dispatcher: one long-lived goroutine runs its mailbox, instead of a
+// goroutine per activation (protoactor's default), which started on the smallest stack and grew
+// it again on most activations. A mailbox is scheduled at most once at a time, so the channel
+// never fills; should it, or once the hub stopped, the activation runs on a goroutine of its own.
+type loop struct {
+	fns  chan func()
+	stop chan struct{} // closed by Stop once the actor is stopped
+}
+
+func (l *loop) Schedule(fn func()) {
+	select {
+	case <-l.stop:
+		go fn()
+		return
+	default:
+	}
+	select {
+	case l.fns <- fn:
+	default:
+		go fn()
+	}
+}
+
+func (l *loop) Throughput() int { return 300 }
+
+func (l *loop) run(wg *sync.WaitGroup) {
+	defer wg.Done()
+	for {
+		select {
+		case fn := <-l.fns:
+			fn()
+		case <-l.stop:
+			for { // what was scheduled before the stop still runs
+				select {
+				case fn := <-l.fns:
+					fn()
+				default:
+					return
+				}
+			}
+		}
+	}
 }
 
 // Start spawns the hub actor and its keepalive ticker.
@@ -114,7 +160,17 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 	}
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
 	opts.Metrics.GetOrCreateGauge("ws_topic_history_loads_waiting", func() float64 { return float64(h.loadsWaiting.Load()) })
-	h.pid = root.SpawnPrefix(actor.PropsFromProducer(func() actor.Actor { return a }), "hub")
+	h.loop = &loop{fns: make(chan func(), 8), stop: make(chan struct{})}
+	if opts.Bus != nil {
+		h.loadq = make(chan loadJob, opts.MaxLoads)
+		for range opts.MaxLoads {
+			h.bg.Add(1)
+			go h.loader()
+		}
+	}
+	h.bg.Add(1)
+	go h.loop.run(&h.bg)
+	h.pid = root.SpawnPrefix(actor.PropsFromProducer(func() actor.Actor { return a }, actor.WithDispatcher(h.loop)), "hub")
 	if rs, ok := opts.Bus.(Resubscriber); ok {
 		h.unhook = rs.OnSubscribed(func() {
 			if !h.stopped.Load() {
@@ -279,23 +335,42 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 		return 0, fmt.Errorf("hub: close connections: %w", err)
 	}
 	if err := h.root.PoisonFuture(h.pid).Wait(); err != nil {
+		close(h.loop.stop)
 		return 0, fmt.Errorf("hub: stop actor: %w", err)
 	}
+	close(h.loop.stop)
 	h.bg.Wait()
 	return res.(*closedAll).count, nil
 }
 
 // loadHistory fetches a subscription's history off the actor and reports back to it. The actor
-// runs at most MaxLoads at once.
+// runs at most MaxLoads at once, so the queue of the loaders never fills.
 func (h *Hub) loadHistory(id uint64, topic string, since, gen uint64) {
-	h.bg.Add(1)
-	go func() {
-		defer h.bg.Done()
-		ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
-		defer cancel()
-		w, err := h.opts.Bus.History(ctx, topic, since)
-		h.root.Send(h.pid, &historyLoaded{id: id, topic: topic, gen: gen, w: w, err: err})
-	}()
+	h.loadq <- loadJob{id: id, topic: topic, since: since, gen: gen}
+}
+
+type loadJob struct {
+	id    uint64
+	topic string
+	since uint64
+	gen   uint64
+}
+
+// loader is one of the MaxLoads goroutines that read SUBSCRIBEs' history (rather than a goroutine
+// per SUBSCRIBE, which grew a fresh stack every time). It ends when the hub stops.
+func (h *Hub) loader() {
+	defer h.bg.Done()
+	for {
+		select {
+		case <-h.stop:
+			return
+		case j := <-h.loadq:
+			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
+			w, err := h.opts.Bus.History(ctx, j.topic, j.since)
+			cancel()
+			h.root.Send(h.pid, &historyLoaded{id: j.id, topic: j.topic, gen: j.gen, w: w, err: err})
+		}
+	}
 }
 
 const (

@@ -16,10 +16,12 @@ import (
 	"switchboard/actors"
 	"switchboard/hub"
 	"switchboard/store/bus"
+	"switchboard/store/redistest"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"))
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("database/sql.(*DB).connectionOpener"),
+		goleak.Cleanup(func(int) { redistest.StopShared() })) // the shared Redis Cluster, if a test started it
 }
 
 // busPublisher publishes straight on a real bus with the policy's history, as hub.Broadcast

@@ -14,7 +14,7 @@ import (
 	"switchboard/store/redistest"
 )
 
-func xadd(t testing.TB, c *redis.Client, stream string, values ...string) {
+func xadd(t testing.TB, c redis.UniversalClient, stream string, values ...string) {
 	t.Helper()
 	if err := c.XAdd(context.Background(), &redis.XAddArgs{Stream: stream, Values: values}).Err(); err != nil {
 		t.Fatal(err)
@@ -36,7 +36,21 @@ func startInbox(t testing.TB, ib *inbox.Inbox, pub Publisher, set *metrics.Set, 
 // entries behind them flow.
 func TestInboxRelaysAndDeadLettersPoison(t *testing.T) {
 	c := redistest.Client(t)
-	prefix := redistest.Prefix(t, c)
+	inboxPoison(t, c, redistest.Prefix(t, c))
+}
+
+// TestInboxOnRedisCluster: the same on a Redis Cluster, where the stream and its dead-letter
+// stream live in different slots.
+func TestInboxOnRedisCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster")
+	}
+	c := redistest.SharedCluster(t).Client()
+	t.Cleanup(func() { _ = c.Close() }) // after the prefix's keys are deleted
+	inboxPoison(t, c, redistest.Prefix(t, c))
+}
+
+func inboxPoison(t *testing.T, c redis.UniversalClient, prefix string) {
 	ib := inbox.New(c, prefix, "node-a")
 	poison := map[string]string{}
 	for i := range 20 {
@@ -124,4 +138,19 @@ func TestInboxDeadNodesEntriesAreClaimedAndDeliveredOnce(t *testing.T) {
 	if got := counter(set, `relay_events_total{source="inbox",outcome="duplicate"}`); got == 0 {
 		t.Error("duplicate counter 0")
 	}
+}
+
+// TestInboxSurvivesItsStreamDeleted: the stream and its group gone (Redis lost its data, or
+// someone deleted the key): the relay creates the group again and relays what comes next.
+func TestInboxSurvivesItsStreamDeleted(t *testing.T) {
+	c := redistest.Client(t)
+	prefix := redistest.Prefix(t, c)
+	ib := inbox.New(c, prefix, "node-a")
+	pub, rec := memoryBus(t)
+	startInbox(t, ib, pub, metrics.NewSet())
+	xadd(t, c, ib.Stream, "topic", "dashboards.gone", "pkg_id", "7", "data", `{"n": 0}`)
+	eventually(t, patience, "the first message", func() bool { return len(rec.snapshot()) == 1 })
+	c.Del(context.Background(), ib.Stream)
+	xadd(t, c, ib.Stream, "topic", "dashboards.gone", "pkg_id", "7", "data", `{"n": 1}`)
+	eventually(t, patience, "the message after the stream was deleted", func() bool { return len(rec.snapshot()) == 2 })
 }

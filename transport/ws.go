@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -58,8 +59,10 @@ type WSServer struct {
 	nextID       atomic.Uint64
 	flushers     flushers
 	stopFlushers sync.Once
-	// connProps spawns every connection actor; they share its dependencies.
+	// connProps spawns every connection actor; they share its dependencies, and workers run
+	// their mailboxes.
 	connProps *actor.Props
+	workers   *actors.Workers
 	// mu orders handshakes against shutdown: a socket is counted and registered with the hub
 	// under mu while closing is false, so BeginShutdown's caller can rely on the hub closing
 	// every socket that Wait then waits for.
@@ -70,8 +73,12 @@ type WSServer struct {
 
 // NewWSServer returns a WSServer; call Shutdown to stop accepting and wait for the sockets.
 func NewWSServer(cfg WSConfig) *WSServer {
-	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(),
-		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway, Logger: cfg.Logger})}
+	workers := actors.NewWorkers(max(runtime.GOMAXPROCS(0), 2))
+	s := &WSServer{cfg: cfg, m: newConnShared(cfg.Metrics, cfg.Logger), flushers: newFlushers(), workers: workers,
+		connProps: actors.ConnProps(&actors.ConnDeps{Topics: cfg.Hub, Handlers: cfg.Handlers, Leeway: cfg.TokenLeeway,
+			Logger: cfg.Logger, Workers: workers})}
+	s.m.silence = 2 * cfg.PingInterval
+	s.m.maxInFlight = int32(max(cfg.MaxInFlight, 1))
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
 	return s
 }
@@ -94,6 +101,8 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 		// socket, so they cannot land inside a frame the writer has started.
 		CloseWriter: func(socket *gws.Conn, payload []byte, cause error) { conn(socket).closeFromGWS(payload, cause) },
 		NewSession:  func() gws.SessionStorage { return &connSession{} },
+		// A connection that sent a request and went idle goes back to the smallest stack.
+		FreshReadStack: true,
 	}
 }
 
@@ -182,18 +191,17 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec) *wsConn {
 	id := s.nextID.Add(1)
 	c := &wsConn{
-		id:       id,
-		raw:      socket.NetConn(),
-		fl:       s.flushers.forConn(id),
-		codec:    codec,
-		budget:   s.cfg.SendQueueBytes,
-		wt:       s.cfg.WriteTimeout,
-		m:        s.m,
-		done:     make(chan struct{}),
-		inflight: make(chan struct{}, s.cfg.MaxInFlight),
-		user:     user,
-		opened:   time.Now().UnixNano(),
+		id:     id,
+		raw:    socket.NetConn(),
+		fl:     s.flushers.forConn(id),
+		codec:  codec,
+		budget: s.cfg.SendQueueBytes,
+		wt:     s.cfg.WriteTimeout,
+		m:      s.m,
+		user:   user,
+		opened: time.Now().UnixNano(),
 	}
+	c.seen.Store(c.opened)
 	if sc, ok := c.raw.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			c.rc = rc
@@ -248,7 +256,10 @@ func (s *WSServer) Wait(ctx context.Context) error {
 	err := waitFor(ctx, &s.conns)
 	// Sockets still open past the deadline get no more writes: the process is going away,
 	// and a server stopped in a test must not leave the flushers running.
-	s.stopFlushers.Do(s.flushers.close)
+	s.stopFlushers.Do(func() {
+		s.flushers.close()
+		s.workers.Close()
+	})
 	// Every drain ends within the close grace of its connection's close, or at its write
 	// timeout.
 	return errors.Join(err, waitFor(ctx, &s.m.drains))
@@ -325,13 +336,8 @@ func (s *connSession) Delete(string)                  {}
 func (s *connSession) Store(string, any)              {}
 func (s *connSession) Range(f func(string, any) bool) { f("conn", s.c) }
 
-func (e *wsEvents) keepAlive(socket *gws.Conn) {
-	if e.s.cfg.PingInterval > 0 {
-		_ = socket.SetReadDeadline(time.Now().Add(2 * e.s.cfg.PingInterval))
-	}
-}
-
-func (e *wsEvents) OnOpen(socket *gws.Conn) { e.keepAlive(socket) }
+// Every frame received counts as a sign of life for the keepalive (wsConn.Ping).
+func (e *wsEvents) OnOpen(*gws.Conn) {}
 
 func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 	defer e.s.conns.Done() // the read loop ends after this
@@ -344,16 +350,17 @@ func (e *wsEvents) OnClose(socket *gws.Conn, err error) {
 }
 
 func (e *wsEvents) OnPing(socket *gws.Conn, payload []byte) {
-	e.keepAlive(socket)
-	conn(socket).Enqueue(controlFrame(opPong, payload))
+	c := conn(socket)
+	c.heard()
+	c.Enqueue(controlFrame(opPong, payload))
 }
 
-func (e *wsEvents) OnPong(socket *gws.Conn, payload []byte) { e.keepAlive(socket) }
+func (e *wsEvents) OnPong(socket *gws.Conn, payload []byte) { conn(socket).heard() }
 
 func (e *wsEvents) OnMessage(socket *gws.Conn, msg *gws.Message) {
 	defer msg.Close()
-	e.keepAlive(socket)
 	c := conn(socket)
+	c.heard()
 	codec := c.wire()
 	if msg.Opcode != codec.opcode() {
 		c.Close(CloseUnsupportedData, codec.refusal())

@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,23 +73,26 @@ type wsConn struct {
 	state      writeState
 	midFrame   bool // queue[0] is the unwritten rest of a frame already partly on the wire
 	closing    bool
-	flushFirst bool          // on close, write what is queued before the close frame
-	closeFrame []byte        // the close frame to send once closing; nil: none (the peer is gone)
-	done       chan struct{} // closed when closing starts
-	deadline   time.Time     // the write deadline in force; zero: none
-	framesOut  uint32        // frames written whole
-	sentCode   uint16        // the close code sent (1005: a close without status; 1006: none)
+	flushFirst bool   // on close, write what is queued before the close frame
+	closeFrame []byte // the close frame to send once closing; nil: none (the peer is gone)
+	// inFlight counts the requests read and not yet answered (at most m.maxInFlight); the read
+	// goroutine waits on waiter, made only when it has to wait, for a slot or the close.
+	inFlight   int32
+	waiter     chan struct{}
+	deadline   time.Time // the write deadline in force; zero: none
+	framesOut  uint32    // frames written whole
+	sentCode   uint16    // the close code sent (1005: a close without status; 1006: none)
 	sentReason string
 
 	// Read side, touched by the read goroutine (and the actor through release).
-	inflight chan struct{}
-	pid      *actor.PID // set before ReadLoop starts
-	user     *actors.User
-	counted  bool // holds a slot of the per-user connection limit
+	pid     *actor.PID // set before ReadLoop starts
+	user    *actors.User
+	counted bool // holds a slot of the per-user connection limit
 	// remote and userAgent come from the handshake, for limits and the audit log.
 	remote, userAgent string
-	opened            int64  // Unix nanoseconds of the upgrade, for the close log
-	framesIn          uint32 // data frames received
+	opened            int64        // Unix nanoseconds of the upgrade, for the close log
+	seen              atomic.Int64 // Unix nanoseconds of the last frame received (see Ping)
+	framesIn          uint32       // data frames received
 }
 
 // writeState says who writes a connection's queue next; exactly one of them at a time.
@@ -124,8 +128,24 @@ func (c *wsConn) EncodeResponse(r *actors.Response) ([]byte, error) {
 // Send queues a frame addressed to this connection only (a response).
 func (c *wsConn) Send(frame []byte) bool { return c.Enqueue(frame) }
 
-// Ping queues a keepalive ping.
-func (c *wsConn) Ping() { c.Enqueue(pingFrame) }
+// Ping queues a keepalive ping, or drops the connection without a close frame (1006) when its
+// peer has sent nothing, not even a pong, for longer than the silence allowed: the keepalive
+// reaps dead peers here, at the hub's ping, rather than with a read deadline, whose renewal on
+// every inbound frame cost time and grew the read goroutine's stack.
+func (c *wsConn) Ping() {
+	if s := c.m.silence; s > 0 && time.Now().UnixNano()-c.seen.Load() > int64(s) {
+		c.fail()
+		return
+	}
+	c.Enqueue(pingFrame)
+}
+
+// heard notes that the peer sent a frame (for Ping's silence check).
+func (c *wsConn) heard() {
+	if c.m.silence > 0 {
+		c.seen.Store(time.Now().UnixNano())
+	}
+}
 
 // Enqueue queues a complete frame; see hub.Conn.
 func (c *wsConn) Enqueue(frame []byte) bool {
@@ -281,7 +301,7 @@ func (c *wsConn) fail() {
 	c.mu.Lock()
 	if !c.closing {
 		c.closing = true
-		close(c.done)
+		c.wakeReaderLocked()
 	}
 	c.state = writeDraining // nobody writes any more
 	if c.closeFrame != nil || c.sentCode == 0 {
@@ -351,7 +371,7 @@ func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 	if !flush {
 		c.dropQueuedLocked()
 	}
-	close(c.done)
+	c.wakeReaderLocked()
 	c.deadline = time.Now().Add(closeGrace)
 	_ = c.raw.SetWriteDeadline(c.deadline)
 	if c.state != writeIdle {
@@ -458,28 +478,43 @@ func (c *wsConn) recoverWrite() {
 }
 
 // acquire takes an in-flight slot for one request, waiting while the connection has
-// WSMaxInFlight requests unanswered; false when the connection closed meanwhile.
+// WSMaxInFlight requests unanswered; false when the connection closes (or has closed) meanwhile.
+// A channel is made only for a wait, so an idle connection holds none.
 func (c *wsConn) acquire() bool {
-	// A closing connection runs nothing more, even when a slot is free: select would pick at
-	// random between a free slot and done.
-	select {
-	case <-c.done:
-		return false
-	default:
-	}
-	select {
-	case c.inflight <- struct{}{}:
-		return true
-	case <-c.done:
-		return false
+	c.mu.Lock()
+	for {
+		if c.closing {
+			c.mu.Unlock()
+			return false
+		}
+		if c.inFlight < c.m.maxInFlight {
+			c.inFlight++
+			c.mu.Unlock()
+			return true
+		}
+		w := make(chan struct{})
+		c.waiter = w
+		c.mu.Unlock()
+		<-w
+		c.mu.Lock()
 	}
 }
 
 // RequestDone frees an in-flight slot; the connection actor calls it once an answer is queued.
 func (c *wsConn) RequestDone() {
-	select {
-	case <-c.inflight:
-	default:
+	c.mu.Lock()
+	if c.inFlight > 0 {
+		c.inFlight--
+	}
+	c.wakeReaderLocked()
+	c.mu.Unlock()
+}
+
+// wakeReaderLocked lets a read goroutine waiting in acquire look again. Called with c.mu held.
+func (c *wsConn) wakeReaderLocked() {
+	if c.waiter != nil {
+		close(c.waiter)
+		c.waiter = nil
 	}
 }
 
@@ -493,6 +528,10 @@ type connShared struct {
 	closeCounts                  map[uint16]*metrics.Counter // ws_closes_total by code; 0: other
 	log                          *slog.Logger
 	drains                       sync.WaitGroup
+	maxInFlight                  int32 // requests a connection may have unanswered (WSMaxInFlight)
+	// silence is how long a peer may send nothing before its next keepalive ping drops it
+	// (twice the ping interval); 0: never.
+	silence time.Duration
 }
 
 // closeCodes are the close codes ws_closes_total has a series of its own for; the peer's

@@ -169,6 +169,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.scenario == "baseline-serve" { // the child process of --pin; not for users
 		return serveBaselineChild(ctx, o, stdout)
 	}
+	if o.scenario == "rpc-baseline-serve" { // rpc's bare baselines under --pin; not for users
+		return serveBareChild(ctx, o, stdout)
+	}
 	if err := o.check(); err != nil {
 		return err
 	}
@@ -230,7 +233,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "server process id: RSS and CPU from /proc (else RSS from /metrics)")
 	fs.BoolVar(&o.jsonOnly, "json-only", false, "print only the JSON lines on stdout (no table)")
 	fs.BoolVar(&o.compare, "compare", true, "fanout: also run the built-in naive gws baseline and print the ratio")
-	fs.StringVar(&o.pin, "pin", "", "baseline: run the baseline server as a child process pinned with taskset -c PIN (e.g. 0)")
+	fs.StringVar(&o.pin, "pin", "", "baseline, rpc: run the baseline servers as a child process pinned with taskset -c PIN (e.g. 0)")
 	fs.IntVar(&o.readBuf, "read-buf", 4096, "client read buffer per connection, bytes")
 	fs.StringVar(&o.directDSN, "direct-dsn", "", "rpc: postgres://… of the server's database; runs the same Bun query directly for the ratio")
 	fs.BoolVar(&o.rpcBaselines, "rpc-baselines", true, "rpc: also run the same queries behind a bare gws server and a bare net/http handler (in the tool, on the server's database: --direct-dsn or the SQLite file in --data-dir) and print the ratios")

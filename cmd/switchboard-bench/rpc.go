@@ -41,6 +41,7 @@ func (c *rpcClient) call(ctx context.Context, pkgID int, data json.RawMessage) (
 type phase struct {
 	target, mode string
 	fn           func(ctx context.Context, worker, k int) error
+	pid          int // the process serving a target other than switchboard (0: this one)
 }
 
 func runPhase(ctx context.Context, o *options, rep *reporter, ph phase) *result {
@@ -50,7 +51,7 @@ func runPhase(ctx context.Context, o *options, rep *reporter, ph phase) *result 
 	rep.progress("rpc: %s %s, %d clients for %s", ph.target, ph.mode, o.n, o.duration)
 	pid := o.serverPID
 	if ph.target != "switchboard" {
-		pid = 0 // the direct query and the bare baselines run inside the tool
+		pid = ph.pid // the direct query runs inside the tool; the bare baselines there or in a child
 	}
 	cpu := startCPU(pid)
 	start := time.Now()
@@ -179,8 +180,10 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 		if bare == nil {
 			return
 		}
-		b := runPhase(ctx, o, rep, phase{"bare", mode, fn})
-		b.note("bare server inside the load tool: it shared the tool's CPU (server cpu%% is blank)")
+		b := runPhase(ctx, o, rep, phase{target: "bare", mode: mode, fn: fn, pid: bare.pid})
+		if bare.pid == 0 {
+			b.note("bare server inside the load tool (no --pin): it shared the tool's CPU (server cpu%% is blank)")
+		}
 		if b.PerSecond > 0 && b.P99ms > 0 {
 			sb.Ratio, sb.BareP99Ratio = sb.PerSecond/b.PerSecond, sb.P99ms/b.P99ms
 			sb.RatioOf = fmt.Sprintf(" bare req/s, p99 %.2f× bare", sb.BareP99Ratio)
@@ -189,7 +192,7 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 		results = append(results, b)
 	}
 
-	wsGet := runPhase(ctx, o, rep, phase{"switchboard", "ws GET_AUTHORS", func(ctx context.Context, w, k int) error {
+	wsGet := runPhase(ctx, o, rep, phase{target: "switchboard", mode: "ws GET_AUTHORS", fn: func(ctx context.Context, w, k int) error {
 		_, err := clients[w].call(ctx, 1, empty)
 		return err
 	}})
@@ -197,7 +200,7 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 		_, err := bareClients[w].call(ctx, 1, empty)
 		return err
 	})
-	httpGet := runPhase(ctx, o, rep, phase{"switchboard", "http GET /authors", func(ctx context.Context, w, k int) error {
+	httpGet := runPhase(ctx, o, rep, phase{target: "switchboard", mode: "http GET /authors", fn: func(ctx context.Context, w, k int) error {
 		return doHTTP(ctx, o.http, http.MethodGet, "/authors", toks[w], nil)
 	}})
 	compareBare(httpGet, "net/http GET /authors", func(ctx context.Context, w, k int) error {
@@ -210,7 +213,7 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 		}
 		defer db.Close()
 		authors := store.NewAuthors(db)
-		direct := runPhase(ctx, o, rep, phase{"direct", "bun List (same query)", func(ctx context.Context, w, k int) error {
+		direct := runPhase(ctx, o, rep, phase{target: "direct", mode: "bun List (same query)", fn: func(ctx context.Context, w, k int) error {
 			_, err := authors.List(ctx, store.AuthorFilter{})
 			return err
 		}})
@@ -228,7 +231,7 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 			r.Rows = rows
 		}
 	}
-	wsCreate := runPhase(ctx, o, rep, phase{"switchboard", "ws CREATE_AUTHOR", func(ctx context.Context, w, k int) error {
+	wsCreate := runPhase(ctx, o, rep, phase{target: "switchboard", mode: "ws CREATE_AUTHOR", fn: func(ctx context.Context, w, k int) error {
 		name := fmt.Sprintf("bench-%s-w%d-%d", run, w, k)
 		_, err := clients[w].call(ctx, 3, json.RawMessage(`{"name":"`+name+`"}`))
 		return err
@@ -238,7 +241,7 @@ func runRPC(ctx context.Context, o *options, rep *reporter) error {
 		_, err := bareClients[w].call(ctx, 3, json.RawMessage(`{"name":"`+name+`"}`))
 		return err
 	})
-	httpCreate := runPhase(ctx, o, rep, phase{"switchboard", "http POST /authors", func(ctx context.Context, w, k int) error {
+	httpCreate := runPhase(ctx, o, rep, phase{target: "switchboard", mode: "http POST /authors", fn: func(ctx context.Context, w, k int) error {
 		name := fmt.Sprintf("bench-%s-h%d-%d", run, w, k)
 		return doHTTP(ctx, o.http, http.MethodPost, "/authors", toks[w], []byte(`{"name":"`+name+`"}`))
 	}})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -23,8 +24,8 @@ import (
 // CREATE_AUTHOR, behind a bare gws WebSocket server (the envelope decoded, one goroutine per
 // request, the answer written with the socket's own writer) and a bare net/http handler
 // (GET and POST /authors). No actors, no RBAC, no schema, no limits, no audit, no token check:
-// what Switchboard adds over a request is the ratio between the two. It runs inside the load
-// tool, like the naive fan-out baseline without --pin, so it shares the tool's CPU.
+// what Switchboard adds over a request is the ratio between the two. Like the naive fan-out
+// baseline it runs inside the load tool (sharing its CPU) or, with --pin, in a pinned child.
 type bareRPC struct {
 	authors  *store.Authors
 	upgrader *gws.Upgrader
@@ -192,10 +193,11 @@ func bareHTTPError(w http.ResponseWriter, status int, detail string) {
 	bareJSON(w, status, map[string]string{"detail": detail})
 }
 
-// bareServer is a running request baseline.
+// bareServer is a running request baseline, in this process or in a pinned child.
 type bareServer struct {
 	addr string
-	db   *store.DB
+	pid  int       // the child's pid, 0 in-process
+	db   *store.DB // the tool's own handle on the database (to delete the run's rows)
 	stop func()
 }
 
@@ -215,7 +217,9 @@ func bareDSN(o *options) (string, error) {
 	return "sqlite://" + path, nil
 }
 
-// startBareRPC opens the database and serves both baselines on a random loopback port.
+// startBareRPC serves both baselines on a random loopback port: in-process, or with --pin in a
+// child process of this binary pinned with taskset, so that they get a core of their own as
+// the server does.
 func startBareRPC(ctx context.Context, o *options, rep *reporter) (*bareServer, error) {
 	dsn, err := bareDSN(o)
 	if err != nil {
@@ -225,25 +229,65 @@ func startBareRPC(ctx context.Context, o *options, rep *reporter) (*bareServer, 
 	if err != nil {
 		return nil, fmt.Errorf("request baselines: %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if o.pin != "" {
+		addr, pid, stop, err := startPinnedChild(ctx, o, "rpc-baseline-serve", "--direct-dsn", dsn)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		rep.progress("rpc: bare gws and net/http request baselines in child pid %d on %s, pinned to CPU %s (%s)", pid, addr, o.pin, redactDSN(dsn))
+		return &bareServer{addr: addr, pid: pid, db: db, stop: func() { stop(); db.Close() }}, nil
+	}
+	addr, stop, err := serveBare(db)
 	if err != nil {
 		db.Close()
 		return nil, err
 	}
+	rep.progress("rpc: bare gws and net/http request baselines in-process on %s (%s; --pin gives them a core of their own)", addr, redactDSN(dsn))
+	return &bareServer{addr: addr, db: db, stop: func() { stop(); db.Close() }}, nil
+}
+
+// serveBare listens on a random loopback port and serves the baselines on db until stop.
+func serveBare(db *store.DB) (addr string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
 	bctx, cancel := context.WithCancel(context.Background())
 	b := &bareRPC{authors: store.NewAuthors(db), ctx: bctx, cancel: cancel}
-	b.upgrader = gws.NewUpgrader(b, &gws.ServerOption{Logger: quietLogger{}, ParallelEnabled: false})
+	b.upgrader = gws.NewUpgrader(b, &gws.ServerOption{Logger: quietLogger{}})
 	srv := &http.Server{Handler: b.handler(), ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { _ = srv.Serve(ln); close(done) }()
-	rep.progress("rpc: bare gws and net/http request baselines in-process on %s (%s)", ln.Addr(), redactDSN(dsn))
-	return &bareServer{addr: ln.Addr().String(), db: db, stop: func() {
+	return ln.Addr().String(), func() {
 		_ = srv.Close() // hijacked WebSockets are closed by the clients before this
 		<-done
 		cancel()
 		b.inflight.Wait()
-		db.Close()
-	}}, nil
+	}, nil
+}
+
+// serveBareChild is the child's side of --pin: serve on --direct-dsn, print the address, stop
+// on a signal, when the parent dies (Pdeathsig) or after --duration at most.
+func serveBareChild(ctx context.Context, o *options, stdout io.Writer) error {
+	raiseNoFile(io.Discard)
+	db, err := store.Open(ctx, o.directDSN, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	addr, stop, err := serveBare(db)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	fmt.Fprintln(stdout, "listening", addr)
+	life := o.duration
+	if life <= 0 {
+		life = 30 * time.Minute
+	}
+	sleepCtx(ctx, life)
+	return nil
 }
 
 // redactDSN hides a password in a database URL for the progress line.

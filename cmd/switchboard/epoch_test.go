@@ -449,7 +449,7 @@ func TestTopicStreamSurvivesRedisDataLoss(t *testing.T) {
 // not recovered, and the answer names the topic's stream.
 func TestSubscribeEpochValidation(t *testing.T) {
 	s := startServer(t, nil)
-	c := s.dial(t, s.token(t, "ep-validate"))
+	c := s.dial(t, s.token(t, "ep-validate")) // raw: epochs the Go client cannot send (a number, null)
 	for _, data := range []map[string]any{
 		{"topic": "dashboards.v", "since": 0, "epoch": strings.Repeat("a", 65)},
 		{"topic": "dashboards.v", "since": 0, "epoch": 5},
@@ -481,7 +481,7 @@ func TestSubscribeEpochValidation(t *testing.T) {
 func TestSubscribeWhileRedisDown(t *testing.T) {
 	rs := redistest.StartServer(t)
 	s := clNodes(t, 1, rs.URL())[0]
-	c := s.dial(t, s.token(t, "ep-down"))
+	c := s.dial(t, s.token(t, "ep-down")) // raw: 40 SUBSCRIBEs in flight at once, answers read as they come
 	if r := c.call(10, map[string]any{"topic": "dashboards.down"}); r.status() != 0 {
 		t.Fatalf("SUBSCRIBE with Redis up: %d %q", r.status(), r.msg())
 	}

@@ -50,8 +50,6 @@ type fcFieldError struct {
 // fcAuthorRoles are the roles of pkg_ids 1–5.
 var fcAuthorRoles = []string{"get-authors", "create-author", "update-author", "delete-author"}
 
-const fcZeroReqID = "00000000-0000-0000-0000-000000000000"
-
 func fcRandHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)

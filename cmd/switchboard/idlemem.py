@@ -13,6 +13,7 @@ import json
 import os
 import re
 import resource
+import selectors
 import socket
 import struct
 import sys
@@ -38,13 +39,16 @@ def runtime_figures(pprof):
         with urllib.request.urlopen(f"http://{pprof}/debug/pprof/heap?gc=1&debug=1", timeout=60) as r:
             text = r.read().decode()
     out = {}
-    for name in ("HeapAlloc", "HeapInuse", "HeapObjects"):
+    for name in ("HeapAlloc", "HeapInuse", "HeapObjects", "HeapSys", "HeapIdle", "HeapReleased", "NextGC", "GCSys", "OtherSys"):
         m = re.search(r"# %s = (\d+)" % name, text)
         if m:
             out[name] = int(m.group(1))
-    m = re.search(r"# Stack = (\d+) /", text)
+    m = re.search(r"# Stack = (\d+) / (\d+)", text)
     if m:
-        out["StackInuse"] = int(m.group(1))
+        out["StackInuse"], out["StackSys"] = int(m.group(1)), int(m.group(2))
+    m = re.search(r"# MSpan = (\d+) / (\d+)", text)
+    if m:
+        out["MSpanSys"] = int(m.group(2))
     return out
 
 
@@ -113,6 +117,51 @@ def dial(host, port, path, token):
     return s
 
 
+class Pinged:
+    """Answers the server's keepalive pings on every open connection (a real client does; the
+    server drops a peer silent for twice its ping interval, and a pong is when a read loop whose
+    stack a request grew goes on on a fresh one)."""
+
+    def __init__(self):
+        self.sel = selectors.EpollSelector()
+        self.bufs = {}
+        self.pongs = 0
+
+    def add(self, s):
+        s.setblocking(False)
+        self.sel.register(s, selectors.EVENT_READ)
+        self.bufs[s] = b""
+
+    def service(self, timeout):
+        for key, _ in self.sel.select(timeout):
+            s = key.fileobj
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                raise RuntimeError("closed by the server")
+            buf = self.bufs[s] + chunk
+            while len(buf) >= 2:
+                op, n = buf[0] & 0x0F, buf[1] & 0x7F
+                if n >= 126 or len(buf) < 2 + n:
+                    break  # nothing long comes to an idle client; wait for the rest
+                payload, buf = buf[2:2 + n], buf[2 + n:]
+                if op == 8:
+                    raise RuntimeError("closed by the server: %r" % payload)
+                if op == 9:
+                    s.setblocking(True)
+                    s.sendall(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + b"\0\0\0\0" + payload)
+                    s.setblocking(False)
+                    self.pongs += 1
+            self.bufs[s] = buf
+
+    def wait(self, seconds):
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            self.service(left)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--addr", default="127.0.0.1:8000")
@@ -136,6 +185,7 @@ def main():
     time.sleep(1)
     before = rss_kib(a.pid)
     conns = []
+    pinged = Pinged()
     start = time.monotonic()
     try:
         for i in range(a.n):
@@ -145,8 +195,11 @@ def main():
                 request(s, 10, {"topic": a.topic})
             if a.mode == "request":
                 request(s, 1, {"filters": {"name": "idle"}})
+            pinged.add(s)
+            if i % 100 == 99:
+                pinged.service(0)
         took = time.monotonic() - start
-        time.sleep(a.settle)
+        pinged.wait(a.settle)
         after = rss_kib(a.pid)
         after_anon = rss_kib(a.pid, "RssAnon")
         after_rt = runtime_figures(a.pprof)
@@ -154,10 +207,13 @@ def main():
                "per_second": round(a.n / took), "rss_before_mib": round(before / 1024, 1),
                "rss_after_mib": round(after / 1024, 1),
                "rss_per_conn_kib": round((after - before) / a.n, 2),
-               "rss_anon_after_mib": round(after_anon / 1024, 1)}
+               "rss_anon_after_mib": round(after_anon / 1024, 1), "pongs": pinged.pongs}
         if before_rt and after_rt:
             for k in ("HeapAlloc", "HeapInuse", "StackInuse"):
                 res[k.lower() + "_per_conn_b"] = round((after_rt[k] - before_rt[k]) / a.n)
+            if os.environ.get("IDLEMEM_VERBOSE"):
+                res["runtime_after"] = {k: round(v / a.n) for k, v in after_rt.items()}
+                res["runtime_before_mib"] = {k: round(v / 2**20, 1) for k, v in before_rt.items()}
             res["objects_per_conn"] = round((after_rt["HeapObjects"] - before_rt["HeapObjects"]) / a.n, 1)
         print(json.dumps(res), flush=True)
     finally:

@@ -8,7 +8,9 @@
 #   NS="10000 19000" MODES="bare dashboard" bash cmd/switchboard/idlemem.sh
 #
 # The server runs on the embedded default (SQLite, in-process limits and bus) with raised
-# per-user limits, pinned to SERVER_CPU (0), the client to CLIENT_CPU (1). One JSON line per case.
+# per-user limits and keepalive pings every PING (5s), which the client answers; it measures
+# SETTLE (12 s, two pings) after its last connection. Server pinned to SERVER_CPU (0), the client
+# to CLIENT_CPU (1). One JSON line per case.
 set -euo pipefail
 
 NS=${NS:-10000}
@@ -18,7 +20,8 @@ PORT=${PORT:-18300}
 PPROF=${PPROF:-18301}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
-SETTLE=${SETTLE:-5}
+SETTLE=${SETTLE:-12}
+PING=${PING:-5s}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/switchboard-idlemem.XXXXXX)
 trap 'if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
@@ -48,7 +51,7 @@ for n in $NS; do
 		SWITCHBOARD_DATA_DIR=$WORK/data SWITCHBOARD_LOG_LEVEL=warn \
 		SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=1000000 SWITCHBOARD_RATE_LIMIT_PER_MINUTE=100000000 \
 		SWITCHBOARD_WS_MESSAGE_RATE_LIMIT=100000000 SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP=1000000 \
-		SWITCHBOARD_WS_PING_INTERVAL=10m \
+		SWITCHBOARD_WS_PING_INTERVAL=$PING \
 			taskset -c "$SERVER_CPU" "$WORK/switchboard" serve >"$WORK/server.log" 2>&1 &
 		PID=$!
 		wait_up

@@ -238,6 +238,9 @@ func limHealth(t testing.TB, s *testServer) (int, map[string]string) {
 	return resp.StatusCode, body
 }
 
+// The connection-limit helpers dial raw sockets: they look at the close code right after the
+// upgrade, and the Go client would retry a 1008 by itself and change the counts.
+
 // admitted dials user's token and reports whether the server kept the connection (it answers
 // a GET_AUTHORS) or closed it after the upgrade, returning the close code and reason then. An
 // admitted connection is returned open.

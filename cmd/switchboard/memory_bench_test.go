@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -17,7 +18,9 @@ import (
 // in-process server with raw sockets (no client goroutines) and reports the goroutines and the
 // stack memory the server holds per connection. The read loop of an idle connection parks
 // 1 112 bytes deep in a 2 KiB stack, 8 bytes from doubling it: an upgrade of Go or gws that
-// deepens that path shows here as stack-B/conn jumping from about 2 048 to 4 096.
+// deepens that path shows here as stack-B/conn jumping from about 2 048 to 4 096. Then every
+// connection sends one SUBSCRIBE: stack-B/conn-subscribed is what they keep once idle again
+// (4 096 when the read goroutine kept the stack its handling grew to).
 func BenchmarkIdleConnectionStack(b *testing.B) {
 	for b.Loop() {
 	}
@@ -68,4 +71,28 @@ func BenchmarkIdleConnectionStack(b *testing.B) {
 	stackAfter, gAfter := stacks()
 	b.ReportMetric(float64(gAfter-gBefore)/n, "goroutines/conn")
 	b.ReportMetric(float64(int64(stackAfter)-int64(stackBefore))/n, "stack-B/conn")
+
+	// Then each sends one SUBSCRIBE and reads its answer: the handling grows the read
+	// goroutine's stack, and an idle connection must not keep what it grew to.
+	readers := make([]*bufio.Reader, len(conns))
+	for i, c := range conns {
+		f := hotFrames(1, 10, fmt.Sprintf(`{"topic":"dashboards.stack.%d"}`, i%10))[0]
+		readers[i] = bufio.NewReaderSize(c, 512)
+		hc := &hotConn{c: c, r: readers[i]}
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		hc.roundTrip(b, f)
+		_ = c.SetDeadline(time.Time{})
+	}
+	// A pong each, as a client answers the keepalive's ping: after it, a read loop whose
+	// stack grew goes on on a fresh one.
+	pong := []byte{0x8a, 0x80, 0, 0, 0, 0}
+	for _, c := range conns {
+		if _, err := c.Write(pong); err != nil {
+			b.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	stackSub, gSub := stacks()
+	b.ReportMetric(float64(gSub-gBefore)/n, "goroutines/conn-subscribed")
+	b.ReportMetric(float64(int64(stackSub)-int64(stackBefore))/n, "stack-B/conn-subscribed")
 }

@@ -228,3 +228,24 @@ func TestStreamInboxEndToEnd(t *testing.T) {
 		t.Errorf("dead-lettered counter %g", v)
 	}
 }
+
+// TestHealthReportsAStuckRelay: a relay that stops moving rows (here it halts after publishing
+// them, by the test hook) makes /health answer 503 with relay unhealthy once the oldest row has
+// waited longer than SWITCHBOARD_RELAY_STUCK_AFTER; the other checks stay healthy.
+func TestHealthReportsAStuckRelay(t *testing.T) {
+	t.Setenv(haltEnv, "1")
+	s := startServer(t, func(c *config.Config) { c.RelayStuckAfter = time.Second })
+	if err := outbox.Insert(context.Background(), s.app.db.Bun, outbox.Event{Topic: "dashboards.stuck", PkgID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	var body map[string]string
+	eventually(t, e2eWait, "/health to report the relay stuck", func() bool {
+		resp, b := s.do(t, http.MethodGet, "/health", "", "")
+		body = nil
+		_ = json.Unmarshal(b, &body)
+		return resp.StatusCode == http.StatusServiceUnavailable && body["relay"] == "unhealthy"
+	})
+	if body["database"] != "healthy" || body["status"] != "unhealthy" {
+		t.Fatalf("health: %v", body)
+	}
+}

@@ -621,6 +621,7 @@ func TestProtocolPermissionsAndUnknownPkg(t *testing.T) {
 
 func TestProtocolEnvelopes(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
+		// Raw socket: the test writes malformed envelopes itself.
 		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
 		mustCreate(t, c, "Someone")
 		stillOpen := func(t *testing.T) {
@@ -742,6 +743,7 @@ func TestProtocolFrameLimitsAndOpcodes(t *testing.T) {
 	const limit = 1024
 	forEachBackend(t, func(c *config.Config) { c.WSMaxMessageBytes = limit }, func(t *testing.T, s *testServer) {
 		tok := s.token(t, "reader", "get-authors")
+		// Raw sockets: frames the Go client would never send, and the exact close codes.
 
 		t.Run("binary frame closes 1003", func(t *testing.T) {
 			c := s.dial(t, tok)
@@ -808,6 +810,7 @@ func TestProtocolFrameLimitsAndOpcodes(t *testing.T) {
 
 func TestProtocolDatabaseError(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
+		// Raw socket: it also sends a frame that is not JSON on the same connection.
 		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
 		a := mustCreate(t, c, "Before The Drop")[0]
 

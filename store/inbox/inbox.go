@@ -136,7 +136,7 @@ func (i *Inbox) Done(ctx context.Context, ids []string) error {
 }
 
 // DeadLetter adds e to the dead-letter stream with its id and the reason (fields longer than
-// 64 KiB cut there), then acknowledges and deletes it, in one MULTI.
+// 64 KiB cut there), then acknowledges and deletes it.
 func (i *Inbox) DeadLetter(ctx context.Context, e Entry, reason string) error {
 	values := make([]string, 0, 2*len(e.Fields)+4)
 	values = append(values, "entry_id", e.ID, "reason", reason)
@@ -148,16 +148,13 @@ func (i *Inbox) DeadLetter(ctx context.Context, e Entry, reason string) error {
 			values = append(values, k, v)
 		}
 	}
-	_, err := i.c.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.XAdd(ctx, &redis.XAddArgs{Stream: i.Dead, MaxLen: deadMaxLen, Approx: true, Values: values})
-		p.XAck(ctx, i.Stream, Group, e.ID)
-		p.XDel(ctx, i.Stream, e.ID)
-		return nil
-	})
-	if err != nil {
+	// Two steps, not one MULTI: on a Redis Cluster the two streams may live in different slots.
+	// A failure between them leaves the entry pending, to be dead-lettered again (twice at most
+	// in the dead-letter stream, never lost).
+	if err := i.c.XAdd(ctx, &redis.XAddArgs{Stream: i.Dead, MaxLen: deadMaxLen, Approx: true, Values: values}).Err(); err != nil {
 		return fmt.Errorf("%w: dead-letter: %w", ErrUnavailable, err)
 	}
-	return nil
+	return i.Done(ctx, []string{e.ID})
 }
 
 // OldestAge is how long the oldest entry not yet acknowledged has waited (pending or not yet

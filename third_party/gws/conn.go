@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/lxzan/gws/internal"
 )
@@ -91,6 +92,12 @@ type Conn struct {
 
 	// closeNotified is set when OnClose is called. (Patched in.)
 	closeNotified bool
+
+	// opened: OnOpen was called (the read loop may go on in another goroutine); stackMark is
+	// the address of a local of stackMoved on the read goroutine's stack, 0 until the loop's
+	// goroutine records it. (Patched in.)
+	opened    bool
+	stackMark uintptr
 }
 
 // ReadLoop
@@ -101,7 +108,14 @@ func (c *Conn) ReadLoop() {
 	// Patched in: a panic on this goroutine (frame parsing, an event callback) closes this
 	// connection with 1011 instead of ending the process.
 	defer c.recoverReadLoop()
-	c.handler.OnOpen(c)
+	if !c.opened {
+		c.opened = true
+		c.handler.OnOpen(c)
+	}
+	if c.config.FreshReadStack {
+		c.stackMark = 0
+		c.stackMoved() // records where the stack begins (Patched in.)
+	}
 
 	// 无限循环读取消息, 如果发生错误则触发错误事件并退出循环
 	// Infinite loop to read messages, if an error occurs, trigger the error event and exit the loop
@@ -109,6 +123,15 @@ func (c *Conn) ReadLoop() {
 		if err := c.readMessage(); err != nil {
 			c.emitError(true, err)
 			break
+		}
+		// (Patched in.) After a control frame (a ping or pong: the keepalive reaches every
+		// connection, idle ones too), if the handling of an earlier frame grew the stack, go on
+		// in a goroutine of the smallest size. ReadLoop is its entry, as it was this one's.
+		// Not after data frames: a connection that keeps sending would grow a new stack for
+		// every one.
+		if c.config.FreshReadStack && !c.fh.GetOpcode().isDataFrame() && c.stackMoved() {
+			go c.ReadLoop()
+			return
 		}
 	}
 
@@ -135,6 +158,22 @@ func (c *Conn) ReadLoop() {
 
 // errReadLoopPanic is the close error of a connection whose read loop panicked. (Patched in.)
 var errReadLoopPanic = errors.New("internal error")
+
+// stackMoved tells whether the read goroutine's stack has moved (grown) since the loop began
+// on it: the address of its local mark, at the same depth below ReadLoop on every call, is
+// recorded by the first call and differs once the runtime copied the stack. It is a function of
+// its own so that ReadLoop's frame, part of every parked read, does not grow. (Patched in.)
+//
+//go:noinline
+func (c *Conn) stackMoved() bool {
+	var mark byte
+	at := uintptr(unsafe.Pointer(&mark))
+	if c.stackMark == 0 {
+		c.stackMark = at
+		return false
+	}
+	return at != c.stackMark
+}
 
 // recoverReadLoop contains a panic of the read loop: the handler is told (PanicHandler), the
 // connection is closed with 1011 and OnClose runs once, unless it was the panicking call. The

@@ -160,6 +160,15 @@ type (
 		// already started, and close the net.Conn afterwards. (Patched in.)
 		CloseWriter func(socket *Conn, payload []byte, cause error)
 
+		// FreshReadStack: after a ping or pong, when handling an earlier frame grew the read
+		// goroutine's stack, the read loop goes on in a new goroutine (on the smallest stack)
+		// and the grown one ends, so a connection that sent a request and went idle does not
+		// keep the stack its handling needed until it closes: the runtime never shrinks a stack
+		// that is a quarter used, and a parked read loop uses more. With keepalive pings that
+		// happens within one ping interval of going idle, and costs a busy connection one stack
+		// growth per interval. (Patched in.)
+		FreshReadStack bool
+
 		// PanicHandler is told of a panic recovered in the connection's read loop (frame
 		// parsing or an event callback); the connection is then closed with 1011. nil: the
 		// panic is logged through Logger. (Patched in.)
@@ -243,6 +252,9 @@ type (
 
 		// PanicHandler: see Config.PanicHandler. (Patched in.)
 		PanicHandler func(socket *Conn, v any)
+
+		// FreshReadStack: see Config.FreshReadStack. (Patched in.)
+		FreshReadStack bool
 	}
 )
 
@@ -339,6 +351,7 @@ func initServerOption(c *ServerOption) *ServerOption {
 		Logger:              c.Logger,
 		CloseWriter:         c.CloseWriter,
 		PanicHandler:        c.PanicHandler,
+		FreshReadStack:      c.FreshReadStack,
 		brPool: internal.NewPool(func() *bufio.Reader {
 			return bufio.NewReaderSize(nil, c.ReadBufferSize)
 		}),

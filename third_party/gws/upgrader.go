@@ -242,7 +242,9 @@ func (c *Upgrader) doUpgradeFromConn(netConn net.Conn, br *bufio.Reader, r *http
 		handler:           c.eventHandler,
 		closed:            0,
 		writeQueue:        workerQueue{maxConcurrency: 1},
-		readQueue:         make(channel, c.option.ParallelGolimit),
+	}
+	if config.ParallelEnabled { // (Patched in.) only parallel reads use the queue
+		socket.readQueue = make(channel, c.option.ParallelGolimit)
 	}
 
 	// 压缩字典和解压字典内存开销比较大, 故使用懒加载

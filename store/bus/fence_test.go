@@ -3,11 +3,14 @@ package bus
 import (
 	"context"
 	"encoding/json"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"switchboard/store/faultproxy"
 	"switchboard/store/redistest"
 )
 
@@ -122,5 +125,81 @@ func TestRedisFenceWithoutInfo(t *testing.T) {
 	}
 	if got := admin.HGet(ctx, b.streamKey("dash.acl"), "srv").Val(); got != "" {
 		t.Fatalf("srv = %q, want empty", got)
+	}
+}
+
+// A promoted replica that really lost the tail of a stream: the replica follows the primary
+// through a proxy, the proxy holds back the last five messages and drops them, the primary is
+// killed and the sentinels promote the replica with seq 5 where subscribers saw 10. Without the
+// fence the next publish would be (same epoch, 6), a second message under a pair already
+// delivered; with it, it starts a new epoch, and a reader at (old epoch, 10) is not recovered.
+func TestRedisFenceLostTail(t *testing.T) {
+	s := redistest.StartSentinelWith(t, redistest.SentinelOptions{FailoverTimeout: 5 * time.Minute})
+	ctx := context.Background()
+	primary, err := s.Primary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicaAddr, err := s.Replica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := faultproxy.Start(t, primary)
+	replica := redis.NewClient(&redis.Options{Addr: replicaAddr, DialTimeout: time.Second})
+	t.Cleanup(func() { _ = replica.Close() })
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	if err := replica.Do(ctx, "REPLICAOF", host, port).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(30*time.Second, func() bool {
+		info := replica.Info(ctx, "replication").Val()
+		return strings.Contains(info, "master_port:"+port+"\r\n") && strings.Contains(info, "master_link_status:up")
+	}) {
+		t.Fatalf("the replica does not follow the primary through the proxy: %s", replica.Info(ctx, "replication").Val())
+	}
+
+	c := s.Client()
+	t.Cleanup(func() { _ = c.Close() })
+	b := newRedisBus(t, c, "", "node-a", (&recorder{}).deliver, WithTimeout(2*time.Second))
+	const topic = "dashboards.tail"
+	publish := func(want uint64) {
+		t.Helper()
+		if seq, _, err := b.Publish(ctx, &Message{PkgID: 1, Topic: topic, Data: json.RawMessage(`1`)}, 100); err != nil || seq != want {
+			t.Fatalf("publish: seq %d, %v; want %d", seq, err, want)
+		}
+	}
+	for i := uint64(1); i <= 5; i++ {
+		publish(i)
+	}
+	key := b.streamKey(topic)
+	if !waitFor(10*time.Second, func() bool { return replica.HGet(ctx, key, "seq").Val() == "5" }) {
+		t.Fatal("the replica did not get the first five messages")
+	}
+	proxy.Freeze()
+	for i := uint64(6); i <= 10; i++ {
+		publish(i)
+	}
+	before, err := b.History(ctx, topic, 0)
+	if err != nil || before.Latest != 10 {
+		t.Fatalf("History before: %+v, %v", before, err)
+	}
+	proxy.Refuse() // the held messages never reach the replica
+	if _, err := s.KillPrimary(90 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// The promoted replica holds the stream as it was at seq 5, under the same epoch.
+	if got := replica.HGetAll(ctx, key).Val(); got["seq"] != "5" || got["epoch"] != before.Epoch {
+		t.Fatalf("the promoted replica's stream: %v; want seq 5 of epoch %s", got, before.Epoch)
+	}
+	var seq uint64
+	if !waitFor(60*time.Second, func() bool {
+		seq, _, err = b.Publish(ctx, &Message{PkgID: 1, Topic: topic, Data: json.RawMessage(`2`)}, 100)
+		return err == nil
+	}) {
+		t.Fatalf("no publish after the failover: %v", err)
+	}
+	after, err := b.History(ctx, topic, 10)
+	if err != nil || seq != 1 || after.Epoch == before.Epoch {
+		t.Fatalf("after the failover: seq %d under epoch %s (before: %s), %v; want seq 1 of a new epoch", seq, after.Epoch, before.Epoch, err)
 	}
 }

@@ -327,8 +327,12 @@ func (r *Redis) probe() {
 			}
 		case <-r.kick:
 		}
+		failed := false
 		for _, s := range r.subs {
-			s.sendProbe()
+			failed = !s.sendProbe() || failed
+		}
+		if failed {
+			r.reloadClusterState() // on a cluster, a shard's slot may have moved
 		}
 		r.checkShards()
 	}
@@ -364,16 +368,18 @@ func (r *Redis) checkShards() {
 	}
 }
 
-func (s *shardSub) sendProbe() {
+// sendProbe publishes one probe on the subscription's first channel and reports whether Redis
+// took it.
+func (s *shardSub) sendProbe() bool {
 	r := s.r
 	now := time.Now().UnixNano()
 	s.waitingSince.CompareAndSwap(0, now)
 	payload := `{"n":` + r.nodeJS + `,"k":"p","t":` + strconv.FormatInt(now, 10) + `}`
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
 	defer cancel()
-	if err := r.client.SPublish(ctx, s.channels[0], payload).Err(); err != nil && r.ctx.Err() == nil {
+	err := r.client.SPublish(ctx, s.channels[0], payload).Err()
+	if err != nil && r.ctx.Err() == nil {
 		r.trouble.record(opPublish, err)
-		r.reloadClusterState() // on a cluster, the shard's slot may have moved
 	}
 	// While probes go unanswered the lag gauge shows how long the oldest has waited, so an
 	// outage is visible on it and not just a frozen last value.
@@ -383,6 +389,7 @@ func (s *shardSub) sendProbe() {
 			r.lag.Set(waited)
 		}
 	}
+	return err == nil
 }
 
 // watch replaces a subscription that has been silent for too long. Only time spent waiting in

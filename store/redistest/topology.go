@@ -312,9 +312,23 @@ type Sentinel struct {
 // SentinelMaster is the name the sentinels know the primary by.
 const SentinelMaster = "sbmaster"
 
+// SentinelOptions adjust a Sentinel set of a test's own.
+type SentinelOptions struct {
+	// FailoverTimeout is the sentinels' failover-timeout (default 5 s). It is also how long they
+	// leave a replica that follows another address than the primary's before they point it back:
+	// a test that routes replication through a proxy sets it longer than it needs.
+	FailoverTimeout time.Duration
+}
+
 // NewSentinel starts a Sentinel set in dir (which the caller removes). Most tests use
 // StartSentinel or SharedSentinel.
-func NewSentinel(dir string) (*Sentinel, error) {
+func NewSentinel(dir string) (*Sentinel, error) { return NewSentinelWith(dir, SentinelOptions{}) }
+
+// NewSentinelWith is NewSentinel with options.
+func NewSentinelWith(dir string, opt SentinelOptions) (*Sentinel, error) {
+	if opt.FailoverTimeout <= 0 {
+		opt.FailoverTimeout = 5 * time.Second
+	}
 	server, _, err := binaries()
 	if err != nil {
 		return nil, errSkip{err}
@@ -335,7 +349,7 @@ func NewSentinel(dir string) (*Sentinel, error) {
 		conf := []string{
 			"sentinel monitor " + SentinelMaster + " 127.0.0.1 " + strconv.Itoa(primary.port) + " 2",
 			"sentinel down-after-milliseconds " + SentinelMaster + " 1000",
-			"sentinel failover-timeout " + SentinelMaster + " 5000",
+			"sentinel failover-timeout " + SentinelMaster + " " + strconv.FormatInt(opt.FailoverTimeout.Milliseconds(), 10),
 			"sentinel parallel-syncs " + SentinelMaster + " 1",
 		}
 		p, err := startProc(server, dir, conf, "--sentinel")
@@ -510,9 +524,32 @@ func StartCluster(t testing.TB) *Cluster {
 // StartSentinel starts a Sentinel set of the test's own, killed when the test ends.
 func StartSentinel(t testing.TB) *Sentinel {
 	t.Helper()
-	s := startOrSkip(t, NewSentinel)
+	return StartSentinelWith(t, SentinelOptions{})
+}
+
+// StartSentinelWith is StartSentinel with options.
+func StartSentinelWith(t testing.TB, opt SentinelOptions) *Sentinel {
+	t.Helper()
+	s := startOrSkip(t, func(dir string) (*Sentinel, error) { return NewSentinelWith(dir, opt) })
 	t.Cleanup(s.Close)
 	return s
+}
+
+// Replica returns the address of a running data node that the sentinels do not name as the
+// primary.
+func (s *Sentinel) Replica() (string, error) {
+	primary, err := s.Primary()
+	if err != nil {
+		return "", err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.data {
+		if p.cmd != nil && p.addr() != primary {
+			return p.addr(), nil
+		}
+	}
+	return "", errors.New("no running replica")
 }
 
 var shared struct {

@@ -330,6 +330,7 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 	res, err := h.root.RequestFuture(h.pid, &closeAll{code: code, reason: reason}, timeout).Result()
 	h.cancel() // history reads still running are of no use now
 	if err != nil {
+		close(h.loop.stop) // later activations run on goroutines of their own
 		return 0, fmt.Errorf("hub: close connections: %w", err)
 	}
 	if err := h.root.PoisonFuture(h.pid).Wait(); err != nil {

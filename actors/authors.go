@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"switchboard/store"
+	"switchboard/store/outbox"
 )
 
 // AuthorStore is what the author handlers need from the store (store.Authors implements it).
@@ -19,12 +20,6 @@ type AuthorStore interface {
 	Delete(ctx context.Context, id int64) error
 }
 
-// Publisher publishes a domain event on a topic (the hub, through the cluster bus). It must not
-// block for long and never fails the request: the data is already committed.
-type Publisher interface {
-	Publish(ctx context.Context, topic string, pkgID int, data any)
-}
-
 // AuthorsTopic carries the authors' domain events.
 const AuthorsTopic = "authors"
 
@@ -33,6 +28,22 @@ const AuthorsTopic = "authors"
 type AuthorEvent struct {
 	Event  string `json:"event"` // created | updated | deleted
 	Author any    `json:"author"`
+}
+
+// AuthorEventRow is the outbox row of an author change (store.AuthorEvents.Event): the store
+// writes it in the change's transaction, and the outbox relay publishes it on AuthorsTopic
+// once committed, so a crash between the commit and the publish delays the event, never loses
+// it. A deleted author's event carries only its id.
+func AuthorEventRow(op string, a store.Author) outbox.Event {
+	pkgID, author := PkgCreateAuthor, any(a)
+	switch op {
+	case store.AuthorUpdated:
+		pkgID = PkgUpdateAuthor
+	case store.AuthorDeleted:
+		pkgID, author = PkgDeleteAuthor, idPayload{ID: a.ID}
+	}
+	data, _ := json.Marshal(AuthorEvent{Event: op, Author: author}) // plain structs always marshal
+	return outbox.Event{Topic: AuthorsTopic, PkgID: pkgID, Data: data}
 }
 
 // pkg_ids of the author handlers (docs/protocol.md §1.4).
@@ -51,10 +62,10 @@ const filtersSchema = `{"type":"object","additionalProperties":false,"properties
 // nameSchema: 1–255 characters, no control character, at least one visible one (names.go).
 const nameSchema = `{"type":"string","minLength":1,"maxLength":255,"format":"` + nameFormat + `"}`
 
-// AuthorRoutes returns the routes of pkg_ids 1–5 over s. Successful writes publish an event on
-// AuthorsTopic after the store call returned (the write is committed); events may be nil.
-func AuthorRoutes(s AuthorStore, events Publisher) []Route {
-	h := authorHandlers{s: s, events: events}
+// AuthorRoutes returns the routes of pkg_ids 1–5 over s. The writes' domain events on
+// AuthorsTopic are the store's to write (store.AuthorEvents, AuthorEventRow).
+func AuthorRoutes(s AuthorStore) []Route {
+	h := authorHandlers{s: s}
 	return []Route{
 		{PkgID: PkgGetAuthors, Name: "GET_AUTHORS", Resource: "authors", Handler: h.list,
 			Schema: `{"type":"object","properties":{"filters":` + filtersSchema + `}}`},
@@ -76,14 +87,7 @@ func AuthorRoutes(s AuthorStore, events Publisher) []Route {
 }
 
 type authorHandlers struct {
-	s      AuthorStore
-	events Publisher
-}
-
-func (h authorHandlers) publish(ctx context.Context, pkgID int, event string, author any) {
-	if h.events != nil {
-		h.events.Publish(ctx, AuthorsTopic, pkgID, AuthorEvent{Event: event, Author: author})
-	}
+	s AuthorStore
 }
 
 type authorFilters struct {
@@ -148,7 +152,6 @@ func (h authorHandlers) create(ctx context.Context, req *Request) (any, any, err
 	if err != nil {
 		return nil, nil, storeErr(err)
 	}
-	h.publish(ctx, PkgCreateAuthor, "created", a)
 	return a, nil, nil
 }
 
@@ -169,7 +172,6 @@ func (h authorHandlers) update(ctx context.Context, req *Request) (any, any, err
 	case err != nil:
 		return nil, nil, storeErr(err)
 	}
-	h.publish(ctx, PkgUpdateAuthor, "updated", a)
 	return a, nil, nil
 }
 
@@ -183,7 +185,6 @@ func (h authorHandlers) delete(ctx context.Context, req *Request) (any, any, err
 	} else if err != nil {
 		return nil, nil, storeErr(err)
 	}
-	h.publish(ctx, PkgDeleteAuthor, "deleted", idPayload{ID: in.ID})
 	return idPayload{ID: in.ID}, nil, nil
 }
 

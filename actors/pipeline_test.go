@@ -216,7 +216,7 @@ func BenchmarkRBAC(b *testing.B) {
 
 func BenchmarkSchemaValidate(b *testing.B) {
 	reg := NewRegistry()
-	reg.MustRegister(AuthorRoutes(nil, nil)...)
+	reg.MustRegister(AuthorRoutes(nil)...)
 	data := json.RawMessage(`{"page":2,"per_page":50,"filters":{"name":"John","id":3}}`)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -19,7 +19,7 @@ import (
 func builtinRegistry(t testing.TB) *Registry {
 	t.Helper()
 	reg := NewRegistry()
-	reg.MustRegister(AuthorRoutes(nil, nil)...)
+	reg.MustRegister(AuthorRoutes(nil)...)
 	reg.MustRegister(TopicRoutes(DefaultPolicy())...)
 	reg.MustRegister(SessionRoutes(nil)...)
 	reg.MustRegister(AuditRoutes(nil)...)
@@ -216,7 +216,7 @@ func (s *authorStoreSpy) Delete(context.Context, int64) error {
 func TestPipelineRefusesBadStringsBeforeTheStore(t *testing.T) {
 	spy := &authorStoreSpy{}
 	reg := NewRegistry()
-	reg.MustRegister(AuthorRoutes(spy, nil)...)
+	reg.MustRegister(AuthorRoutes(spy)...)
 	p := newTestPipeline(t, reg)
 	roles := []string{"get-authors", "create-author", "update-author"}
 	for _, tc := range []struct {

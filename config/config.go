@@ -16,7 +16,8 @@ type Config struct {
 	Addr               string         // SWITCHBOARD_ADDR
 	DatabaseURL        string         // SWITCHBOARD_DATABASE_URL; empty = sqlite under DataDir
 	RedisURL           string         // SWITCHBOARD_REDIS_URL; empty = in-process, single node
-	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channel
+	RedisPrefix        string         // SWITCHBOARD_REDIS_PREFIX: namespace of the keys and the bus channels
+	RedisBusShards     int            // SWITCHBOARD_REDIS_BUS_SHARDS: shard channels the bus spreads topics over
 	OIDCIssuer         string         // SWITCHBOARD_OIDC_ISSUER; empty = built-in development issuer
 	OIDCClientID       string         // SWITCHBOARD_OIDC_CLIENT_ID
 	OIDCClientSecret   string         // SWITCHBOARD_OIDC_CLIENT_SECRET
@@ -49,6 +50,10 @@ type Config struct {
 	LogFormat          string         // SWITCHBOARD_LOG_FORMAT: text|json
 	DBConnectTimeout   time.Duration  // SWITCHBOARD_DB_CONNECT_TIMEOUT (PostgreSQL retries at start)
 	ShutdownTimeout    time.Duration  // SWITCHBOARD_SHUTDOWN_TIMEOUT (one deadline over the whole shutdown)
+	OutboxPoll         time.Duration  // SWITCHBOARD_OUTBOX_POLL_INTERVAL (the relay's poll under NOTIFY)
+	RelayStuckAfter    time.Duration  // SWITCHBOARD_RELAY_STUCK_AFTER (/health: an outbox row waiting longer)
+	DedupWindow        time.Duration  // SWITCHBOARD_DEDUP_WINDOW (how long the bus remembers an event's key)
+	InboxClaimAfter    time.Duration  // SWITCHBOARD_INBOX_CLAIM_AFTER (a dead node's stream entries are taken over after this)
 	// DevIssuerPublic (SWITCHBOARD_DEV_ISSUER_PUBLIC) lets the built-in development issuer
 	// serve on an address other machines reach; without it such a configuration is refused.
 	DevIssuerPublic bool
@@ -80,17 +85,33 @@ func Default() Config {
 		HandlerTimeout:     10 * time.Second,
 		AuditFlush:         time.Second,
 		RedisPrefix:        DefaultRedisPrefix,
+		RedisBusShards:     16,
 		DataDir:            "./data",
 		LogLevel:           "info",
 		LogFormat:          "text",
 		DBConnectTimeout:   30 * time.Second,
 		ShutdownTimeout:    15 * time.Second,
+		OutboxPoll:         2 * time.Second,
+		RelayStuckAfter:    time.Minute,
+		DedupWindow:        10 * time.Minute,
+		InboxClaimAfter:    30 * time.Second,
 	}
 }
 
 // DefaultRedisPrefix is SWITCHBOARD_REDIS_PREFIX's default. Deployments that share one Redis
 // form one cluster unless each has its own prefix.
 const DefaultRedisPrefix = "switchboard:"
+
+// redisScheme reports whether s is a scheme of SWITCHBOARD_REDIS_URL (store/redisconn parses
+// the rest).
+func redisScheme(s string) bool {
+	switch strings.ToLower(s) {
+	case "redis", "rediss", "redis-sentinel", "rediss-sentinel", "redis+sentinel", "rediss+sentinel",
+		"redis-cluster", "rediss-cluster", "redis+cluster", "rediss+cluster":
+		return true
+	}
+	return false
+}
 
 // validRedisPrefix keeps the prefix printable and free of the braces Redis Cluster reads as a
 // hash tag (the keys carry their own).
@@ -144,6 +165,7 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_DATABASE_URL", &c.DatabaseURL)
 	p.str("SWITCHBOARD_REDIS_URL", &c.RedisURL)
 	p.str("SWITCHBOARD_REDIS_PREFIX", &c.RedisPrefix)
+	p.integer("SWITCHBOARD_REDIS_BUS_SHARDS", &c.RedisBusShards)
 	p.str("SWITCHBOARD_OIDC_ISSUER", &c.OIDCIssuer)
 	p.str("SWITCHBOARD_OIDC_CLIENT_ID", &c.OIDCClientID)
 	p.str("SWITCHBOARD_OIDC_CLIENT_SECRET", &c.OIDCClientSecret)
@@ -176,6 +198,10 @@ func bind(p *parser, c *Config) {
 	p.str("SWITCHBOARD_LOG_FORMAT", &c.LogFormat)
 	p.duration("SWITCHBOARD_DB_CONNECT_TIMEOUT", &c.DBConnectTimeout)
 	p.duration("SWITCHBOARD_SHUTDOWN_TIMEOUT", &c.ShutdownTimeout)
+	p.duration("SWITCHBOARD_OUTBOX_POLL_INTERVAL", &c.OutboxPoll)
+	p.duration("SWITCHBOARD_RELAY_STUCK_AFTER", &c.RelayStuckAfter)
+	p.duration("SWITCHBOARD_DEDUP_WINDOW", &c.DedupWindow)
+	p.duration("SWITCHBOARD_INBOX_CLAIM_AFTER", &c.InboxClaimAfter)
 	p.boolean("SWITCHBOARD_DEV_ISSUER_PUBLIC", &c.DevIssuerPublic)
 }
 
@@ -202,8 +228,9 @@ func (c Config) Validate() error {
 	if !strings.HasPrefix(db, "sqlite://") && !strings.HasPrefix(db, "postgres://") && !strings.HasPrefix(db, "postgresql://") {
 		bad("SWITCHBOARD_DATABASE_URL", "want postgres://… or sqlite://path, got a URL with scheme %q", scheme(db))
 	}
-	if c.RedisURL != "" && !strings.HasPrefix(c.RedisURL, "redis://") && !strings.HasPrefix(c.RedisURL, "rediss://") {
-		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], got a URL with scheme %q", scheme(c.RedisURL))
+	if c.RedisURL != "" && !redisScheme(scheme(c.RedisURL)) {
+		bad("SWITCHBOARD_REDIS_URL", "want redis://host:port[/db], redis-sentinel://host:26379,…?master_name=NAME "+
+			"or redis-cluster://host:port,…, got a URL with scheme %q", scheme(c.RedisURL))
 	}
 	if !validRedisPrefix(c.RedisPrefix) {
 		bad("SWITCHBOARD_REDIS_PREFIX", "want 1 to 64 characters of A-Z a-z 0-9 _ . : -, such as %q, got %q", DefaultRedisPrefix, c.RedisPrefix)
@@ -238,6 +265,9 @@ func (c Config) Validate() error {
 			bad(name, "must be at least 1, got %d", positive[name])
 		}
 	}
+	if c.RedisBusShards < 1 || c.RedisBusShards > 1024 {
+		bad("SWITCHBOARD_REDIS_BUS_SHARDS", "must be between 1 and 1024 (and the same on every node), got %d", c.RedisBusShards)
+	}
 	if c.WSMaxMessageBytes < 128 || c.WSMaxMessageBytes > 64<<20 {
 		bad("SWITCHBOARD_WS_MAX_MESSAGE_BYTES", "must be between 128 and 67108864, got %d", c.WSMaxMessageBytes)
 	}
@@ -270,6 +300,18 @@ func (c Config) Validate() error {
 		if durations[name] <= 0 {
 			bad(name, "must be a positive duration such as 10s, got %s", durations[name])
 		}
+	}
+	if c.OutboxPoll < 10*time.Millisecond || c.OutboxPoll > time.Hour {
+		bad("SWITCHBOARD_OUTBOX_POLL_INTERVAL", "must be between 10ms and 1h, such as 2s, got %s", c.OutboxPoll)
+	}
+	if c.RelayStuckAfter < time.Second {
+		bad("SWITCHBOARD_RELAY_STUCK_AFTER", "must be at least 1s, such as 1m, got %s", c.RelayStuckAfter)
+	}
+	if c.DedupWindow < time.Second || c.DedupWindow > 7*24*time.Hour {
+		bad("SWITCHBOARD_DEDUP_WINDOW", "must be between 1s and 168h, such as 10m, got %s", c.DedupWindow)
+	}
+	if c.InboxClaimAfter < 100*time.Millisecond {
+		bad("SWITCHBOARD_INBOX_CLAIM_AFTER", "must be at least 100ms, such as 30s, got %s", c.InboxClaimAfter)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -135,3 +135,55 @@ func TestErrorsAreCollectedAndActionable(t *testing.T) {
 		t.Fatalf("want addr error, got %v", err)
 	}
 }
+
+func TestRedisURLAndShards(t *testing.T) {
+	for _, ok := range []string{"redis://h:6379/0", "rediss://h", "redis-sentinel://s1,s2?master_name=m",
+		"redis-cluster://a:1,b:2", "redis://a:1,b:2", "REDIS-CLUSTER://a:1"} {
+		if _, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_URL": ok})); err != nil {
+			t.Errorf("SWITCHBOARD_REDIS_URL=%s: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"http://h", "h:6379", "sentinel://s1"} {
+		_, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_URL": bad}))
+		if err == nil || !strings.Contains(err.Error(), "redis-sentinel://") {
+			t.Errorf("SWITCHBOARD_REDIS_URL=%s: want an error listing the forms, got %v", bad, err)
+		}
+	}
+	c, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_BUS_SHARDS": "64"}))
+	if err != nil || c.RedisBusShards != 64 {
+		t.Errorf("SWITCHBOARD_REDIS_BUS_SHARDS=64: %d, %v", c.RedisBusShards, err)
+	}
+	if Default().RedisBusShards != 16 {
+		t.Errorf("default shards %d", Default().RedisBusShards)
+	}
+	for _, bad := range []string{"0", "-1", "1025", "x"} {
+		_, err := Load(env(map[string]string{"SWITCHBOARD_REDIS_BUS_SHARDS": bad}))
+		if err == nil || !strings.Contains(err.Error(), "SWITCHBOARD_REDIS_BUS_SHARDS") {
+			t.Errorf("SWITCHBOARD_REDIS_BUS_SHARDS=%s: %v", bad, err)
+		}
+	}
+}
+
+func TestRelayVariables(t *testing.T) {
+	c, err := Load(env(map[string]string{
+		"SWITCHBOARD_OUTBOX_POLL_INTERVAL": "500ms",
+		"SWITCHBOARD_RELAY_STUCK_AFTER":    "5m",
+		"SWITCHBOARD_DEDUP_WINDOW":         "1h",
+		"SWITCHBOARD_INBOX_CLAIM_AFTER":    "10s",
+	}))
+	if err != nil || c.OutboxPoll != 500*time.Millisecond || c.RelayStuckAfter != 5*time.Minute ||
+		c.DedupWindow != time.Hour || c.InboxClaimAfter != 10*time.Second {
+		t.Fatalf("overrides: %+v %v", c, err)
+	}
+	for name, bad := range map[string]string{
+		"SWITCHBOARD_OUTBOX_POLL_INTERVAL": "1ms",
+		"SWITCHBOARD_RELAY_STUCK_AFTER":    "0s",
+		"SWITCHBOARD_DEDUP_WINDOW":         "2000h",
+		"SWITCHBOARD_INBOX_CLAIM_AFTER":    "-1s",
+	} {
+		_, err := Load(env(map[string]string{name: bad}))
+		if err == nil || !strings.Contains(err.Error(), name+": must be") {
+			t.Errorf("%s=%s: want an error naming the variable, got %v", name, bad, err)
+		}
+	}
+}

@@ -33,9 +33,14 @@ var docs = map[string]doc{
 		meaning: "`postgres://user@host:5432/db?sslmode=disable` for PostgreSQL (retried for " +
 			"`SWITCHBOARD_DB_CONNECT_TIMEOUT` at start)"},
 	"SWITCHBOARD_REDIS_URL": {defaultText: "empty (in-process, single node)", redactURL: true,
-		meaning: "`redis://…`: limits, sessions and broadcasts across nodes"},
-	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channel in Redis (sessions " +
+		meaning: "limits, sessions and broadcasts across nodes: `redis://host:6379/0` (one server), " +
+			"`redis-sentinel://s1:26379,s2,s3?master_name=NAME` (Sentinel) or `redis-cluster://n1:6379,n2,n3` " +
+			"(Cluster; `redis://` with two or more hosts too); see docs/protocol.md §8"},
+	"SWITCHBOARD_REDIS_PREFIX": {meaning: "start of every key and of the bus channels in Redis (sessions " +
 		"excepted): deployments sharing one Redis need different prefixes, or their broadcasts cross"},
+	"SWITCHBOARD_REDIS_BUS_SHARDS": {meaning: "shard channels the bus spreads topics over (1–1024; on a Redis " +
+		"Cluster they spread over its primaries); the same on every node, which a node that disagrees " +
+		"reports as `pubsub: unhealthy`; see docs/sizing.md"},
 	"SWITCHBOARD_OIDC_ISSUER": {defaultText: "empty (development issuer)",
 		meaning: "e.g. `http://keycloak:8080/realms/HW-App`"},
 	"SWITCHBOARD_OIDC_CLIENT_ID": {meaning: "audience / `azp`, and the `resource_access` key for roles"},
@@ -74,6 +79,14 @@ var docs = map[string]doc{
 	"SWITCHBOARD_LOG_FORMAT":         {meaning: "`text`, or `json` for production"},
 	"SWITCHBOARD_DB_CONNECT_TIMEOUT": {meaning: "how long PostgreSQL is retried at start"},
 	"SWITCHBOARD_SHUTDOWN_TIMEOUT":   {meaning: "one deadline over the whole shutdown"},
+	"SWITCHBOARD_OUTBOX_POLL_INTERVAL": {meaning: "how often the outbox relay looks for rows without being woken " +
+		"(PostgreSQL wakes it with `NOTIFY`; on SQLite rows other processes write wait up to this long)"},
+	"SWITCHBOARD_RELAY_STUCK_AFTER": {meaning: "`/health` reports `relay: unhealthy` while an outbox row has " +
+		"waited longer than this"},
+	"SWITCHBOARD_DEDUP_WINDOW": {meaning: "how long the bus remembers an event's idempotency key (outbox and " +
+		"stream inbox): an event published again within it reaches no subscriber twice (at most 100 000 keys per topic)"},
+	"SWITCHBOARD_INBOX_CLAIM_AFTER": {meaning: "with Redis: stream inbox entries a node took and did not " +
+		"acknowledge for this long (the node died) are taken over by another"},
 	"SWITCHBOARD_DEV_ISSUER_PUBLIC": {meaning: "`true` lets the development issuer (and its `/login`) " +
 		"serve on an address other machines reach; refused otherwise"},
 }
@@ -128,18 +141,60 @@ func redact(d doc, v string) string {
 	return v
 }
 
-// RedactURL returns u with its password replaced, or the whole value replaced when it does
-// not parse (the password could be anywhere in it).
+// RedactURL returns u with its password replaced, in the user information and in query
+// parameters whose name holds "password" or "secret" (go-redis's password=, sentinel_password=),
+// or the whole value replaced when it cannot be read (the password could be anywhere in it).
+// A comma-separated host list (Redis Sentinel and Cluster URLs) is kept as it is.
 func RedactURL(u string) string {
-	parsed, err := url.Parse(u)
+	scheme, rest, ok := strings.Cut(u, "://")
+	if !ok {
+		return Redacted
+	}
+	authority, tail := rest, ""
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority, tail = rest[:i], rest[i:]
+	}
+	userinfo, hosts := "", authority
+	if i := strings.LastIndex(authority, "@"); i >= 0 {
+		userinfo, hosts = authority[:i], authority[i+1:]
+	}
+	// Parse with the first host only: url.Parse refuses some host lists.
+	first, _, _ := strings.Cut(hosts, ",")
+	probe := scheme + "://" + first + tail
+	if userinfo != "" {
+		probe = scheme + "://" + userinfo + "@" + first + tail
+	}
+	parsed, err := url.Parse(probe)
 	if err != nil {
 		return Redacted
 	}
+	changed := false
 	if _, has := parsed.User.Password(); has {
-		parsed.User = url.UserPassword(parsed.User.Username(), "xxxxx")
-		return parsed.String()
+		userinfo = url.UserPassword(parsed.User.Username(), "xxxxx").String()
+		changed = true
 	}
-	return u
+	if parsed.RawQuery != "" {
+		q := parsed.Query()
+		for k := range q {
+			if l := strings.ToLower(k); strings.Contains(l, "password") || strings.Contains(l, "secret") {
+				q[k] = []string{"xxxxx"}
+				changed = true
+			}
+		}
+		parsed.RawQuery = q.Encode()
+	}
+	if !changed {
+		return u
+	}
+	out := scheme + "://"
+	if userinfo != "" {
+		out += userinfo + "@"
+	}
+	out += hosts + parsed.EscapedPath()
+	if parsed.RawQuery != "" {
+		out += "?" + parsed.RawQuery
+	}
+	return out
 }
 
 // Known reports whether name is a variable Load reads.

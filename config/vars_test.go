@@ -184,3 +184,18 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactRedisURLs(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://u:pw@h:6379/0": "redis://u:xxxxx@h:6379/0",
+		"redis://h:6379/0":      "redis://h:6379/0",
+		"redis://:pw@a:1,b:2":   "redis://:xxxxx@a:1,b:2",
+		"redis://a:1,[::1]:2/0": "redis://a:1,[::1]:2/0",
+		"redis-sentinel://u:pw@s1,s2/0?master_name=m&sentinel_password=spw": "redis-sentinel://u:xxxxx@s1,s2/0?master_name=m&sentinel_password=xxxxx",
+		"redis-sentinel://s1?password=pw&master_name=m":                     "redis-sentinel://s1?master_name=m&password=xxxxx",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

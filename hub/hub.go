@@ -222,7 +222,8 @@ func (h *Hub) Active() int { return int(h.active.Load()) }
 
 // Broadcast publishes msg: to every connection, or to the subscribers of msg.Topic. With a bus
 // it is published once and delivered by every node (nodes tells how many were listening);
-// the call waits for the bus, never for a socket.
+// the call waits for the bus, never for a socket. A msg.Key already published on its topic
+// within the bus's dedup window publishes nothing: ErrDuplicate.
 func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error) {
 	if h.stopped.Load() {
 		return 0, ErrStopped
@@ -247,6 +248,8 @@ func (h *Hub) Broadcast(ctx context.Context, msg *Message) (nodes int, err error
 	switch {
 	case errors.Is(err, bus.ErrInvalidArgument):
 		return 0, fmt.Errorf("%w: %w", ErrInvalidData, err)
+	case errors.Is(err, bus.ErrDuplicate):
+		return 0, ErrDuplicate
 	case err != nil:
 		return 0, fmt.Errorf("%w: %w", ErrBusUnavailable, err)
 	}

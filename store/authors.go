@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/uptrace/bun"
+
+	"switchboard/store/outbox"
 )
 
 // Author is a row of the authors table; its JSON form is the wire form of pkg_id 1-5.
@@ -28,12 +30,37 @@ type AuthorFilter struct {
 
 // Authors is the authors repository. It is safe for concurrent use.
 type Authors struct {
-	db *DB
+	db     *DB
+	events AuthorEvents
 }
 
 // NewAuthors returns the authors repository over d.
 func NewAuthors(d *DB) *Authors {
 	return &Authors{db: d}
+}
+
+// Operations of AuthorEvents.Event.
+const (
+	AuthorCreated = "created"
+	AuthorUpdated = "updated"
+	AuthorDeleted = "deleted"
+)
+
+// AuthorEvents makes every write also insert its domain event into the outbox
+// (store/outbox), in the same transaction: the event exists if and only if the change
+// committed.
+type AuthorEvents struct {
+	// Event returns the event row of a change: op is AuthorCreated, AuthorUpdated or
+	// AuthorDeleted; a deleted author carries only its ID.
+	Event func(op string, a Author) outbox.Event
+	// Committed, when set, is called after a write with its event committed (to wake the
+	// relay).
+	Committed func()
+}
+
+// WithEvents returns a repository over the same database whose writes insert their events.
+func (r *Authors) WithEvents(e AuthorEvents) *Authors {
+	return &Authors{db: r.db, events: e}
 }
 
 // List returns every author matching f, ordered by id (an empty slice, never nil).
@@ -108,7 +135,7 @@ func (r *Authors) cursorPage(ctx context.Context, f AuthorFilter, p PageRequest)
 // decides, so concurrent creates of one name have exactly one winner.
 func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
 	var a Author
-	if err := r.write(ctx, &a, "INSERT INTO authors (name) VALUES (?) RETURNING id, name", name); err != nil {
+	if err := r.write(ctx, &a, r.event(AuthorCreated, &a), "INSERT INTO authors (name) VALUES (?) RETURNING id, name", name); err != nil {
 		return Author{}, dbError("create author", err)
 	}
 	return a, nil
@@ -118,7 +145,7 @@ func (r *Authors) Create(ctx context.Context, name string) (Author, error) {
 // ErrConflict.
 func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, error) {
 	var a Author
-	err := r.write(ctx, &a, "UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id)
+	err := r.write(ctx, &a, r.event(AuthorUpdated, &a), "UPDATE authors SET name = ? WHERE id = ? RETURNING id, name", name, id)
 	if isNoRows(err) {
 		return Author{}, fmt.Errorf("%w: author %d", ErrNotFound, id)
 	}
@@ -130,8 +157,8 @@ func (r *Authors) Update(ctx context.Context, id int64, name string) (Author, er
 
 // Delete removes author id. A missing id is ErrNotFound.
 func (r *Authors) Delete(ctx context.Context, id int64) error {
-	var deleted int64
-	err := r.write(ctx, &deleted, "DELETE FROM authors WHERE id = ? RETURNING id", id)
+	deleted := Author{ID: id}
+	err := r.write(ctx, &deleted.ID, r.event(AuthorDeleted, &deleted), "DELETE FROM authors WHERE id = ? RETURNING id", id)
 	if isNoRows(err) {
 		return fmt.Errorf("%w: author %d", ErrNotFound, id)
 	}
@@ -150,11 +177,24 @@ func (r *Authors) Delete(ctx context.Context, id int64) error {
 //
 // On PostgreSQL, BEGIN travels with the statement in one query string (one round trip less than
 // database/sql's transactions: every write pays for the transaction); SQLite uses RunInTx.
-func (r *Authors) write(ctx context.Context, dest any, query string, args ...any) error {
+//
+// event, when not nil, is called after the statement succeeded (dest holds its row) and
+// returns the outbox row inserted in the same transaction.
+func (r *Authors) write(ctx context.Context, dest any, event func() outbox.Event, query string, args ...any) error {
 	if r.db.Dialect != DialectPostgres {
-		return r.db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-			return tx.NewRaw(query, args...).Scan(ctx, dest)
+		err := r.db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+			if err := tx.NewRaw(query, args...).Scan(ctx, dest); err != nil {
+				return err
+			}
+			if event != nil {
+				return outbox.Insert(ctx, tx, event())
+			}
+			return nil
 		})
+		if err == nil {
+			r.committed()
+		}
+		return err
 	}
 	conn, err := r.db.Bun.Conn(ctx)
 	if err != nil {
@@ -165,12 +205,34 @@ func (r *Authors) write(ctx context.Context, dest any, query string, args ...any
 		abandon(conn)
 		return err
 	}
+	if event != nil {
+		if err := outbox.Insert(ctx, conn, event()); err != nil {
+			abandon(conn)
+			return err
+		}
+	}
 	// database/sql does not send anything once ctx has ended.
 	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
 		abandon(conn)
 		return err
 	}
+	r.committed()
 	return nil
+}
+
+// event returns the function write calls for the outbox row of op on *a, or nil without events.
+func (r *Authors) event(op string, a *Author) func() outbox.Event {
+	if r.events.Event == nil {
+		return nil
+	}
+	return func() outbox.Event { return r.events.Event(op, *a) }
+}
+
+// committed tells AuthorEvents.Committed that a write with an event committed.
+func (r *Authors) committed() {
+	if r.events.Event != nil && r.events.Committed != nil {
+		r.events.Committed()
+	}
 }
 
 // abandon ends a transaction that will not commit on a pinned connection before it goes back to

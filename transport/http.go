@@ -61,7 +61,7 @@ const staticLimitFactor = 10
 // NewHandler returns the whole HTTP surface: /web, the façade routes, health and metrics,
 // wrapped in the middleware chain.
 func NewHandler(cfg APIConfig) (http.Handler, error) {
-	bs, err := actors.NewSchema("broadcast", broadcastSchema)
+	bs, err := actors.NewBroadcasts(cfg.Policy, cfg.MaxRequestBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -77,7 +77,7 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &api{cfg: cfg, broadcastSchema: bs, objectSchema: os, loginSchema: ls, refreshSchema: rs}
+	a := &api{cfg: cfg, broadcasts: bs, objectSchema: os, loginSchema: ls, refreshSchema: rs}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed(routeAudit{rbac: "POST /api/broadcast", action: "BROADCAST", resource: "broadcasts"}, a.broadcast))
@@ -109,11 +109,11 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 }
 
 type api struct {
-	cfg             APIConfig
-	broadcastSchema *actors.Schema
-	objectSchema    *actors.Schema
-	loginSchema     *actors.Schema
-	refreshSchema   *actors.Schema
+	cfg           APIConfig
+	broadcasts    *actors.Broadcasts // the rules the outbox and the stream inbox share
+	objectSchema  *actors.Schema
+	loginSchema   *actors.Schema
+	refreshSchema *actors.Schema
 }
 
 // routeAudit says how a route is authorised and recorded: rbac is the policy's route key
@@ -220,19 +220,14 @@ func writeInvalid(w http.ResponseWriter, errs []actors.FieldError) {
 	writeJSON(w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data", Errors: errs})
 }
 
-const broadcastSchema = `{"type":"object","required":["pkg_id"],"properties":{
-	"pkg_id":{"type":"integer","minimum":0,"maximum":2147483647},
-	"data":{"type":"object"},
-	"topic":` + actors.TopicSchema + `}}`
-
 func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) {
-	body, value, ok := a.readBodyDecoded(w, r, a.broadcastSchema)
+	body, value, ok := a.readBodyDecoded(w, r, a.broadcasts.Schema())
 	if !ok {
 		return
 	}
 	noteDecoded(r, body, value)
-	var msg hub.Message
-	if err := json.Unmarshal(body, &msg); err != nil {
+	msg, err := a.broadcasts.Message(body)
+	if err != nil {
 		// The schema passed, so this is the schema and hub.Message disagreeing.
 		a.cfg.Logger.Warn("broadcast body passed the schema but does not decode", "err", err)
 		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "not a broadcast: want pkg_id, data and topic"}})
@@ -246,7 +241,7 @@ func (a *api) broadcast(w http.ResponseWriter, r *http.Request, u *actors.User) 
 	}
 	// Errors are answered with fixed texts: what the hub wraps comes from the bus (Redis,
 	// encoding/json) and is only logged.
-	nodes, err := a.cfg.Hub.Broadcast(r.Context(), &msg)
+	nodes, err := a.cfg.Hub.Broadcast(r.Context(), msg)
 	if errors.Is(err, hub.ErrInvalidData) {
 		a.cfg.Logger.Warn("broadcast refused as invalid", "err", err)
 		writeInvalid(w, []actors.FieldError{{Path: "/", Message: "the broadcast's data or topic is not valid"}})

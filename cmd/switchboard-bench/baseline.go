@@ -174,22 +174,35 @@ func startBaseline(ctx context.Context, o *options, rep *reporter) (*baselineSer
 		rep.progress("baseline: naive gws broadcaster in-process on %s (use --pin 0 to give it its own core)", addr)
 		return &baselineServer{addr: addr, stop: stop}, nil
 	}
-	exe, err := os.Executable()
+	addr, pid, stop, err := startPinnedChild(ctx, o, "baseline-serve")
 	if err != nil {
 		return nil, err
 	}
+	rep.progress("baseline: naive gws broadcaster in child pid %d on %s, pinned to CPU %s", pid, addr, o.pin)
+	return &baselineServer{addr: addr, pid: pid, stop: stop}, nil
+}
+
+// startPinnedChild runs this binary as scenario (a child-only scenario that serves a baseline
+// and prints "listening ADDR"), pinned with taskset -c o.pin, and returns its address, its pid
+// and how to stop it. extra are flags for the child.
+func startPinnedChild(ctx context.Context, o *options, scenario string, extra ...string) (addr string, pid int, stop func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", 0, nil, err
+	}
 	life := o.duration + o.timeout + 5*time.Minute
-	cmd := exec.Command("taskset", "-c", o.pin, exe, "baseline-serve", "--duration", life.String())
+	args := append([]string{"-c", o.pin, exe, scenario, "--duration", life.String()}, extra...)
+	cmd := exec.Command("taskset", args...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the tool
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return "", 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start the baseline with taskset: %w", err)
+		return "", 0, nil, fmt.Errorf("start the baseline with taskset: %w", err)
 	}
-	stop := func() {
+	stop = func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		done := make(chan struct{})
 		go func() { _ = cmd.Wait(); close(done) }()
@@ -214,16 +227,15 @@ func startBaseline(ctx context.Context, o *options, rep *reporter) (*baselineSer
 		addr, found := strings.CutPrefix(line, "listening ")
 		if !ok || !found {
 			stop()
-			return nil, errors.New("the baseline child did not report its address")
+			return "", 0, nil, errors.New("the baseline child did not report its address")
 		}
-		rep.progress("baseline: naive gws broadcaster in child pid %d on %s, pinned to CPU %s", cmd.Process.Pid, addr, o.pin)
-		return &baselineServer{addr: addr, pid: cmd.Process.Pid, stop: stop}, nil
+		return addr, cmd.Process.Pid, stop, nil
 	case <-time.After(10 * time.Second):
 		stop()
-		return nil, errors.New("the baseline child did not start within 10s")
+		return "", 0, nil, errors.New("the baseline child did not start within 10s")
 	case <-ctx.Done():
 		stop()
-		return nil, ctx.Err()
+		return "", 0, nil, ctx.Err()
 	}
 }
 

@@ -1,27 +1,29 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/lxzan/gws"
+
+	"switchboard/transport/client"
 )
 
 // target is a broadcast server under test: Switchboard or the built-in naive baseline.
 type target struct {
-	name      string // switchboard | baseline
-	ws        string // ws://…/web
-	ws2       string // a second node's ws://…/web (subscribers alternate); "" for one node
-	http      string // http://… (POST /api/broadcast)
-	subHeader func(i int) http.Header
-	producer  http.Header
-	pid       int // for CPU accounting; 0: unknown (in-process baseline)
+	name          string // switchboard | baseline
+	ws            string // ws://…/web
+	ws2           string // a second node's ws://…/web (subscribers alternate); "" for one node
+	http          string // http://… (POST /api/broadcast)
+	subHeader     func(i int) http.Header
+	producerToken string // bearer token of the producers ("" for the baseline, which checks none)
+	pid           int    // for CPU accounting; 0: unknown (in-process baseline)
 }
 
 // subscriber is one connection's handler in a fan-out run; its read goroutine is the only
@@ -36,9 +38,15 @@ type subscriber struct {
 }
 
 func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
-	now := time.Now().UnixNano()
-	seq, ts, ok := seqTS(m.Bytes())
+	s.onData(m.Bytes())
 	_ = m.Close()
+}
+
+// onData records one broadcast (the whole frame, or its data object): on the raw socket's read
+// goroutine or on the Go client's callback goroutine, never both.
+func (s *subscriber) onData(b []byte) {
+	now := time.Now().UnixNano()
+	seq, ts, ok := seqTS(b)
 	if !ok {
 		s.warmed.Store(true) // a warm-up broadcast: this connection is registered
 		return
@@ -47,6 +55,18 @@ func (s *subscriber) OnMessage(_ *gws.Conn, m *gws.Message) {
 		s.complete.Add(1)
 	}
 	s.got.Add(1)
+}
+
+// disconnected counts a Go client's connection that the server closed (the raw sockets count
+// theirs in baseHandler.OnClose).
+func (s *subscriber) disconnected(d client.Disconnect) {
+	if d.Code == 0 || s.closed == nil {
+		return
+	}
+	s.closed.Add(1)
+	if s.codes != nil {
+		s.codes.add(fmt.Sprintf("server closed %d %s", d.Code, d.Reason))
+	}
 }
 
 // runFanout measures Switchboard and/or the baseline and prints the ratio when both ran.
@@ -75,7 +95,7 @@ func runFanout(ctx context.Context, o *options, rep *reporter, switchboard, base
 		}
 		defer srv.stop()
 		tg := &target{name: "baseline", ws: "ws://" + srv.addr + "/web", http: "http://" + srv.addr, pid: srv.pid,
-			subHeader: func(int) http.Header { return http.Header{} }, producer: http.Header{}}
+			subHeader: func(int) http.Header { return http.Header{} }, producerToken: "baseline"}
 		if base, err = fanoutOnce(ctx, o, rep, tg, 0); err != nil {
 			return err
 		}
@@ -114,7 +134,7 @@ func switchboardTarget(ctx context.Context, o *options, rep *reporter, n int) (*
 		name, ws2 = "switchboard-2nodes", o.url2+"/web"
 	}
 	return &target{name: name, ws: o.url + "/web", ws2: ws2, http: o.http, pid: o.serverPID,
-		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producer: bearer(ptok)}, nil
+		subHeader: func(i int) http.Header { return bearer(toks[i]) }, producerToken: ptok}, nil
 }
 
 // compare puts the performance targets on the Switchboard result.
@@ -145,15 +165,20 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 			d: newDelivery(b, o.producers, b/sampleEvery+1)}
 	}
 	d := &dialer{url: tg.ws, alt: tg.ws2, readBuf: o.readBuf}
-	rep.progress("[%s] opening %d subscribers to %s", tg.name, n, tg.ws)
-	p := openPool(ctx, rep, d, n, o.c, o.duration, func(i int) gws.Event { return subs[i] }, tg.subHeader)
+	rep.progress("[%s] opening %d subscribers (%s) to %s", tg.name, n, o.subClient, tg.ws)
+	var p *pool
+	if o.subClient == "go" && tg.name != "baseline" {
+		p = openGoSubscribers(ctx, rep, o, tg, subs)
+	} else {
+		p = openPool(ctx, rep, d, n, o.c, o.duration, func(i int) gws.Event { return subs[i] }, tg.subHeader)
+	}
 	defer p.close()
 	if p.ok == 0 {
 		return nil, fmt.Errorf("[%s] no subscriber could connect: %s", tg.name, topErrors(p.errs.snapshot(), 3))
 	}
 	var live []*subscriber
-	for i, c := range p.conns {
-		if c != nil {
+	for i := range subs {
+		if p.up(i) {
 			live = append(live, subs[i])
 		}
 	}
@@ -165,7 +190,10 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 		defer stalled.close()
 	}
 	slow0, _ := scrape(ctx, o, slowMetric)
-	prod := newProducer(tg, o.producers)
+	prod, err := newProducer(tg, o.producers)
+	if err != nil {
+		return nil, err
+	}
 	if err := warmUp(ctx, rep, prod, live, 30*time.Second); err != nil {
 		return nil, fmt.Errorf("[%s] %w", tg.name, err)
 	}
@@ -184,16 +212,24 @@ func fanoutOnce(ctx context.Context, o *options, rep *reporter, tg *target, slow
 	var sendEnd time.Time
 	go func() {
 		defer close(sendDone)
-		prod.send(ctx, start, b, o.size, o.rate, start.Add(o.duration))
+		prod.send(ctx, start, b, o.size, o.rate, start.Add(o.duration), nil)
 		sendEnd = time.Now()
 	}()
-	waitDeliveries(ctx, rep, tg.name, prod, live, &complete, sendDone, o.timeout)
+	got := func() int64 {
+		var g int64
+		for _, s := range live {
+			g += s.got.Load()
+		}
+		return g
+	}
+	waitDeliveries(ctx, rep, tg.name, prod, len(live), got, &complete, sendDone, o.timeout)
 	wall := time.Since(start)
 	<-sendDone // the producers stop at the cap or with ctx; sendEnd is theirs until then
 	cli, srv, oth := cpu.stop()
 
 	res := &result{Scenario: "fanout", Target: tg.name, Mode: mode, N: len(live), C: o.c, Messages: b, Size: o.size,
-		Rate: o.rate, Producers: o.producers, NoFile: o.nofile, Unit: "msgs", Failed: p.failed, Errors: p.errs.snapshot()}
+		Rate: o.rate, Producers: o.producers, NoFile: o.nofile, Unit: "msgs", Failed: p.failed, Errors: p.errs.snapshot(),
+		ConnectPS: float64(p.ok) / p.took.Seconds()}
 	var lastRecv int64
 	var samples []uint32
 	for _, s := range live {
@@ -257,7 +293,7 @@ func addErr(m map[string]int, k string, v int) map[string]int {
 func warmUp(ctx context.Context, rep *reporter, prod *producer, subs []*subscriber, limit time.Duration) error {
 	deadline := time.Now().Add(limit)
 	for ctx.Err() == nil && time.Now().Before(deadline) {
-		if err := prod.post(ctx, []byte(`{"pkg_id":100,"data":{"w":1}}`)); err != nil {
+		if err := prod.post(ctx, "", []byte(`{"w":1}`)); err != nil {
 			return fmt.Errorf("warm-up broadcast: %w", err)
 		}
 		for range 10 {
@@ -279,7 +315,7 @@ func warmUp(ctx context.Context, rep *reporter, prod *producer, subs []*subscrib
 
 // waitDeliveries prints progress until every subscriber has every broadcast, or the timeout
 // after sending ended.
-func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *producer, subs []*subscriber,
+func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *producer, subs int, got func() int64,
 	complete *atomic.Int64, sendDone <-chan struct{}, timeout time.Duration) {
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -293,74 +329,61 @@ func waitDeliveries(ctx context.Context, rep *reporter, name string, prod *produ
 			sendDone = nil
 			giveUp = time.After(timeout)
 		case <-giveUp:
-			rep.progress("[%s] timeout: %d of %d subscribers complete", name, complete.Load(), len(subs))
+			rep.progress("[%s] timeout: %d of %d subscribers complete", name, complete.Load(), subs)
 			return
 		case <-tick.C:
-			if sendDone == nil && complete.Load() == int64(len(subs)) {
+			if sendDone == nil && complete.Load() == int64(subs) {
 				return
 			}
 			if time.Since(lastPrint) >= time.Second {
 				lastPrint = time.Now()
-				var got int64
-				for _, s := range subs {
-					got += s.got.Load()
-				}
 				rep.progress("[%s] sent %d, delivered %d, complete subscribers %d/%d",
-					name, prod.accepted.Load(), got, complete.Load(), len(subs))
+					name, prod.accepted.Load(), got(), complete.Load(), subs)
 			}
 		}
 	}
 }
 
-// producer POSTs broadcasts over keep-alive HTTP connections.
+// producer POSTs broadcasts over keep-alive HTTP connections, through the Go client's
+// Publisher (transport/client): a producer that never receives needs no WebSocket.
 type producer struct {
-	url      string
-	header   http.Header
-	client   *http.Client
+	pub      *client.Publisher
 	workers  int
 	accepted atomic.Int64
 	errs     errorCounts
 }
 
-func newProducer(tg *target, workers int) *producer {
+func newProducer(tg *target, workers int) (*producer, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: workers + 1, DisableCompression: true, ForceAttemptHTTP2: false}
-	return &producer{url: tg.http + "/api/broadcast", header: tg.producer, workers: workers,
-		client: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+	pub, err := client.NewPublisher(client.PublisherConfig{BaseURL: tg.http, Token: tg.producerToken,
+		HTTPClient: &http.Client{Transport: tr, Timeout: 10 * time.Second}})
+	if err != nil {
+		return nil, err
+	}
+	return &producer{pub: pub, workers: workers}, nil
 }
 
-func (p *producer) post(ctx context.Context, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader(body))
+// post publishes data (a JSON object) with pkg_id 100 on topic ("" for every connection).
+func (p *producer) post(ctx context.Context, topic string, data []byte) error {
+	_, err := p.pub.Publish(ctx, topic, 100, json.RawMessage(data))
+	var e *client.Error
+	if errors.As(err, &e) && e.HTTPStatus == http.StatusTooManyRequests {
+		return fmt.Errorf("POST /api/broadcast: %w (raise SWITCHBOARD_RATE_LIMIT_PER_MINUTE on the server)", err)
+	}
 	if err != nil {
-		return err
-	}
-	for k, v := range p.header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
-	if err != nil {
-		return err
-	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 300))
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		hint := ""
-		if resp.StatusCode == http.StatusTooManyRequests {
-			hint = " (raise SWITCHBOARD_RATE_LIMIT_PER_MINUTE on the server)"
-		}
-		return fmt.Errorf("POST /api/broadcast: HTTP %d %s%s", resp.StatusCode, bytes.TrimSpace(msg), hint)
+		return fmt.Errorf("POST /api/broadcast: %w", err)
 	}
 	return nil
 }
 
-// send posts broadcasts 0…b-1: worker k sends k, k+P, k+2P…, each after the previous one was
+// send posts broadcasts 0…b-1 (on topicOf(i), or to every connection when topicOf is nil):
+// worker k sends k, k+P, k+2P…, each after the previous one was
 // accepted, so the server's order within a worker is the sequence order. With rate > 0,
 // broadcast i leaves at start + i/rate. Sending stops at the first error or at capAt.
-func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate float64, capAt time.Time) {
+func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate float64, capAt time.Time, topicOf func(int) string) {
 	var wg sync.WaitGroup
 	for k := range p.workers {
 		wg.Go(func() {
-			body := make([]byte, 0, size+64)
 			var data []byte
 			for seq := k; seq < b && ctx.Err() == nil && time.Now().Before(capAt); seq += p.workers {
 				if rate > 0 {
@@ -368,8 +391,11 @@ func (p *producer) send(ctx context.Context, start time.Time, b, size int, rate 
 					sleepCtx(ctx, time.Until(at))
 				}
 				data = payload(data, seq, time.Now().UnixNano(), size)
-				body = append(append(append(body[:0], `{"pkg_id":100,"data":`...), data...), '}')
-				if err := p.post(ctx, body); err != nil {
+				topic := ""
+				if topicOf != nil {
+					topic = topicOf(seq)
+				}
+				if err := p.post(ctx, topic, data); err != nil {
 					p.errs.add(classify(err))
 					return
 				}

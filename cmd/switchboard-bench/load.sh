@@ -105,6 +105,9 @@ start_server fanout
 bench fanout --n "$N" --messages "$MESSAGES" --size 100 --producers 1 --pin "$SERVER_CPU"
 bench fanout --n "$N" --messages "$MESSAGES" --size 100 --producers "$PRODUCERS" --pin "$SERVER_CPU"
 bench fanout --n "$N" --messages "$RATE_MESSAGES" --size 100 --rate "$RATE" --pin "$SERVER_CPU"
+# Topics: broadcast-to-all, then the same subscribers over 100 dashboards.* topics (100 each at
+# N = 10 000), 50 broadcasts per topic on random topics; connect+SUBSCRIBE beside connect alone.
+bench fanout --n "$N" --messages 50 --size 100 --topics 100 --producers "$PRODUCERS"
 # Slow consumers: 2 KB broadcasts so that ten connections that never read exceed the send budget
 # (1 MiB) plus their socket buffers within the run; the readers' p99 with and without them.
 bench fanout --n 200 --slow 10 --messages 4000 --size 2000 --rate 400
@@ -116,12 +119,12 @@ if psql -h 127.0.0.1 -U "$PGUSER" -qc 'select 1' >/dev/null 2>&1; then
 	PG_CREATED=1
 	DSN="postgres://$PGUSER@127.0.0.1:5432/sb_bench?sslmode=disable"
 	start_server rpc SWITCHBOARD_DATABASE_URL="$DSN"
-	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --direct-dsn "$DSN"
+	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --direct-dsn "$DSN" --pin "$SERVER_CPU"
 	stop_server
 else
 	echo "load: no PostgreSQL on 127.0.0.1 for $PGUSER: rpc runs against the embedded SQLite, without --direct-dsn" >&2
 	start_server rpc
-	bench rpc --n "$RPC_N" --duration "$RPC_DURATION"
+	bench rpc --n "$RPC_N" --duration "$RPC_DURATION" --pin "$SERVER_CPU"
 	stop_server
 fi
 

@@ -6,6 +6,7 @@
 //	switchboard-bench connect  --n 10000 --c 64 --server-pid PID
 //	switchboard-bench fanout   --n 10000 --messages 300 --size 100 [--rate 5] [--compare=false]
 //	switchboard-bench fanout   --n 1000 --messages 2000 --size 2000 --rate 200 --slow 10
+//	switchboard-bench fanout   --n 2000 --messages 100 --topics 20
 //	switchboard-bench baseline --n 10000 --messages 300 --size 100
 //	switchboard-bench rpc      --n 64 --duration 10s [--direct-dsn postgres://…]
 //	switchboard-bench stress   --duration 60s --kill-redis-at 20s,40s --redis-down 3s --plot stress.svg
@@ -36,12 +37,18 @@ Scenarios:
   connect    open --n authenticated connections at concurrency --c; conns/s, handshake
              p50/p99, server RSS per idle connection (--server-pid, else /metrics)
   fanout     --n subscribers, --messages broadcasts of --size bytes through POST /api/broadcast,
+             (--topics K: then the subscribers again, spread over K topics dashboards.0…K-1,
+             --messages per topic on random topics; no loss, exactly once and seq order per
+             topic are checked; connect+SUBSCRIBE rate beside the connect rate)
              as fast as possible (--rate 0) or at --rate per second; then the same against the
              built-in naive gws broadcaster (--compare, on by default) and the ratio
              --slow K: the fanout twice, the second time with K connections that never read
   baseline   the fanout run against the built-in naive gws broadcaster only
   rpc        --n clients in a closed loop: GET_AUTHORS and CREATE_AUTHOR over WebSocket and
-             GET/POST /authors over HTTP; with --direct-dsn, the same Bun query called directly
+             GET/POST /authors over HTTP; each phase followed by the same queries behind a bare
+             gws server and a bare net/http handler (in the tool, on the server's database:
+             --direct-dsn or the SQLite file in --data-dir; --rpc-baselines=false skips them),
+             with the req/s and p99 ratios; with --direct-dsn, the same Bun query called directly
   stress     a bounded mixed run that checks invariants as it goes; exits non-zero on a violation.
              Self-contained by default: starts a private redis-server (--redis-port, else a free
              port) and a server (--server-bin, else go build) with a temporary data directory,
@@ -72,31 +79,33 @@ Flags:
 
 // options are the flags shared by every scenario.
 type options struct {
-	scenario   string
-	url        string // ws://127.0.0.1:8000
-	url2       string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
-	http       string // http://127.0.0.1:8000
-	dataDir    string
-	clientID   string
-	n, c       int
-	perUser    int
-	messages   int
-	size       int
-	rate       float64
-	producers  int
-	duration   time.Duration
-	timeout    time.Duration
-	settle     time.Duration
-	serverPID  int
-	jsonOnly   bool
-	compare    bool
-	pin        string
-	readBuf    int
-	directDSN  string
-	seedRows   int
-	maxSamples int
-	slow       int
-	nofile     uint64
+	scenario     string
+	url          string // ws://127.0.0.1:8000
+	url2         string // fanout: a second node sharing the first one's Redis; subscribers alternate between them
+	http         string // http://127.0.0.1:8000
+	dataDir      string
+	clientID     string
+	n, c         int
+	perUser      int
+	messages     int
+	size         int
+	rate         float64
+	producers    int
+	duration     time.Duration
+	timeout      time.Duration
+	settle       time.Duration
+	serverPID    int
+	jsonOnly     bool
+	compare      bool
+	pin          string
+	readBuf      int
+	directDSN    string
+	seedRows     int
+	maxSamples   int
+	slow         int
+	subClient    string // fanout: "raw" (light gws sockets) or "go" (transport/client)
+	rpcBaselines bool   // rpc: also measure the bare gws and net/http request baselines
+	nofile       uint64
 
 	// stress
 	external      bool // --url was given: a server the tool did not start
@@ -160,6 +169,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if o.scenario == "baseline-serve" { // the child process of --pin; not for users
 		return serveBaselineChild(ctx, o, stdout)
 	}
+	if o.scenario == "rpc-baseline-serve" { // rpc's bare baselines under --pin; not for users
+		return serveBareChild(ctx, o, stdout)
+	}
 	if err := o.check(); err != nil {
 		return err
 	}
@@ -173,9 +185,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "connect":
 		err = runConnect(ctx, o, rep)
 	case "fanout":
-		if o.slow > 0 {
+		switch {
+		case o.slow > 0 && o.topics > 0:
+			err = errors.New("fanout: --slow and --topics are separate runs: give one of them")
+		case o.slow > 0:
 			err = runSlow(ctx, o, rep)
-		} else {
+		case o.topics > 0:
+			err = runTopicFanout(ctx, o, rep)
+		default:
 			err = runFanout(ctx, o, rep, true, o.compare)
 		}
 	case "baseline":
@@ -216,13 +233,15 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.serverPID, "server-pid", 0, "server process id: RSS and CPU from /proc (else RSS from /metrics)")
 	fs.BoolVar(&o.jsonOnly, "json-only", false, "print only the JSON lines on stdout (no table)")
 	fs.BoolVar(&o.compare, "compare", true, "fanout: also run the built-in naive gws baseline and print the ratio")
-	fs.StringVar(&o.pin, "pin", "", "baseline: run the baseline server as a child process pinned with taskset -c PIN (e.g. 0)")
+	fs.StringVar(&o.pin, "pin", "", "baseline, rpc: run the baseline servers as a child process pinned with taskset -c PIN (e.g. 0)")
 	fs.IntVar(&o.readBuf, "read-buf", 4096, "client read buffer per connection, bytes")
 	fs.StringVar(&o.directDSN, "direct-dsn", "", "rpc: postgres://… of the server's database; runs the same Bun query directly for the ratio")
+	fs.BoolVar(&o.rpcBaselines, "rpc-baselines", true, "rpc: also run the same queries behind a bare gws server and a bare net/http handler (in the tool, on the server's database: --direct-dsn or the SQLite file in --data-dir) and print the ratios")
 	fs.IntVar(&o.seedRows, "seed", 20, "rpc: make sure the authors table has at least this many rows before GET_AUTHORS")
 	fs.IntVar(&o.slow, "slow", 0, "fanout: run twice against Switchboard, the second time with this many extra connections that never read")
+	fs.StringVar(&o.subClient, "subscribers", "raw", "fanout: raw (a light receive-only gws socket each) or go (a transport/client Client each; costs the tool more CPU and memory per connection, see docs/performance.md)")
 	fs.IntVar(&o.maxSamples, "max-samples", 20_000_000, "fanout: latency samples kept per run (sampled evenly above it)")
-	fs.IntVar(&o.topics, "topics", 6, "stress: dashboards.* topics")
+	fs.IntVar(&o.topics, "topics", 0, "stress: dashboards.* topics (default 6); fanout: after the broadcast-to-all run, spread the --n subscribers over this many topics dashboards.0… and publish --messages per topic on random topics (default 0: no topic run)")
 	fs.IntVar(&o.topicsPerSub, "topics-per-sub", 3, "stress: topics each subscriber holds")
 	fs.IntVar(&o.churners, "churners", 6, "stress: workers opening short-lived connections")
 	fs.IntVar(&o.rpcClients, "rpc-clients", 4, "stress: request/response connections")
@@ -289,6 +308,10 @@ func (o *options) check() error {
 		return fmt.Errorf("--duration and --timeout must be positive")
 	case o.slow < 0 || o.slow > 10_000:
 		return fmt.Errorf("--slow must be between 0 and 10000")
+	case o.scenario == "fanout" && (o.topics < 0 || o.topics > o.n):
+		return fmt.Errorf("fanout: --topics must be between 0 and --n (%d), got %d", o.n, o.topics)
+	case o.subClient != "raw" && o.subClient != "go":
+		return fmt.Errorf("--subscribers must be raw or go, got %q", o.subClient)
 	case o.readBuf < 512:
 		return fmt.Errorf("--read-buf must be at least 512")
 	case o.headerBytes < 1 || o.headerBytes > 64<<20:

@@ -39,13 +39,18 @@ type result struct {
 	P99ms float64 `json:"p99_ms"`
 	MaxMs float64 `json:"max_ms"`
 
-	Expected   int64   `json:"expected,omitempty"` // fanout: N × messages
-	Lost       int64   `json:"lost"`
-	Duplicated int64   `json:"duplicated"`
-	OutOfOrder int64   `json:"out_of_order"`
-	ProducerPS float64 `json:"producer_per_second,omitempty"` // broadcasts accepted per second
-	Slow       int     `json:"slow_consumers,omitempty"`      // extra connections that never read
-	SlowClosed int64   `json:"slow_closed,omitempty"`         // ws_slow_consumer_disconnects_total delta
+	Expected int64 `json:"expected,omitempty"` // fanout: N × messages (topics: what each subscriber's topic got)
+	Topics   int   `json:"topics,omitempty"`   // fanout --topics: subscribers spread over this many topics
+	// ConnectPS is connections per second while the fan-out subscribers connected (dial and
+	// upgrade); SubscribePS the same with a SUBSCRIBE answered after each dial (--topics).
+	ConnectPS   float64 `json:"connect_per_second,omitempty"`
+	SubscribePS float64 `json:"connect_subscribe_per_second,omitempty"`
+	Lost        int64   `json:"lost"`
+	Duplicated  int64   `json:"duplicated"`
+	OutOfOrder  int64   `json:"out_of_order"`
+	ProducerPS  float64 `json:"producer_per_second,omitempty"` // broadcasts accepted per second
+	Slow        int     `json:"slow_consumers,omitempty"`      // extra connections that never read
+	SlowClosed  int64   `json:"slow_closed,omitempty"`         // ws_slow_consumer_disconnects_total delta
 
 	RSSBeforeMiB  float64 `json:"rss_before_mib,omitempty"`
 	RSSAfterMiB   float64 `json:"rss_after_mib,omitempty"`
@@ -61,9 +66,11 @@ type result struct {
 
 	Ratio   float64 `json:"ratio,omitempty"` // against RatioOf
 	RatioOf string  `json:"ratio_of,omitempty"`
-	Goal    string  `json:"goal,omitempty"` // the performance target for this figure
-	GoalMet *bool   `json:"goal_met,omitempty"`
-	Limit   string  `json:"limited_by,omitempty"` // best guess at what bounded the figure
+	// BareP99Ratio is rpc's p99 over the bare baseline's p99 (Ratio is then the req/s ratio).
+	BareP99Ratio float64 `json:"bare_p99_ratio,omitempty"`
+	Goal         string  `json:"goal,omitempty"` // the performance target for this figure
+	GoalMet      *bool   `json:"goal_met,omitempty"`
+	Limit        string  `json:"limited_by,omitempty"` // best guess at what bounded the figure
 
 	Errors map[string]int `json:"errors,omitempty"`
 	Notes  []string       `json:"notes,omitempty"`

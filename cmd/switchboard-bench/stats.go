@@ -83,9 +83,8 @@ func intField(b []byte, key string) (int64, bool) {
 }
 
 const (
-	seqKey    = `"seq":`
-	tsKey     = `"ts":`
-	statusKey = `"status_code":`
+	seqKey = `"seq":`
+	tsKey  = `"ts":`
 )
 
 // seqTS extracts the sequence number and send timestamp of a load-tool broadcast frame.

@@ -70,7 +70,7 @@ func TestSeqTSRejectsOtherFrames(t *testing.T) {
 
 func TestIntField(t *testing.T) {
 	b := []byte(`{"pkg_id":1,"req_id":"x","status_code":2,"data":null}`)
-	if v, ok := intField(b, statusKey); !ok || v != 2 {
+	if v, ok := intField(b, `"status_code":`); !ok || v != 2 {
 		t.Fatalf("status_code = %d, %v", v, ok)
 	}
 	if _, ok := intField(b, `"nope":`); ok {

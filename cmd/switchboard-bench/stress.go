@@ -64,6 +64,9 @@ func (o *options) stressDefaults(set map[string]bool) error {
 	if !set["producers"] {
 		o.producers = 2
 	}
+	if !set["topics"] {
+		o.topics = 6
+	}
 	if !set["timeout"] {
 		o.timeout = 30 * time.Second
 	}
@@ -216,7 +219,10 @@ func runStress(ctx context.Context, o *options, rep *reporter) error {
 		if err != nil {
 			return err
 		}
-		pr := newStressProducer(st, i, env.http, tok, topics, o.rate/float64(o.producers), o.allRatio)
+		pr, err := newStressProducer(st, i, env.http, tok, topics, o.rate/float64(o.producers), o.allRatio)
+		if err != nil {
+			return err
+		}
 		workWG.Go(func() { pr.run(ctx, deadline) })
 	}
 	faultWG.Go(func() { runFaults(ctx, o, env, st, rep) })
@@ -319,13 +325,13 @@ func stressWarmUp(ctx context.Context, st *stressState, env *stressEnv, topic st
 			return ctx.Err()
 		}
 	}
-	pr := newStressProducer(st, -1, env.http, tok, []string{topic}, 1, 0)
-	defer pr.client.CloseIdleConnections()
-	for _, body := range []string{
-		fmt.Sprintf(`{"pkg_id":100,"topic":%q,"data":{"run":"warm-up"}}`, topic),
-		`{"pkg_id":100,"data":{"run":"warm-up"}}`,
-	} {
-		if err := pr.post(ctx, body); err != nil {
+	pr, err := newStressProducer(st, -1, env.http, tok, []string{topic}, 1, 0)
+	if err != nil {
+		return err
+	}
+	defer pr.hc.CloseIdleConnections()
+	for _, to := range []string{topic, ""} {
+		if err := pr.post(ctx, to, map[string]string{"run": "warm-up"}); err != nil {
 			return fmt.Errorf("broadcast: %w", err)
 		}
 	}

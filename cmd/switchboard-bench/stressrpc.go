@@ -1,15 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net/http"
 	"sync"
 	"time"
+
+	"switchboard/transport/client"
 )
 
 // --- request/response clients --------------------------------------------------------------
@@ -220,22 +221,25 @@ func (w *rpcWorker) batch(dels []int64) []rpcReq {
 type stressProducer struct {
 	id       int
 	st       *stressState
-	url      string
-	header   http.Header
-	client   *http.Client
+	pub      *client.Publisher
+	hc       *http.Client
 	topics   []string
 	rate     float64 // this producer's broadcasts per second
 	allRatio float64
 }
 
-func newStressProducer(st *stressState, id int, httpBase, token string, topics []string, rate, allRatio float64) *stressProducer {
+func newStressProducer(st *stressState, id int, httpBase, token string, topics []string, rate, allRatio float64) (*stressProducer, error) {
 	tr := &http.Transport{Proxy: nil, MaxIdleConnsPerHost: 1, DisableCompression: true}
-	return &stressProducer{id: id, st: st, url: httpBase + "/api/broadcast", header: bearer(token),
-		client: &http.Client{Transport: tr, Timeout: 5 * time.Second}, topics: topics, rate: rate, allRatio: allRatio}
+	hc := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	pub, err := client.NewPublisher(client.PublisherConfig{BaseURL: httpBase, Token: token, HTTPClient: hc})
+	if err != nil {
+		return nil, err
+	}
+	return &stressProducer{id: id, st: st, pub: pub, hc: hc, topics: topics, rate: rate, allRatio: allRatio}, nil
 }
 
 func (p *stressProducer) run(ctx context.Context, deadline time.Time) {
-	defer p.client.CloseIdleConnections() // an idle keep-alive connection holds a server goroutine
+	defer p.hc.CloseIdleConnections() // an idle keep-alive connection holds a server goroutine
 	interval := time.Duration(float64(time.Second) / p.rate)
 	next := time.Now()
 	for n := uint64(1); n <= 10_000_000 && ctx.Err() == nil; n++ {
@@ -253,12 +257,7 @@ func (p *stressProducer) run(ctx context.Context, deadline time.Time) {
 		if rand.Float64() >= p.allRatio {
 			topic = p.topics[rand.IntN(len(p.topics))]
 		}
-		body := fmt.Sprintf(`{"pkg_id":100,"data":{"run":%q,"p":%d,"n":%d}`, p.st.run, p.id, n)
-		if topic != "" {
-			body += fmt.Sprintf(`,"topic":%q`, topic)
-		}
-		body += "}"
-		if err := p.post(ctx, body); err != nil {
+		if err := p.post(ctx, topic, stressPayload{Run: p.st.run, P: p.id, N: n}); err != nil {
 			p.st.publishFailed.Add(1)
 			p.st.pubErrs.add(err.Error())
 			p.st.events.add("broadcast refused or failed")
@@ -269,23 +268,16 @@ func (p *stressProducer) run(ctx context.Context, deadline time.Time) {
 	}
 }
 
-func (p *stressProducer) post(ctx context.Context, body string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.url, bytes.NewReader([]byte(body)))
-	if err != nil {
-		return err
-	}
-	for k, v := range p.header {
-		req.Header[k] = v
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := p.client.Do(req)
-	if err != nil {
+// post publishes one broadcast; the error is short and from a small set (it is counted by text).
+func (p *stressProducer) post(ctx context.Context, topic string, data any) error {
+	_, err := p.pub.Publish(ctx, topic, 100, data)
+	var e *client.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &e):
+		return fmt.Errorf("HTTP %d", e.HTTPStatus)
+	default:
 		return fmt.Errorf("POST: %s", classify(err))
 	}
-	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-	_ = resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return fmt.Errorf("HTTP %d", resp.StatusCode)
-	}
-	return nil
 }

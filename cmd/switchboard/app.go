@@ -23,6 +23,7 @@ import (
 	"switchboard/store"
 	"switchboard/store/audit"
 	"switchboard/store/limits"
+	"switchboard/store/redisconn"
 	"switchboard/transport"
 	"switchboard/transport/auth"
 	"switchboard/transport/web"
@@ -40,7 +41,8 @@ type app struct {
 	handlers  *actors.HandlerPool
 	cancel    context.CancelFunc // aborts in-flight handler calls
 	verifier  *auth.Verifier
-	redis     *redis.Client // nil without SWITCHBOARD_REDIS_URL
+	redis     redis.UniversalClient // nil without SWITCHBOARD_REDIS_URL: one server, Sentinel or Cluster
+	redisKind redisconn.Kind
 	limiter   limits.RateLimiter
 	conns     limits.ConnCounter
 	stopConns func() error // stops the connection counter's heartbeat
@@ -55,6 +57,7 @@ type app struct {
 	}
 	audit      *audit.Writer
 	stats      *sysstats.Publisher // sys.stats, once a second
+	relays     relays              // the outbox relay and the stream inbox
 	ws         *transport.WSServer
 	edge       *transport.Edge // wraps http's listener
 	http       *http.Server
@@ -120,8 +123,14 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	})
 	late.hub.Store(a.hub)
 	a.stats = sysstats.Start(sysstats.Config{Node: a.node, Metrics: a.metrics, Hub: a.hub, Logger: log})
+	if err = a.startRelays(policy); err != nil {
+		return nil, err
+	}
 	reg := actors.NewRegistry()
-	reg.MustRegister(actors.AuthorRoutes(store.NewAuthors(a.db), hubPublisher{hub: a.hub, log: log})...)
+	// Each author change writes its event into the outbox in its own transaction; the relay
+	// publishes it once committed (woken at once: this node wrote it).
+	authors := store.NewAuthors(a.db).WithEvents(store.AuthorEvents{Event: actors.AuthorEventRow, Committed: a.relays.wake})
+	reg.MustRegister(actors.AuthorRoutes(authors)...)
 	// SUBSCRIBE and UNSUBSCRIBE never touch the database (a history read goes to the bus).
 	reg.MustRegister(actors.InLane(actors.LaneControl, actors.TopicRoutes(policy)...)...)
 	reg.MustRegister(actors.AuditRoutes(audit.NewRepo(a.db))...)
@@ -179,6 +188,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 			{Name: "redis", Check: a.redisPing()},
 			{Name: "pubsub", Check: a.busHealthy()},
 			{Name: "identity", Check: a.identityReady()},
+			{Name: "relay", Check: a.relays.healthy()},
 		},
 		MaxRequestBytes: cfg.MaxRequestBytes, Logger: log, Metrics: a.metrics, Extra: extra, Web: page,
 	})
@@ -350,6 +360,7 @@ func (a *app) shutdown(ctx context.Context) error {
 	start := time.Now()
 	a.ws.BeginShutdown()
 	a.stats.Stop()
+	a.relays.stop()
 	n, err := a.hub.Stop(ctx, transport.CloseGoingAway, "server shutting down")
 	errs := []error{err}
 	errs = append(errs, a.http.Shutdown(ctx))
@@ -372,6 +383,7 @@ func (a *app) close(ctx context.Context) error {
 	if a.stats != nil {
 		a.stats.Stop() // a no-op after shutdown; here for a newApp that failed half-way
 	}
+	a.relays.stop()
 	if a.hub != nil {
 		// Normally stopped already by shutdown (a second Stop is a no-op); here for a newApp
 		// that failed half-way.

@@ -48,7 +48,7 @@ func TestAuditRecordsHTTPAndWebSocket(t *testing.T) {
 	if resp, _ := s.do(t, "DELETE", "/authors/1", alice, ""); resp.StatusCode != 403 {
 		t.Fatalf("delete without role: %d", resp.StatusCode)
 	}
-	c := s.dial(t, alice)
+	c := s.connect(t, alice)
 	c.call(1, nil)
 	secret := s.token(t, "alice", "get-authors")
 	c.call(12, map[string]any{"token": secret})
@@ -89,7 +89,7 @@ func TestAuditRecordsHTTPAndWebSocket(t *testing.T) {
 	if resp, body := s.do(t, "GET", "/audit-logs?outcome=maybe", admin, ""); resp.StatusCode != 422 {
 		t.Errorf("bad outcome: %d %s", resp.StatusCode, body)
 	}
-	a := s.dial(t, admin)
+	a := s.connect(t, admin)
 	if r := a.call(20, map[string]any{"filters": map[string]any{"user_id": "alice", "outcome": "permission_denied"}}); r.status() != 0 {
 		t.Fatalf("pkg 20: %+v", r)
 	} else {

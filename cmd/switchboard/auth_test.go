@@ -2,7 +2,8 @@ package main
 
 // End-to-end tests of the WebSocket handshake (docs/protocol.md §1.1, §3, §6): token checks before
 // the upgrade, both token forms, allowed origins, roles from an external (Keycloak-shaped)
-// issuer, and tokens kept out of the logs.
+// issuer, and tokens kept out of the logs. Handshakes are raw (net/http, wsClient) since both
+// token forms, origins and refusal bodies are what is under test.
 
 import (
 	"bufio"
@@ -453,7 +454,7 @@ func TestAuthExternalIssuer(t *testing.T) {
 		// Keycloak's default access token: aud "account", the client in azp.
 		expectUpgrade(t, s, tokenQuery(iss.Token(t, oidctest.TokenClaims{Subject: "u-valid-3", Audience: []string{"account"}, AZP: cid})), nil)
 		iss.AddUser("grace", "s3cret", []string{"get-authors"}, nil)
-		c := s.dial(t, passwordGrant(t, iss, "grace", "s3cret"))
+		c := s.connect(t, passwordGrant(t, iss, "grace", "s3cret"))
 		expectStatus(t, c.call(1, nil), 0, "")
 	})
 
@@ -489,7 +490,7 @@ func TestAuthExternalIssuer(t *testing.T) {
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				tc.claims.Subject = "user-" + strings.ReplaceAll(tc.name, " ", "-")
-				c := s.dial(t, iss.Token(t, tc.claims))
+				c := s.connect(t, iss.Token(t, tc.claims))
 				e := c.call(1, nil)
 				if e.status() != tc.pkg1 {
 					t.Fatalf("GET_AUTHORS: status %d msg %q, want %d", e.status(), e.msg(), tc.pkg1)

@@ -24,7 +24,8 @@ import (
 
 const bcZeroReqID = "00000000-0000-0000-0000-000000000000"
 
-// broadcastOK posts one broadcast and fails the test unless it is accepted.
+// broadcastOK posts one broadcast body as given and fails the test unless it is accepted; for
+// bodies whose bytes matter (at the size limit). Other producers use s.publisher.
 func (s *testServer) broadcastOK(t testing.TB, token, body string) {
 	t.Helper()
 	resp, b := s.do(t, http.MethodPost, "/api/broadcast", token, body)
@@ -57,7 +58,8 @@ func (s *testServer) scrapeMetric(t testing.TB, name string) string {
 	return ""
 }
 
-// seqCheckingClient is a light gws client for the many-connections test: instead of queueing frames
+// seqCheckingClient is a light gws client for the many-connections test (a thousand sockets, and
+// it checks the broadcast frame's wire fields): instead of queueing frames
 // it checks each broadcast as it arrives (zero req_id, no status_code, the expected pkg_id and
 // data.seq one more than the last) and keeps a count and the first problem.
 type seqCheckingClient struct {
@@ -185,13 +187,13 @@ func TestBroadcastReachesThousandConnections(t *testing.T) {
 	}
 	s.waitHubActive(t, clients)
 
-	broadcaster := s.token(t, "producer", "broadcast")
+	broadcaster := s.publisher(t, s.token(t, "producer", "broadcast"))
 	for i := range messages {
-		s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":%d,"data":{"seq":%d,"text":"tick %d"}}`, pkgID, i, i))
+		mustPublish(t, broadcaster, "", pkgID, map[string]any{"seq": i, "text": fmt.Sprintf("tick %d", i)})
 	}
 	// One more as a fence: once it has arrived everywhere, a duplicate of the 20 would have too
 	// (and broken the order check).
-	s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":%d,"data":{"seq":%d}}`, pkgID, messages))
+	mustPublish(t, broadcaster, "", pkgID, map[string]any{"seq": messages})
 	eventually(t, 60*time.Second, "every client to receive every broadcast", func() bool {
 		for _, r := range recs {
 			if r.n.Load() < messages+1 {
@@ -290,9 +292,9 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 		// Hundreds of broadcasts from one producer: keep the HTTP rate limit out of the way.
 		c.RateLimitPerMinute = 1_000_000
 	})
-	healthy := []*wsClient{
-		s.dial(t, s.token(t, "healthy-1")),
-		s.dial(t, s.token(t, "healthy-2")),
+	healthy := []*testClient{
+		s.connect(t, s.token(t, "healthy-1")),
+		s.connect(t, s.token(t, "healthy-2")),
 	}
 	slow, _, err := s.rawWSDial(t, s.token(t, "slow"))
 	if err != nil {
@@ -300,12 +302,12 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 	}
 	s.waitHubActive(t, 3)
 
-	broadcaster := s.token(t, "producer", "broadcast")
+	broadcaster := s.publisher(t, s.token(t, "producer", "broadcast"))
 	pad := strings.Repeat("x", 16<<10)
 	seq := 0
 	send := func() {
 		t.Helper()
-		s.broadcastOK(t, broadcaster, fmt.Sprintf(`{"pkg_id":9,"data":{"seq":%d,"pad":"%s"}}`, seq, pad))
+		mustPublish(t, broadcaster, "", 9, map[string]any{"seq": seq, "pad": pad})
 		// Lock-step with the healthy clients: each gets every frame before the next is sent,
 		// so only a consumer that does not read can fall behind.
 		for i, c := range healthy {
@@ -313,9 +315,9 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 			var d struct {
 				Seq int `json:"seq"`
 			}
-			decodeData(t, e, &d)
-			if e.PkgID != 9 || e.ReqID != bcZeroReqID || e.StatusCode != nil || d.Seq != seq {
-				t.Fatalf("healthy client %d: frame %d is pkg_id %d req_id %s status %d seq %d", i, seq, e.PkgID, e.ReqID, e.status(), d.Seq)
+			decodeMsg(t, e, &d)
+			if e.PkgID != 9 || e.Topic != "" || d.Seq != seq {
+				t.Fatalf("healthy client %d: frame %d is pkg_id %d topic %q seq %d", i, seq, e.PkgID, e.Topic, d.Seq)
 			}
 		}
 		seq++
@@ -334,10 +336,8 @@ func TestSlowConsumerIsDisconnectedOthersKeepReceiving(t *testing.T) {
 		send()
 	}
 	for i, c := range healthy {
-		select {
-		case <-c.closed:
-			t.Fatalf("healthy client %d was disconnected", i)
-		default:
+		if n := c.c.Stats().Disconnects; n != 0 {
+			t.Fatalf("healthy client %d was disconnected %d times", i, n)
 		}
 	}
 	if got := s.scrapeMetric(t, "ws_slow_consumer_disconnects_total"); got != "1" {
@@ -368,14 +368,14 @@ func TestSlowConsumerGetsCloseFrame(t *testing.T) {
 		t.Fatalf("raw dial: %v", err)
 	}
 	s.waitHubActive(t, 1)
-	producer := s.token(t, "producer", "broadcast")
+	producer := s.publisher(t, s.token(t, "producer", "broadcast"))
 	pad := strings.Repeat("x", 16<<10)
 	sent := 0
 	for s.app.hub.Active() == 1 {
 		if sent == 2000 {
 			t.Fatalf("the stalled consumer was not disconnected after %d broadcasts of 16 KiB", sent)
 		}
-		s.broadcastOK(t, producer, fmt.Sprintf(`{"pkg_id":9,"data":{"seq":%d,"pad":"%s"}}`, sent, pad))
+		mustPublish(t, producer, "", 9, map[string]any{"seq": sent, "pad": pad})
 		sent++
 	}
 	// Read everything to memory first and parse after: only the start of reading is timed by the
@@ -479,7 +479,7 @@ type unsizedReader struct{ io.Reader }
 
 func TestBroadcastHTTPErrors(t *testing.T) {
 	s := startServer(t, func(c *config.Config) { c.MaxRequestBytes = 4096 })
-	listener := s.dial(t, s.token(t, "listener"))
+	listener := s.connect(t, s.token(t, "listener"))
 	s.waitHubActive(t, 1)
 	ok := s.token(t, "producer", "broadcast")
 	noRole := s.token(t, "reader", "get-authors")
@@ -579,18 +579,14 @@ func TestBroadcastHTTPErrors(t *testing.T) {
 		t.Fatalf("first frame pkg_id %d, want 5 (a rejected request was broadcast?)", e.PkgID)
 	}
 	e = listener.next(10 * time.Second)
-	if e.PkgID != 6 || e.ReqID != bcZeroReqID || e.StatusCode != nil || string(e.Data) != `{"hello":"world"}` {
+	if e.PkgID != 6 || e.Topic != "" || string(e.Data) != `{"hello":"world"}` {
 		t.Fatalf("second frame = %+v data %s", e, e.Data)
 	}
 	e = listener.next(10 * time.Second)
 	if e.PkgID != 7 || string(e.Data) != `{}` {
 		t.Fatalf("third frame = %+v data %s", e, e.Data)
 	}
-	select {
-	case extra := <-listener.msgs:
-		t.Fatalf("unexpected extra frame %s", extra)
-	default:
-	}
+	listener.noMessage()
 }
 
 // TestBroadcastAtBodyLimitReachesIdleClients: with the default limits (1 MiB request body,
@@ -599,19 +595,18 @@ func TestBroadcastHTTPErrors(t *testing.T) {
 // a slow consumer and receives it. (Regression: every connection used to be closed with 1013.)
 func TestBroadcastAtBodyLimitReachesIdleClients(t *testing.T) {
 	s := startServer(t, nil) // defaults: MaxRequestBytes 1 MiB, WSSendQueueBytes 1 MiB
-	c := s.dial(t, s.token(t, "idle"))
+	c := s.connect(t, s.token(t, "idle"))
 	s.waitHubActive(t, 1)
 	body := `{"pkg_id":1,"data":{"pad":"`
 	body += strings.Repeat("p", int(s.cfg.MaxRequestBytes)-len(body)-3) + `"}}`
 	s.broadcastOK(t, s.token(t, "producer", "broadcast"), body)
 	select {
-	case b := <-c.msgs:
-		if len(b) < int(s.cfg.MaxRequestBytes) {
-			t.Fatalf("frame of %d bytes", len(b))
+	case m := <-c.msgs:
+		if len(m.Data) < int(s.cfg.MaxRequestBytes)-64 {
+			t.Fatalf("data of %d bytes", len(m.Data))
 		}
-	case <-c.closed:
-		code, reason := c.closeStatus(time.Second)
-		t.Fatalf("an idle client was closed with %d %q by one accepted broadcast", code, reason)
+	case d := <-c.disconnects:
+		t.Fatalf("an idle client was closed with %d %q by one accepted broadcast", d.Code, d.Reason)
 	case <-time.After(30 * time.Second):
 		t.Fatalf("no frame within 30s")
 	}

@@ -246,7 +246,7 @@ func TestServeStartupErrors(t *testing.T) {
 		{"PostgreSQL URL that does not parse", []string{"SWITCHBOARD_DATABASE_URL", "postgres://u:hunter2@h:port/x"},
 			[]string{"SWITCHBOARD_DATABASE_URL: "}},
 		{"Redis URL with a bad path", []string{"SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:6379/1/2"},
-			[]string{"SWITCHBOARD_REDIS_URL: redis: invalid URL path"}},
+			[]string{"SWITCHBOARD_REDIS_URL: invalid Redis URL: redis: invalid URL path"}},
 		{"Redis URL with a bad port", []string{"SWITCHBOARD_REDIS_URL", "redis://:hunter2@host:port"},
 			[]string{"SWITCHBOARD_REDIS_URL: ", "invalid port"}},
 		{"Redis URL with a bad scheme", []string{"SWITCHBOARD_REDIS_URL", "http://127.0.0.1:6379"},

@@ -32,7 +32,7 @@ func TestTokenCommand(t *testing.T) {
 		if r.code != 0 || r.stderr != "" {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
-		c := s.dial(t, strings.TrimSpace(r.stdout))
+		c := s.connect(t, strings.TrimSpace(r.stdout))
 		if e := c.call(3, map[string]any{"name": "by token " + limRandomHex(4)}); e.status() != 0 {
 			t.Fatalf("CREATE_AUTHOR with the command's token: %d %q", e.status(), e.msg())
 		}
@@ -43,7 +43,7 @@ func TestTokenCommand(t *testing.T) {
 		if r.code != 0 {
 			t.Fatalf("exit %d: %s", r.code, r.stderr)
 		}
-		s.dial(t, strings.TrimSpace(r.stdout))
+		s.connect(t, strings.TrimSpace(r.stdout))
 	})
 	t.Run("no key: refused, nothing created", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "data")

@@ -16,6 +16,7 @@ import (
 
 	"switchboard/config"
 	"switchboard/store"
+	"switchboard/store/redisconn"
 	"switchboard/transport/auth"
 )
 
@@ -152,18 +153,19 @@ func checkRedis(ctx context.Context, cfg config.Config, timeout time.Duration) c
 		return r
 	}
 	r.detail = config.RedactURL(cfg.RedisURL)
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	target, err := redisconn.Parse(cfg.RedisURL)
 	if err != nil {
 		r.err = redisURLError(err)
 		return r
 	}
-	opt.DialTimeout, opt.MaxRetries = timeout, -1
-	client := redis.NewClient(opt)
+	client := target.NewClient(redisconn.Settings{DialTimeout: timeout, MaxRetries: -1})
 	defer client.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := client.Ping(ctx).Err(); err != nil {
-		r.err = fmt.Errorf("SWITCHBOARD_REDIS_URL: %s does not answer: %w", opt.Addr, err)
+	if err := redisconn.Ping(ctx, client); errors.Is(err, redisconn.ErrClusterNode) {
+		r.err = fmt.Errorf("SWITCHBOARD_REDIS_URL: %s: %w", target, err)
+	} else if err != nil {
+		r.err = fmt.Errorf("SWITCHBOARD_REDIS_URL: %s does not answer: %w", target, err)
 	}
 	return r
 }

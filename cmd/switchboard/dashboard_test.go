@@ -8,6 +8,7 @@ import (
 
 	"switchboard/config"
 	"switchboard/hub/sysstats"
+	sbclient "switchboard/transport/client"
 	"switchboard/transport/web"
 )
 
@@ -43,33 +44,22 @@ func TestDashboardFilesServed(t *testing.T) {
 // (pkg_id 30, no seq: the topic keeps no history); nobody publishes on it but the server.
 func TestSysStatsTopic(t *testing.T) {
 	s := startServer(t, nil)
-	c := s.dial(t, s.token(t, "stats-watcher"))
-	if ans := c.call(10, map[string]any{"topic": sysstats.Topic}); ans.status() != 0 {
-		t.Fatalf("SUBSCRIBE sys.stats: %+v %s", ans, ans.Data)
+	c := s.connect(t, s.token(t, "stats-watcher"))
+	c.mustSubscribe(sysstats.Topic)
+	e := c.next(15 * time.Second)
+	if e.Topic != sysstats.Topic || e.PkgID != sysstats.PkgID || e.Seq != 0 {
+		t.Fatalf("stats broadcast %+v", e)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		e := c.next(time.Until(deadline))
-		if e.Topic != sysstats.Topic {
-			continue
-		}
-		if e.PkgID != sysstats.PkgID || e.Seq != 0 || e.StatusCode != nil {
-			t.Fatalf("stats broadcast %+v", e)
-		}
-		var st sysstats.Stats
-		decodeData(t, e, &st)
-		if st.Node != s.app.node || st.Connections < 1 || st.IntervalS <= 0 {
-			t.Fatalf("stats %+v", st)
-		}
-		break
+	var st sysstats.Stats
+	decodeMsg(t, e, &st)
+	if st.Node != s.app.node || st.Connections < 1 || st.IntervalS <= 0 {
+		t.Fatalf("stats %+v", st)
 	}
 	// Watching the figures does not change them: the stats are not counted as broadcasts.
 	if got := s.scrapeMetric(t, "ws_broadcasts_total"); got != "0" {
 		t.Fatalf("ws_broadcasts_total = %q after stats only, want 0", got)
 	}
-	resp, body := s.do(t, http.MethodPost, "/api/broadcast", s.token(t, "publisher", "broadcast"),
-		`{"topic":"sys.stats","pkg_id":30,"data":{}}`)
-	if resp.StatusCode != http.StatusForbidden {
-		t.Fatalf("a client publishing on sys.stats: %d %s", resp.StatusCode, body)
+	if _, err := s.publisher(t, s.token(t, "publisher", "broadcast")).Publish(t.Context(), sysstats.Topic, sysstats.PkgID, map[string]any{}); !sbclient.IsPermissionDenied(err) {
+		t.Fatalf("a client publishing on sys.stats: %v, want 403", err)
 	}
 }

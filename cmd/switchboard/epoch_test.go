@@ -11,7 +11,9 @@ package main
 // that does not follow its position (a duplicate, another stream's message taken for the next
 // one), that every broadcast the producer got accepted reaches every dashboard unless it was told
 // recovered:false in between (no silent hole), that each was told about each loss, and that all
-// of them end on the producer's last accepted broadcast.
+// of them end on the producer's last accepted broadcast. The dashboards read raw frames instead of
+// using transport/client, which would absorb a duplicate or a hole after recovered:true and so
+// hide the very server faults checked here (the Go client's own recovery is client_e2e_test.go).
 
 import (
 	"context"
@@ -447,7 +449,7 @@ func TestTopicStreamSurvivesRedisDataLoss(t *testing.T) {
 // not recovered, and the answer names the topic's stream.
 func TestSubscribeEpochValidation(t *testing.T) {
 	s := startServer(t, nil)
-	c := s.dial(t, s.token(t, "ep-validate"))
+	c := s.dial(t, s.token(t, "ep-validate")) // raw: epochs the Go client cannot send (a number, null)
 	for _, data := range []map[string]any{
 		{"topic": "dashboards.v", "since": 0, "epoch": strings.Repeat("a", 65)},
 		{"topic": "dashboards.v", "since": 0, "epoch": 5},
@@ -479,7 +481,7 @@ func TestSubscribeEpochValidation(t *testing.T) {
 func TestSubscribeWhileRedisDown(t *testing.T) {
 	rs := redistest.StartServer(t)
 	s := clNodes(t, 1, rs.URL())[0]
-	c := s.dial(t, s.token(t, "ep-down"))
+	c := s.dial(t, s.token(t, "ep-down")) // raw: 40 SUBSCRIBEs in flight at once, answers read as they come
 	if r := c.call(10, map[string]any{"topic": "dashboards.down"}); r.status() != 0 {
 		t.Fatalf("SUBSCRIBE with Redis up: %d %q", r.status(), r.msg())
 	}

@@ -21,8 +21,8 @@ func (s *testServer) tokenTTL(t testing.TB, user string, ttl time.Duration, role
 func TestTokenExpiryAndRefresh(t *testing.T) {
 	s := startServer(t, func(c *config.Config) { c.JWTLeeway = 0 })
 	ttl := 2 * time.Second
-	stale := s.dial(t, s.tokenTTL(t, "alice", ttl, "get-authors"))
-	fresh := s.dial(t, s.tokenTTL(t, "alice", ttl, "get-authors"))
+	stale := s.connect(t, s.tokenTTL(t, "alice", ttl, "get-authors"))
+	fresh := s.connect(t, s.tokenTTL(t, "alice", ttl, "get-authors"))
 
 	r := fresh.call(12, map[string]any{"token": s.tokenTTL(t, "alice", time.Hour, "get-authors", "create-author")})
 	if r.status() != 0 {
@@ -48,7 +48,7 @@ func TestTokenExpiryAndRefresh(t *testing.T) {
 
 func TestRefreshTokenRefusals(t *testing.T) {
 	s := startServer(t, nil)
-	c := s.dial(t, s.token(t, "alice", "get-authors"))
+	c := s.connect(t, s.token(t, "alice", "get-authors"))
 	cases := []struct {
 		name, token, msg string
 	}{

@@ -50,8 +50,6 @@ type fcFieldError struct {
 // fcAuthorRoles are the roles of pkg_ids 1–5.
 var fcAuthorRoles = []string{"get-authors", "create-author", "update-author", "delete-author"}
 
-const fcZeroReqID = "00000000-0000-0000-0000-000000000000"
-
 func fcRandHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -970,7 +968,7 @@ func TestFacadeBroadcast(t *testing.T) {
 		c.RateLimitPerMinute = 1_000_000
 	})
 	c := newFCClient(t, s)
-	listener := s.dial(t, s.token(t, "fc-listener"))
+	listener := s.connect(t, s.token(t, "fc-listener"))
 	eventually(t, fcWait, "the listener registered", func() bool { return s.app.hub.Active() == 1 })
 	producer := s.token(t, "fc-producer", "broadcast")
 	reader := s.token(t, "fc-reader", "get-authors")
@@ -984,7 +982,7 @@ func TestFacadeBroadcast(t *testing.T) {
 		t.Fatalf("%s: want {\"delivered_to_nodes\": 1}", r)
 	}
 	e := listener.next(fcWait)
-	if e.PkgID != 42 || e.ReqID != fcZeroReqID || e.StatusCode != nil || string(e.Data) != `{"hello":"fc"}` {
+	if e.PkgID != 42 || e.Topic != "" || string(e.Data) != `{"hello":"fc"}` {
 		t.Fatalf("broadcast frame %+v data %s", e, e.Data)
 	}
 
@@ -1186,7 +1184,7 @@ func fcHealth(t testing.TB, c *fcClient, path string) (int, map[string]string, t
 }
 
 func fcHealthy() map[string]string {
-	return map[string]string{"status": "healthy", "database": "healthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled"}
+	return map[string]string{"status": "healthy", "database": "healthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled", "relay": "healthy"}
 }
 
 func fcSameBody(a, b map[string]string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
@@ -1243,7 +1241,7 @@ func TestFacadeHealthPostgresUnreachable(t *testing.T) {
 			}
 		}
 	}
-	unhealthy := map[string]string{"status": "unhealthy", "database": "unhealthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled"}
+	unhealthy := map[string]string{"status": "unhealthy", "database": "unhealthy", "redis": "disabled", "pubsub": "disabled", "identity": "disabled", "relay": "unhealthy"}
 	expectUnhealthy := func(phase string, minTook time.Duration) {
 		t.Helper()
 		for _, p := range []string{"/health", "/readyz"} {
@@ -1434,7 +1432,7 @@ func TestFacadeMetrics(t *testing.T) {
 	reader := s.token(t, "fc-metrics-reader", "get-authors")
 
 	// A WebSocket client: one accepted connection, a request, a broadcast it receives.
-	ws := s.dial(t, all)
+	ws := s.connect(t, all)
 	c.mu.Lock()
 	c.counts[fcKey{"GET", "GET /web", "101"}]++
 	c.mu.Unlock()

@@ -23,6 +23,9 @@ import (
 	"switchboard/store/redistest"
 )
 
+// The retrying clients are raw gws sockets: the test pins their retry cadence and counts the
+// handshakes refused with 1008, which transport/client paces with its own backoff.
+
 // tcpProxy forwards connections to target until Cut, which closes the listener and every
 // connection: to a node behind it, its Redis is gone as if the node had died.
 type tcpProxy struct {

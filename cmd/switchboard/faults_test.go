@@ -36,6 +36,7 @@ import (
 	"switchboard/store/faultproxy"
 	"switchboard/store/redistest"
 	"switchboard/store/storetest"
+	sbclient "switchboard/transport/client"
 )
 
 // faultPG is a fresh PostgreSQL database behind a fault proxy: the server gets url (through
@@ -76,8 +77,9 @@ type faultAnswer struct {
 	took   time.Duration
 }
 
-// faultCall sends one request on c and waits up to d for its answer. It never fails the test,
-// so load goroutines may call it.
+// faultCall sends one request on the raw connection c and waits up to d for its answer. It
+// never fails the test, so load goroutines may call it. The Redis-outage test uses it on the
+// connections whose admission under the per-user limit it checks frame by frame.
 func faultCall(c *wsClient, pkgID int, data any, d time.Duration) (envelope, error) {
 	id := uuid.NewString()
 	b, _ := json.Marshal(map[string]any{"pkg_id": pkgID, "req_id": id, "data": data})
@@ -128,7 +130,7 @@ func startWriteLoad(t *testing.T, s *testServer, clients int, wait time.Duration
 	l := &writeLoad{stop: make(chan struct{})}
 	tag := limRandomHex(3)
 	for k := range clients {
-		c := s.dial(t, s.token(t, fmt.Sprintf("writer-%d", k), "create-author"))
+		c := s.connect(t, s.token(t, fmt.Sprintf("writer-%d", k), "create-author"))
 		l.wg.Go(func() {
 			pace := time.NewTicker(writePace)
 			defer pace.Stop()
@@ -139,7 +141,9 @@ func startWriteLoad(t *testing.T, s *testServer, clients int, wait time.Duration
 				case <-pace.C:
 				}
 				a := faultAnswer{name: fmt.Sprintf("Fault %s %d-%d", tag, k, i), sent: time.Now()}
-				e, err := faultCall(c, 3, map[string]any{"name": a.name}, wait)
+				ctx, cancel := context.WithTimeout(context.Background(), wait)
+				e, err := c.tryCall(ctx, 3, map[string]any{"name": a.name})
+				cancel()
 				a.took = time.Since(a.sent)
 				if err != nil {
 					l.mu.Lock()
@@ -329,7 +333,7 @@ func TestFaultPostgresFrozenUnderWrites(t *testing.T) {
 	})
 	const clients = 4
 	load := startWriteLoad(t, s, clients, handlerTimeout+10*time.Second)
-	other := s.dial(t, s.token(t, "bystander", "get-authors"))
+	other := s.connect(t, s.token(t, "bystander", "get-authors"))
 
 	eventually(t, 30*time.Second, "writes before the freeze", func() bool { return load.count(0, time.Time{}) >= 50 })
 	pg.proxy.Freeze()
@@ -338,23 +342,24 @@ func TestFaultPostgresFrozenUnderWrites(t *testing.T) {
 	// While frozen: requests that need no database are answered at once (well within the
 	// handler timeout that the writers' requests wait out).
 	quick := 3 * time.Second
+	var sub *sbclient.Subscription
 	for _, rq := range []struct {
-		pkg    int
-		data   any
-		status int
+		name string
+		run  func() error
 	}{
-		{10, map[string]any{"topic": "dashboards.faults"}, 0},
-		{11, map[string]any{"topic": "dashboards.faults"}, 0},
-		{99, nil, 1},
-		{12, map[string]any{"token": s.token(t, "bystander", "get-authors")}, 0},
+		{"SUBSCRIBE", func() (err error) { sub, err = other.subscribe("dashboards.faults"); return err }},
+		{"UNSUBSCRIBE", func() error { return sub.Unsubscribe(t.Context()) }},
+		{"unknown pkg_id", func() error { return expectAnswer(other.tryCall(t.Context(), 99, nil))(1) }},
+		{"REFRESH_TOKEN", func() error {
+			return expectAnswer(other.tryCall(t.Context(), 12, map[string]any{"token": s.token(t, "bystander", "get-authors")}))(0)
+		}},
 	} {
 		start := time.Now()
-		e, err := faultCall(other, rq.pkg, rq.data, e2eWait)
-		if err != nil || e.status() != rq.status {
-			t.Fatalf("pkg %d while PostgreSQL is frozen: %+v, %v", rq.pkg, e, err)
+		if err := rq.run(); err != nil {
+			t.Fatalf("%s while PostgreSQL is frozen: %v", rq.name, err)
 		}
 		if took := time.Since(start); took > quick {
-			t.Errorf("pkg %d took %s while PostgreSQL is frozen (handler timeout %s)", rq.pkg, took, handlerTimeout)
+			t.Errorf("%s took %s while PostgreSQL is frozen (handler timeout %s)", rq.name, took, handlerTimeout)
 		}
 	}
 	if resp, b := limRequest(t, s, http.MethodGet, "/livez", "", "", nil); resp.StatusCode != http.StatusOK {
@@ -405,7 +410,7 @@ func TestFaultHalfOpenClientIsReaped(t *testing.T) {
 		p := faultproxy.Start(t, strings.TrimPrefix(s.base, "http://"))
 		u := limUser(r, "halfopen")
 		tok := s.token(t, u, "get-authors")
-		c, err := s.tryDialVia(t, p.Addr(), tok, nil)
+		c, err := s.tryDialVia(t, p.Addr(), tok, nil) // raw: a client that would reconnect is no half-open peer
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -535,4 +540,17 @@ func TestFaultRedisCutAndFrozen(t *testing.T) {
 		"Redis frozen: %d frames failed open (+%v), slowest %s, healthy %s after it thawed; limits applied again both times",
 		cut, cutFrames, cutOpen, cutSlowest.Round(time.Millisecond), cutRecovery.Round(time.Millisecond),
 		frozenFrames, frozenOpen, frozenSlowest.Round(time.Millisecond), frozenRecovery.Round(time.Millisecond))
+}
+
+// expectAnswer turns an answer into an error unless its status is the one wanted.
+func expectAnswer(e envelope, err error) func(status int) error {
+	return func(status int) error {
+		if err != nil {
+			return err
+		}
+		if e.status() != status {
+			return fmt.Errorf("answered %d %q, want %d", e.status(), e.msg(), status)
+		}
+		return nil
+	}
 }

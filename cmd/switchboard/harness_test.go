@@ -21,6 +21,7 @@ import (
 	"github.com/lxzan/gws"
 
 	"switchboard/config"
+	"switchboard/store/redistest"
 	"switchboard/transport/auth"
 )
 
@@ -98,6 +99,7 @@ func seedDataDir(t testing.TB, dir string) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	redistest.StopShared() // the shared Redis Cluster and Sentinel set, if a test started them
 	if seed.dir != "" {
 		_ = os.RemoveAll(seed.dir)
 	}

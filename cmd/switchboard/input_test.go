@@ -80,7 +80,7 @@ func TestInputNULRefused(t *testing.T) {
 		s := startServerLogged(t, func(c *config.Config) { c.DatabaseURL = dbURL },
 			slog.New(slog.NewTextHandler(&logs, nil)))
 		token := s.token(t, "nul-user", inputRoles...)
-		c := s.dial(t, token)
+		c := s.connect(t, token)
 		const nul = "a\x00b"
 		for _, tc := range []struct {
 			pkg  int
@@ -148,7 +148,7 @@ func TestInputNULRefused(t *testing.T) {
 func TestInputUnicodeSpaceNames(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
 		token := s.token(t, "space-user", inputRoles...)
-		c := s.dial(t, token)
+		c := s.connect(t, token)
 		for _, name := range []string{" ", "\u00a0", "\u3000", "\u200b", "\u2003\u2009\u202f", "\ufeff", "\u2060",
 			"\u3164", "\u2800", "\u180e", " \u00a0\u3000\u200b "} {
 			expectFieldError(t, c.call(3, map[string]any{"name": name}), "/name", "visible character")
@@ -190,7 +190,7 @@ func TestInputReqIDEcho(t *testing.T) {
 		{"not ASCII", "réq", zeroReqID},
 	}
 	t.Run("json", func(t *testing.T) {
-		c := s.dial(t, token)
+		c := s.dial(t, token) // raw: the req_ids under test are ones the Go client never makes
 		for _, tc := range cases {
 			frame, _ := json.Marshal(map[string]any{"pkg_id": 1, "req_id": tc.reqID})
 			e := sendFrame(t, c, string(frame))
@@ -222,7 +222,7 @@ func TestInputDepthLimit(t *testing.T) {
 	s := startServer(t, nil)
 	token := s.token(t, "deep-user", inputRoles...)
 	id := uuid.NewString()
-	c := s.dial(t, token)
+	c := s.dial(t, token) // raw: the nesting is written into the frame's bytes
 	for _, depth := range []int{33, 1000, 9000} {
 		e := sendFrame(t, c, `{"pkg_id":1,"req_id":"`+id+`","data":`+nestedJSON(depth)+`}`)
 		if e.ReqID != id {
@@ -256,7 +256,7 @@ func TestInputProtobufMissingPkgID(t *testing.T) {
 	r := p.answer(id)
 	expectFieldError(t, r.envelope(), "/pkg_id", "required")
 
-	c := s.dial(t, s.token(t, "json-pkg", inputRoles...))
+	c := s.dial(t, s.token(t, "json-pkg", inputRoles...)) // raw: a frame without pkg_id
 	expectFieldError(t, sendFrame(t, c, `{"req_id":"`+id+`"}`), "/pkg_id", "required")
 
 	id = uuid.NewString()

@@ -7,6 +7,7 @@ import (
 	"switchboard/config"
 )
 
+// Raw sockets: the test chooses whether a peer answers pings, which transport/client always does.
 // A peer that never answers pings is dropped after twice the ping interval; one that answers
 // stays.
 func TestKeepaliveReapsSilentPeers(t *testing.T) {

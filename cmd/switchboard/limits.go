@@ -7,10 +7,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"switchboard/actors"
 	"switchboard/store/limits"
+	"switchboard/store/redisconn"
 	"switchboard/store/sessions"
 	"switchboard/transport"
 )
@@ -25,14 +24,12 @@ func (a *app) openLimits() error {
 		a.conns = limits.NewMemoryConnCounter()
 		return nil
 	}
-	opt, err := redis.ParseURL(a.cfg.RedisURL)
+	target, err := redisconn.Parse(a.cfg.RedisURL)
 	if err != nil {
 		return redisURLError(err)
 	}
-	opt.ContextTimeoutEnabled = true
-	opt.DialTimeout = time.Second
-	opt.MaxRetries = 1
-	a.redis = redis.NewClient(opt)
+	a.redisKind = target.Kind
+	a.redis = target.NewClient(redisconn.Settings{DialTimeout: time.Second, MaxRetries: 1})
 	lopts := []limits.Option{limits.WithFailOpen(true), limits.WithLogger(a.log), limits.WithMetrics(a.metrics)}
 	a.limiter = limits.NewRedisRateLimiter(a.redis, a.cfg.RedisPrefix, lopts...)
 	cc := limits.NewRedisConnCounter(a.redis, a.cfg.RedisPrefix, a.node, lopts...)
@@ -45,7 +42,7 @@ func (a *app) redisPing() func(context.Context) error {
 	if a.redis == nil {
 		return nil
 	}
-	return func(ctx context.Context) error { return a.redis.Ping(ctx).Err() }
+	return func(ctx context.Context) error { return redisconn.Ping(ctx, a.redis) }
 }
 
 func (a *app) sessions() transport.SessionStore {

@@ -104,7 +104,7 @@ func expectLogin(t testing.TB, resp *http.Response, body []byte) loginTokens {
 // answered with the given status codes.
 func loginRoles(t testing.TB, s *testServer, accessToken string, getStatus, createStatus int) {
 	t.Helper()
-	c := s.dial(t, accessToken)
+	c := s.connect(t, accessToken)
 	if e := c.call(1, nil); e.status() != getStatus {
 		t.Fatalf("GET_AUTHORS with the login's token: status %d msg %q, want %d", e.status(), e.msg(), getStatus)
 	}

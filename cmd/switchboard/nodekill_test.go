@@ -69,7 +69,9 @@ func startProcNode(t *testing.T, env ...string) *procNode {
 	return n
 }
 
-// dashboard is a subscriber that behaves as a client must: it keeps the topic's seq and
+// dashboard is a hand-made subscriber (a raw socket, not transport/client: the Go client drops
+// duplicates and heals gaps by itself, which would hide the server faults this test looks for)
+// that behaves as a client must: it keeps the topic's seq and
 // epoch, and when its connection drops it reconnects (to the nodes in turn, every 250 ms) and
 // subscribes again with since and epoch. It records every violation of "each message once, in
 // order, or told recovered:false".

@@ -2,7 +2,8 @@ package main
 
 // End-to-end tests of format=protobuf connections (docs/protocol.md §1.1, §1.3; the frame is
 // transport/switchboard.proto, the decisions docs/protocol.md §8). The client below reads and
-// writes Frame with protowire on its own, so these tests do not share the server's codec.
+// writes Frame with protowire on its own, so these tests do not share the server's codec (nor
+// the Go client's: they check the bytes of both formats on the wire).
 
 import (
 	"encoding/json"
@@ -381,7 +382,7 @@ func TestProtobufTopicBroadcast(t *testing.T) {
 		if epoch == "" {
 			epoch = f.Epoch
 		}
-		e := topicFrame(t, js, topic)
+		e := wireTopicFrame(t, js, topic)
 		if e.PkgID != 7 || e.Seq != seq || e.Epoch != epoch || f.Epoch != epoch || string(e.Data) != want {
 			t.Fatalf("json broadcast %d: %+v data %s (epoch %s)", seq, e, e.Data, epoch)
 		}
@@ -411,5 +412,21 @@ func TestProtobufTopicBroadcast(t *testing.T) {
 	}
 	if e := js.next(e2eWait); e.PkgID != 8 || e.StatusCode != nil || string(e.Data) != `{"all":true}` {
 		t.Fatalf("json broadcast without topic: %+v data %s", e, e.Data)
+	}
+}
+
+// wireTopicFrame waits for the next broadcast frame on the raw connection c, skipping answers,
+// and checks its topic.
+func wireTopicFrame(t *testing.T, c *wsClient, topic string) envelope {
+	t.Helper()
+	for {
+		e := c.next(10 * time.Second)
+		if e.StatusCode != nil {
+			continue // an answer to something else
+		}
+		if e.Topic != topic {
+			t.Fatalf("broadcast on %q, want %q: %+v", e.Topic, topic, e)
+		}
+		return e
 	}
 }

@@ -154,7 +154,13 @@ func offsetMeta(page, perPage, total, pages int, hasMore bool) map[string]any {
 }
 
 // mustCreate creates authors through pkg 3 and returns them in order.
-func mustCreate(t testing.TB, c *wsClient, names ...string) []authorRow {
+// caller sends a request and returns its answer: testClient (the Go client) or, where a test
+// also writes raw frames on the same connection, wsClient.
+type caller interface {
+	call(pkgID int, data any) envelope
+}
+
+func mustCreate(t testing.TB, c caller, names ...string) []authorRow {
 	t.Helper()
 	out := make([]authorRow, 0, len(names))
 	for _, n := range names {
@@ -202,7 +208,8 @@ func TestProtocolGetAuthors(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
 		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
 
-		// Empty table: an empty list, never null; the whole response envelope as specified.
+		// Empty table: an empty list, never null; the whole response envelope as specified (on
+		// the wire: a raw socket, as the other tests here that write frames themselves).
 		id := uuid.NewString()
 		c.sendText(`{"pkg_id":1,"req_id":"` + id + `","data":{}}`)
 		var resp map[string]json.RawMessage
@@ -235,7 +242,7 @@ func TestProtocolGetAuthors(t *testing.T) {
 		}
 
 		// A reader with only get-authors.
-		r := s.dial(t, s.token(t, "reader", "get-authors"))
+		r := s.connect(t, s.token(t, "reader", "get-authors"))
 		for _, tc := range []struct {
 			name string
 			data any
@@ -295,7 +302,7 @@ func TestProtocolGetAuthors(t *testing.T) {
 
 func TestProtocolPagination(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
-		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
+		c := s.connect(t, s.token(t, "writer", allAuthorRoles...))
 		all := mustCreate(t, c, "a1", "b2", "a3", "b4", "a5", "b6", "a7")
 
 		t.Run("offset defaults", func(t *testing.T) {
@@ -452,7 +459,7 @@ func TestProtocolPagination(t *testing.T) {
 
 func TestProtocolCreateUpdateDelete(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
-		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
+		c := s.connect(t, s.token(t, "writer", allAuthorRoles...))
 
 		t.Run("create", func(t *testing.T) {
 			e := c.call(3, map[string]any{"name": "Ursula K. Le Guin"})
@@ -566,12 +573,12 @@ func TestProtocolCreateUpdateDelete(t *testing.T) {
 
 func TestProtocolPermissionsAndUnknownPkg(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
-		admin := s.dial(t, s.token(t, "writer", allAuthorRoles...))
+		admin := s.connect(t, s.token(t, "writer", allAuthorRoles...))
 		existing := mustCreate(t, admin, "Existing")[0]
-		nobody := s.dial(t, s.token(t, "nobody"))
-		reader := s.dial(t, s.token(t, "reader", "get-authors"))
+		nobody := s.connect(t, s.token(t, "nobody"))
+		reader := s.connect(t, s.token(t, "reader", "get-authors"))
 		// A role of the right name for another pkg does not stand in.
-		creator := s.dial(t, s.token(t, "creator", "create-author"))
+		creator := s.connect(t, s.token(t, "creator", "create-author"))
 
 		valid := map[int]any{
 			1: nil,
@@ -600,7 +607,7 @@ func TestProtocolPermissionsAndUnknownPkg(t *testing.T) {
 		}
 
 		// An unknown pkg_id is 1, whoever asks (lookup comes before RBAC).
-		for _, c := range []*wsClient{admin, nobody, reader} {
+		for _, c := range []*testClient{admin, nobody, reader} {
 			for _, pkg := range []int{99, 0, -1, 6, 1 << 30} {
 				e := c.call(pkg, map[string]any{"anything": 1})
 				expectStatus(t, e, 1, fmt.Sprintf("Unknown pkg_id %d", pkg))
@@ -614,6 +621,7 @@ func TestProtocolPermissionsAndUnknownPkg(t *testing.T) {
 
 func TestProtocolEnvelopes(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
+		// Raw socket: the test writes malformed envelopes itself.
 		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
 		mustCreate(t, c, "Someone")
 		stillOpen := func(t *testing.T) {
@@ -735,6 +743,7 @@ func TestProtocolFrameLimitsAndOpcodes(t *testing.T) {
 	const limit = 1024
 	forEachBackend(t, func(c *config.Config) { c.WSMaxMessageBytes = limit }, func(t *testing.T, s *testServer) {
 		tok := s.token(t, "reader", "get-authors")
+		// Raw sockets: frames the Go client would never send, and the exact close codes.
 
 		t.Run("binary frame closes 1003", func(t *testing.T) {
 			c := s.dial(t, tok)
@@ -801,6 +810,7 @@ func TestProtocolFrameLimitsAndOpcodes(t *testing.T) {
 
 func TestProtocolDatabaseError(t *testing.T) {
 	forEachBackend(t, nil, func(t *testing.T, s *testServer) {
+		// Raw socket: it also sends a frame that is not JSON on the same connection.
 		c := s.dial(t, s.token(t, "writer", allAuthorRoles...))
 		a := mustCreate(t, c, "Before The Drop")[0]
 
@@ -839,7 +849,7 @@ func TestProtocolDatabaseError(t *testing.T) {
 		expectStatus(t, c.call(1, nil), 1, "Database error occurred")
 
 		// And so does the server: a new connection is accepted and answered.
-		d := s.dial(t, s.token(t, "reader", "get-authors"))
+		d := s.connect(t, s.token(t, "reader", "get-authors"))
 		expectStatus(t, d.call(1, nil), 1, "Database error occurred")
 		expectStatus(t, d.call(3, map[string]any{"name": "x"}), 3, "Permission denied")
 	})

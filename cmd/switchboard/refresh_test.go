@@ -8,6 +8,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"switchboard/config"
 	"switchboard/store/sessions"
 	"switchboard/transport/auth/oidctest"
+	sbclient "switchboard/transport/client"
 )
 
 func refreshBody(token string) string {
@@ -50,7 +52,7 @@ func TestRefreshDevIssuer(t *testing.T) {
 	first := expectLogin(t, resp, b)
 
 	// A dashboard's live connection, opened with the login's access token.
-	live := s.dial(t, first.AccessToken)
+	live := s.connect(t, first.AccessToken)
 
 	resp, b = postRefresh(t, s, refreshBody(first.RefreshToken), nil)
 	renewed := expectLogin(t, resp, b)
@@ -89,8 +91,9 @@ func TestRefreshDevIssuer(t *testing.T) {
 	if resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("a refresh token as bearer token: want 401, got %d %s", resp.StatusCode, b)
 	}
-	if _, err := s.tryDial(t, renewed.RefreshToken, nil); err == nil {
-		t.Fatal("a refresh token opened a WebSocket")
+	var he *sbclient.HandshakeError
+	if _, err := s.tryConnect(t, renewed.RefreshToken); !errors.As(err, &he) || he.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("a refresh token as the WebSocket's token: %v, want a 401 handshake", err)
 	}
 
 	// Malformed requests: the façade's error shapes.

@@ -33,6 +33,7 @@ func BenchmarkControlDuringDatabaseStall(b *testing.B) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for i := range writers {
+		// Raw sockets: the figures in docs/performance.md were measured with them.
 		c := s.dial(b, s.token(b, fmt.Sprintf("bench-stall-w%d", i/4), "create-author"))
 		wg.Go(func() {
 			for k := 0; ; k++ {

@@ -22,6 +22,7 @@ import (
 
 	"switchboard/config"
 	"switchboard/store/storetest"
+	sbclient "switchboard/transport/client"
 )
 
 // rqWait bounds every wait of these tests that only runs out when something hangs.
@@ -44,7 +45,9 @@ func rqBadFrame() rqFrame {
 	return rqFrame{id: id, text: fmt.Sprintf(`{"pkg_id":"one","req_id":%q}`, id)}
 }
 
-// rqSend writes every frame at once, without waiting for answers.
+// rqSend writes every frame at once, without waiting for answers. The ordering, deadline and
+// in-flight tests pipeline hand-made frames (bad ones among them) on a raw socket and read the
+// answers in the order they leave the server, which the Go client would hide.
 func rqSend(c *wsClient, frames []rqFrame) error {
 	for _, f := range frames {
 		if err := c.conn.WriteString(f.text); err != nil {
@@ -179,17 +182,24 @@ func TestSubscribeAnswerKeepsItsPlace(t *testing.T) {
 		}
 	}
 	// The epoch of the authors stream: a since is only recovered with the stream it belongs to.
+	// The creates' events reach the topic through the outbox relay, after the answers: wait
+	// until the stream holds all three.
 	var stream struct {
+		Seq   uint64 `json:"seq"`
 		Epoch string `json:"epoch"`
 	}
-	e := c.call(10, map[string]any{"topic": "authors"})
-	decodeData(t, e, &stream)
-	if e.status() != 0 || stream.Epoch == "" {
-		t.Fatalf("SUBSCRIBE authors: %d %s epoch %q", e.status(), e.msg(), stream.Epoch)
-	}
-	if e := c.call(11, map[string]any{"topic": "authors"}); e.status() != 0 {
-		t.Fatalf("UNSUBSCRIBE authors: %d %s", e.status(), e.msg())
-	}
+	eventually(t, rqWait, "the three author events in the authors stream", func() bool {
+		e := c.call(10, map[string]any{"topic": "authors"})
+		decodeData(t, e, &stream)
+		if e.status() != 0 {
+			t.Fatalf("SUBSCRIBE authors: %d %s", e.status(), e.msg())
+		}
+		// Live events before the UNSUBSCRIBE answer are skipped by call.
+		if u := c.call(11, map[string]any{"topic": "authors"}); u.status() != 0 {
+			t.Fatalf("UNSUBSCRIBE authors: %d %s", u.status(), u.msg())
+		}
+		return stream.Seq >= 3 && stream.Epoch != ""
+	})
 	for round := range 20 {
 		frames := []rqFrame{
 			rqRequest(10, fmt.Sprintf(`{"topic":"dashboards.rq%d"}`, round)),
@@ -297,26 +307,19 @@ type rqWriter struct {
 	arrived time.Time
 }
 
-func rqStartWriters(t *testing.T, s *testServer, n int, name string) (<-chan rqWriter, []*wsClient) {
+func rqStartWriters(t *testing.T, s *testServer, n int, name string) (<-chan rqWriter, []*testClient) {
 	t.Helper()
-	clients := make([]*wsClient, n)
+	clients := make([]*testClient, n)
 	for i := range clients {
-		clients[i] = s.dial(t, s.token(t, fmt.Sprintf("%s-user-%d", name, i/4), "create-author"))
+		clients[i] = s.connect(t, s.token(t, fmt.Sprintf("%s-user-%d", name, i/4), "create-author"))
 	}
 	out := make(chan rqWriter, n)
 	for i, c := range clients {
-		f := rqRequest(3, fmt.Sprintf(`{"name":"%s-%d"}`, name, i))
 		go func() {
-			if err := rqSend(c, []rqFrame{f}); err != nil {
-				out <- rqWriter{i: i, err: err}
-				return
-			}
-			answers, _, err := rqAnswers(c, 1, rqWait)
-			w := rqWriter{i: i, err: err, arrived: time.Now()}
-			if err == nil {
-				w.answer = answers[0]
-			}
-			out <- w
+			ctx, cancel := context.WithTimeout(context.Background(), rqWait)
+			defer cancel()
+			answer, err := c.tryCall(ctx, 3, map[string]any{"name": fmt.Sprintf("%s-%d", name, i)})
+			out <- rqWriter{i: i, answer: answer, err: err, arrived: time.Now()}
 		}()
 	}
 	return out, clients
@@ -336,8 +339,8 @@ func TestControlAnsweredWhileDatabaseStalled(t *testing.T) {
 		c.WSMaxConnsPerUser = 10
 	})
 	db := rqOpen(t, dbURL)
-	other := s.dial(t, s.token(t, "rq-control", "get-authors"))
-	reader := s.dial(t, s.token(t, "rq-reader", "get-authors"))
+	other := s.connect(t, s.token(t, "rq-control", "get-authors"))
+	reader := s.connect(t, s.token(t, "rq-reader", "get-authors"))
 
 	lock := rqLockAuthors(t, db)
 	began := time.Now()
@@ -348,37 +351,47 @@ func TestControlAnsweredWhileDatabaseStalled(t *testing.T) {
 	stuckAfter := time.Since(began)
 
 	// A read of another user waits as well (database lane), bounded by its own deadline.
-	get := rqRequest(1, `{}`)
-	if err := rqSend(reader, []rqFrame{get}); err != nil {
-		t.Fatal(err)
+	type rqAnswer struct {
+		e   envelope
+		err error
 	}
+	getDone := make(chan rqAnswer, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), rqWait)
+		defer cancel()
+		e, err := reader.tryCall(ctx, 1, map[string]any{})
+		getDone <- rqAnswer{e, err}
+	}()
 
-	control := []rqFrame{
-		rqRequest(10, `{"topic":"dashboards.rq-stall"}`),
-		rqRequest(11, `{"topic":"dashboards.rq-stall"}`),
-		rqRequest(12, fmt.Sprintf(`{"token":%q}`, s.token(t, "rq-control", "get-authors"))),
-		rqRequest(10, `{"topic":"authors"}`),
-		rqRequest(11, `{"topic":"authors"}`),
+	var sub *sbclient.Subscription
+	control := []struct {
+		name string
+		run  func() error
+	}{
+		{"SUBSCRIBE dashboards", func() (err error) { sub, err = other.subscribe("dashboards.rq-stall"); return err }},
+		{"UNSUBSCRIBE dashboards", func() error { return sub.Unsubscribe(t.Context()) }},
+		{"REFRESH_TOKEN", func() error {
+			e := other.call(12, map[string]any{"token": s.token(t, "rq-control", "get-authors")})
+			if e.status() != 0 {
+				return fmt.Errorf("status %d %s", e.status(), e.msg())
+			}
+			return nil
+		}},
+		{"SUBSCRIBE authors", func() (err error) { sub, err = other.subscribe("authors"); return err }},
+		{"UNSUBSCRIBE authors", func() error { return sub.Unsubscribe(t.Context()) }},
 	}
 	for _, f := range control {
 		sent := time.Now()
-		if err := rqSend(other, []rqFrame{f}); err != nil {
-			t.Fatal(err)
-		}
-		got, _, err := rqAnswers(other, 1, rqWait)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got[0].ReqID != f.id || got[0].status() != 0 {
-			t.Fatalf("%s answered %+v", f.text, got[0])
+		if err := f.run(); err != nil {
+			t.Fatalf("%s: %v", f.name, err)
 		}
 		// The behavioural bound: answered while every writer is still stuck.
 		select {
 		case w := <-answers:
-			t.Fatalf("writer %d answered (%d %s) before the control request %s was", w.i, w.answer.status(), w.answer.msg(), f.text)
+			t.Fatalf("writer %d answered (%d %s) before the control request %s was", w.i, w.answer.status(), w.answer.msg(), f.name)
 		default:
 		}
-		t.Logf("%s answered in %s while the writers were stuck", f.text[:12], time.Since(sent).Round(time.Microsecond))
+		t.Logf("%s answered in %s while the writers were stuck", f.name, time.Since(sent).Round(time.Microsecond))
 	}
 
 	// Every writer answers 1 once its deadline passes.
@@ -399,9 +412,8 @@ func TestControlAnsweredWhileDatabaseStalled(t *testing.T) {
 			t.Fatalf("writer %d answered after %s, before its deadline", w.i, took)
 		}
 	}
-	got, _, err := rqAnswers(reader, 1, rqWait)
-	if err != nil || got[0].ReqID != get.id || got[0].status() != 1 {
-		t.Fatalf("the stuck GET: %+v %v", got, err)
+	if got := <-getDone; got.err != nil || got.e.status() != 1 {
+		t.Fatalf("the stuck GET: %+v %v", got.e, got.err)
 	}
 	t.Logf("writers stuck after %s; all answered 1 by %s", stuckAfter.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
 
@@ -412,7 +424,7 @@ func TestControlAnsweredWhileDatabaseStalled(t *testing.T) {
 		t.Fatalf("%d writers that were answered 1 committed after the lock was released", n)
 	}
 	// The server works again.
-	w := s.dial(t, s.token(t, "rq-after", "create-author"))
+	w := s.connect(t, s.token(t, "rq-after", "create-author"))
 	if e := w.call(3, map[string]any{"name": "rq-after"}); e.status() != 0 {
 		t.Fatalf("create after the stall: %d %s", e.status(), e.msg())
 	}

@@ -15,6 +15,9 @@ import (
 	"go.uber.org/goleak"
 )
 
+// The shutdown tests keep raw clients (wsClient): they check the exact close code of every
+// socket and that no goroutine outlives the node, and transport/client would keep reconnecting.
+
 // verifyNoGoroutineLeaks polls until no goroutine is left beyond those in ignore (captured
 // before the server started), for up to d: goroutines on their way out (sockets being closed,
 // the client side of closed connections, protoactor's one-period throttle timers) get that long
@@ -51,7 +54,7 @@ func TestShutdownClosesClientsWith1001AndLeavesNoGoroutines(t *testing.T) {
 	if r := clients[0].call(3, map[string]any{"name": "Octavia"}); r.status() != 0 {
 		t.Fatalf("create: %+v", r)
 	}
-	s.broadcastOK(t, s.token(t, "producer", "broadcast"), `{"pkg_id":1,"data":{"hello":1}}`)
+	mustPublish(t, s.publisher(t, s.token(t, "producer", "broadcast")), "", 1, map[string]int{"hello": 1})
 	for _, c := range clients {
 		if e := c.next(10 * time.Second); e.PkgID != 1 || e.StatusCode != nil {
 			t.Fatalf("broadcast: %+v", e)

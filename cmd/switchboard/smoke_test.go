@@ -1,13 +1,10 @@
 package main
 
-import (
-	"testing"
-	"time"
-)
+import "testing"
 
 func TestSmokeGetAuthors(t *testing.T) {
 	s := startServer(t, nil)
-	c := s.dial(t, s.token(t, "alice", "get-authors", "create-author"))
+	c := s.connect(t, s.token(t, "alice", "get-authors", "create-author"))
 	r := c.call(3, map[string]any{"name": "Ursula"})
 	if r.status() != 0 {
 		t.Fatalf("create: %+v %s", r, r.Data)
@@ -16,5 +13,4 @@ func TestSmokeGetAuthors(t *testing.T) {
 	if r.status() != 0 || string(r.Data) != `[{"id":1,"name":"Ursula"}]` {
 		t.Fatalf("get: %+v %s", r, r.Data)
 	}
-	_ = time.Second
 }

@@ -6,16 +6,14 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
-	"github.com/redis/go-redis/v9"
-
 	"switchboard/actors"
 	"switchboard/config"
+	"switchboard/store/redisconn"
 	"switchboard/transport/auth"
 )
 
@@ -133,20 +131,16 @@ func checkRedisURL(cfg config.Config) error {
 	if cfg.RedisURL == "" {
 		return nil
 	}
-	if _, err := redis.ParseURL(cfg.RedisURL); err != nil {
+	if _, err := redisconn.Parse(cfg.RedisURL); err != nil {
 		return redisURLError(err)
 	}
 	return nil
 }
 
-// redisURLError names the variable and keeps the URL out of the message: url.Parse's errors
-// quote it whole, password included.
+// redisURLError names the variable; redisconn's errors never quote the URL (it may hold a
+// password).
 func redisURLError(err error) error {
-	var uerr *url.Error
-	if errors.As(err, &uerr) {
-		err = uerr.Err
-	}
-	return fmt.Errorf("SWITCHBOARD_REDIS_URL: %v (want redis://[user:password@]host:port[/db])", err)
+	return fmt.Errorf("SWITCHBOARD_REDIS_URL: %w", err)
 }
 
 // checkRBACFile loads the RBAC policy file as the server will.

@@ -21,6 +21,10 @@ type Message struct {
 	// names two different messages.
 	Epoch string `json:"epoch,omitempty"`
 	Seq   uint64 `json:"seq,omitempty"` // per-topic, assigned by Publish when the topic keeps history
+	// Key, when set, names the message for the dedup window (see WithDedupWindow): Publish of a
+	// Key already published on the same topic within the window publishes nothing and returns
+	// ErrDuplicate. It is not part of the delivered message.
+	Key string `json:"-"`
 }
 
 // Window is what History read of a topic: its stream (Epoch, Latest) and the kept messages
@@ -93,6 +97,8 @@ func checkPublish(m *Message, history int) error {
 		return fmt.Errorf("%w: history needs a topic", ErrInvalidArgument)
 	case m.Topic != "" && !validTopic(m.Topic):
 		return fmt.Errorf("%w: topic %.40q", ErrInvalidArgument, m.Topic)
+	case len(m.Key) > MaxKeyLen:
+		return fmt.Errorf("%w: key longer than %d bytes", ErrInvalidArgument, MaxKeyLen)
 	}
 	return nil
 }

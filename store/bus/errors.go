@@ -10,6 +10,9 @@ var (
 	ErrUnavailable = errors.New("bus: redis unavailable")
 	// ErrUnhealthy wraps the reason Healthy gives when the bus is not delivering.
 	ErrUnhealthy = errors.New("bus: not delivering")
+	// ErrDuplicate: Publish of a Message whose Key was published on its topic within the dedup
+	// window; nothing was published.
+	ErrDuplicate = errors.New("bus: duplicate message")
 	// ErrClosed is returned by every method called after Close.
 	ErrClosed = errors.New("bus: closed")
 )

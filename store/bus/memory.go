@@ -21,6 +21,7 @@ type Memory struct {
 	mu        sync.Mutex
 	closed    bool
 	topics    map[string]*memTopic
+	dedup     *memDedup
 	lastSweep time.Time
 	queue     []*Message    // published, not yet taken by the delivery goroutine
 	wake      chan struct{} // capacity 1: "the queue is not empty"
@@ -38,7 +39,7 @@ type memTopic struct {
 
 // NewMemory returns a started single-node bus that calls deliver for every published message,
 // in publish order, from its own goroutine (see the package doc). Options used: WithHistoryTTL,
-// WithLogger.
+// WithLogger, WithDedupWindow.
 // A nil deliver panics: it is a programming error.
 func NewMemory(deliver func(*Message), opts ...Option) *Memory {
 	if deliver == nil {
@@ -51,6 +52,7 @@ func NewMemory(deliver func(*Message), opts ...Option) *Memory {
 		ttl:     cfg.historyTTL,
 		now:     time.Now,
 		topics:  make(map[string]*memTopic),
+		dedup:   newMemDedup(cfg.dedupWindow),
 		wake:    make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		done:    make(chan struct{}),
@@ -78,6 +80,10 @@ func (b *Memory) Publish(ctx context.Context, m *Message, history int) (uint64, 
 	defer b.mu.Unlock()
 	if b.closed {
 		return 0, 0, ErrClosed
+	}
+	// Checked before a seq is assigned: a duplicate takes none.
+	if m.Key != "" && b.dedup.seen(m.Topic, m.Key, b.now()) {
+		return 0, 0, ErrDuplicate
 	}
 	if history > 0 {
 		now := b.now()

@@ -14,6 +14,12 @@ import (
 const (
 	DefaultProbeInterval = 2 * time.Second
 	DefaultTimeout       = time.Second
+	// DefaultShards is how many shard channels the Redis bus spreads topics over.
+	DefaultShards = 16
+	// shardsTTL: the recorded shard count outlives the last running node by this much.
+	shardsTTL = time.Minute
+	// MaxShards bounds WithShards: every node holds a subscription per shard on a cluster.
+	MaxShards = 1024
 	// unhealthyAfter probe intervals without a probe coming back, Healthy fails.
 	unhealthyAfter = 3
 	warnInterval   = 10 * time.Second
@@ -26,6 +32,8 @@ type config struct {
 	probeInterval time.Duration
 	timeout       time.Duration
 	historyTTL    time.Duration
+	dedupWindow   time.Duration
+	shards        int
 	logger        *slog.Logger
 	metrics       *metrics.Set
 }
@@ -61,6 +69,18 @@ func WithHistoryTTL(d time.Duration) Option {
 	}
 }
 
+// WithShards sets how many shard channels the Redis bus spreads topics over (default 16, at most
+// MaxShards). Every node of a deployment must use the same number: it decides where each topic's
+// stream lives and which channel carries it. A node whose number disagrees with the one the
+// deployment recorded in Redis reports itself unhealthy.
+func WithShards(n int) Option {
+	return func(c *config) {
+		if n > 0 {
+			c.shards = min(n, MaxShards)
+		}
+	}
+}
+
 // WithLogger sets where warnings go (default: discarded).
 func WithLogger(l *slog.Logger) Option {
 	return func(c *config) {
@@ -84,6 +104,8 @@ func newConfig(opts []Option) config {
 	c := config{
 		probeInterval: DefaultProbeInterval,
 		timeout:       DefaultTimeout,
+		dedupWindow:   DefaultDedupWindow,
+		shards:        DefaultShards,
 		logger:        slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,10 +15,21 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// A history topic's stream lives in two keys with the topic as hash tag (one cluster slot):
+// The bus is sharded: a deployment has Shards shard channels (WithShards, default 16), and a
+// topic belongs to shard fnv32a(topic) mod Shards. Shard k's hash tag is {b<k>}; its channel and
+// the keys of its topics carry it, so they lie in one Redis Cluster slot, served by one primary,
+// and the publish script can update a topic's stream and SPUBLISH to its shard channel in one
+// atomic step on any topology. Broadcasts to every connection (no topic) travel on shard 0.
 //
-//	<prefix>topic:{<topic>}:stream  hash: epoch (the stream's identity), seq (its last seq)
-//	<prefix>topic:{<topic>}:hist    list: the last kept entries, oldest first
+//	<prefix>bus:{b<k>}                   shard channel k (SPUBLISH / SSUBSCRIBE)
+//	<prefix>bus:{b0}:shards              the deployment's shard count (every node must agree; it
+//	                                     expires a minute after the last node stopped)
+//	<prefix>topic:{b<k>}:<topic>:stream  hash: epoch (the stream's identity), seq (its last seq),
+//	                                     srv (run_id of the Redis server that wrote it)
+//	<prefix>topic:{b<k>}:<topic>:hist    list: the last kept entries, oldest first
+//	<prefix>topic:{b<k>}:<topic>:dedup   sorted set: message keys published within the dedup
+//	                                     window, scored by when they expire
+//	<prefix>broadcast:{b0}:dedup         the same, for broadcasts without a topic
 //
 // The epoch and the counter are fields of one key, so nothing (eviction, expiry, FLUSHDB, a
 // restart without persistence, a failover to an empty replica) can take one and leave the other:
@@ -38,16 +50,40 @@ import (
 // candidate every Publish sends and the script keeps only in that case, seq starts at 1, and the
 // history of an earlier stream and the counter key of earlier versions (:seq) are deleted.
 //
-//	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <prefix>topic:{<topic>}:seq (old)
-//	ARGV    = channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch
-//	returns {seq, subscribers that received it}
+// The fence: a stream also records (srv) the run_id of the Redis server that wrote it, and a
+// server that finds a stream written by another starts a new one too. Replication is
+// asynchronous, so a replica promoted after a failover (Sentinel, or a cluster replica taking
+// over its primary's slots), or a server restarted from a snapshot or an AOF, may lack the last
+// messages of a stream; continuing its counter would give new messages the (epoch, seq) of
+// messages subscribers already received. A new epoch instead tells every subscriber of the
+// topic that its stream restarted (recovered: false). The price is one recovered: false per
+// topic after every failover, restart or slot migration, even when nothing was lost. Where INFO
+// is not allowed (an ACL without +info, a renamed command) srv is "" and there is no fence,
+// only the other checks (docs/protocol.md §8).
+//
+// With a message key (ARGV[7] not empty) the script first looks the key up in the topic's dedup
+// window (KEYS[4], a sorted set of keys scored by when they expire) and, when it is there,
+// publishes nothing and takes no seq: {0, -1}. Otherwise the key is recorded with the
+// publish (after everything that could fail), the set trimmed to its newest ARGV[10] keys.
+//
+//	KEYS[1] = stream hash   KEYS[2] = history list   KEYS[3] = <topic's keys>:seq (versions before epochs)
+//	KEYS[4] = <topic's keys>:dedup
+//	ARGV    = shard channel, history, ttl in ms (0 = none), message head, envelope head, candidate epoch,
+//	          key ("" = none), now in ms, dedup window in ms, most keys kept
+//	returns {seq, subscribers that received it}, or {0, -1} for a duplicate
 const publishLua = `
-local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq')
+if ARGV[7] ~= '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[8])
+  if redis.call('ZSCORE', KEYS[4], ARGV[7]) then return {0, -1} end
+end
+local s = redis.pcall('HMGET', KEYS[1], 'epoch', 'seq', 'srv')
 local epoch = not s.err and s[1]
-if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) then
+local info = redis.pcall('INFO', 'server')
+local srv = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or ''
+if not epoch or #epoch > 64 or not string.match(epoch, '^[0-9a-f]+$') or (s[2] and not string.match(s[2], '^%d+$')) or s[3] ~= srv then
   epoch = ARGV[6]
   redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'srv', srv)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local tail = ',"seq":' .. string.format('%d', seq) .. '}'
@@ -59,8 +95,30 @@ if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('PEXPIRE', KEYS[2], ttl)
 end
-local n = redis.call('PUBLISH', ARGV[1], ARGV[5] .. ARGV[4] .. ',"epoch":"' .. epoch .. '"' .. tail .. '}')
+if ARGV[7] ~= '' then
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[8]) + tonumber(ARGV[9]), ARGV[7])
+  local extra = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[10])
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[4], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[4], ARGV[9])
+end
+local n = redis.call('SPUBLISH', ARGV[1], ARGV[5] .. ARGV[4] .. ',"epoch":"' .. epoch .. '"' .. tail .. '}')
 return {seq, n}
+`
+
+// dedupPublishLua publishes a message without history that has a key: the dedup window as in
+// publishScript, then SPUBLISH.
+//
+//	KEYS[1] = the dedup set (<topic's keys>:dedup; without a topic, shard 0's)
+//	ARGV    = shard channel, envelope, key, now in ms, dedup window in ms, most keys kept
+//	returns subscribers that received it, or -1 for a duplicate
+const dedupPublishLua = `
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -1 end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[5]), ARGV[3])
+local extra = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[6])
+if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, extra - 1) end
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return redis.call('SPUBLISH', ARGV[1], ARGV[2])
 `
 
 // historyScript reads the stream and the entries after ARGV[1] in one consistent view.
@@ -86,16 +144,18 @@ return {latest, s[1], oldest, redis.call('LRANGE', KEYS[2], start, -1)}
 
 var (
 	publishScript = redis.NewScript(publishLua)
+	dedupScript   = redis.NewScript(dedupPublishLua)
 	historyScript = redis.NewScript(historyLua)
 )
 
-// Redis is the cluster bus: every node using the same Redis and prefix subscribes to
-// <prefix>bus and delivers what comes through it. History topics keep their stream (epoch and
-// seq counter) and entries at <prefix>topic:{<topic>}:stream and :hist (see publishScript).
+// Redis is the cluster bus: every node using the same Redis and prefix subscribes to every
+// shard channel <prefix>bus:{b<k>} and delivers what comes through them. History topics keep
+// their stream (epoch and seq counter) and entries in their shard's keys (see publishScript).
 type Redis struct {
 	client  redis.UniversalClient
+	cluster *redis.ClusterClient // client, when it is a Redis Cluster client; nil otherwise
 	prefix  string
-	channel string
+	shards  int
 	node    string
 	deliver func(*Message)
 	cfg     config
@@ -106,33 +166,29 @@ type Redis struct {
 	envHead []byte   // {"n":<node>,"k":"m","m":
 	junk    *trouble // rate-limits warnings about undecodable payloads apart from Redis errors
 
-	subscribed   atomic.Bool
-	lastRecv     atomic.Int64 // unix ns when the receive goroutine last got something or began to wait
-	reading      atomic.Bool  // the receive goroutine is waiting in Receive
-	lastProbe    atomic.Int64 // unix ns when our own probe last came back; 0 = not since subscribing
-	waitingSince atomic.Int64 // send time of the oldest probe still unanswered; 0 = none
-	kick         chan struct{}
-	firstSub     chan struct{} // closed on the first confirmed subscription
-	firstOnce    sync.Once
+	// subs are the bus's subscriptions: one per shard on a Redis Cluster (a shard channel is
+	// served by the primary of its slot), one holding every shard channel otherwise.
+	subs      []*shardSub
+	deliverMu sync.Mutex // deliver and the OnSubscribed callbacks run one at a time
+	kick      chan struct{}
+	firstSub  chan struct{}         // closed when every subscription was confirmed once
+	shardsErr atomic.Pointer[error] // the shard count disagrees with the deployment's
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-
-	psMu sync.Mutex
-	ps   *redis.PubSub // current subscription; nil = make a new one
 
 	subMu   sync.Mutex
 	onSub   map[uint64]func() // OnSubscribed callbacks
 	onSubID uint64
 }
 
-// NewRedis subscribes to <prefix>bus (prefix "" means "switchboard:") and calls deliver for
-// every message received, from one goroutine, in the order Redis delivered them (see the package
-// doc). nodeID names this node in probes; it must be unique among live nodes. The client is
-// borrowed: close it after the bus. NewRedis waits up to the timeout for the subscription; if
-// Redis is down it returns the bus anyway, which keeps trying in the background (Healthy fails
-// until then). The only errors are invalid arguments.
+// NewRedis subscribes to the shard channels <prefix>bus:{b<k>} (prefix "" means "switchboard:")
+// and calls deliver for every message received, one at a time, in the order Redis delivered them
+// on each shard (see the package doc). nodeID names this node in probes; it must be unique among
+// live nodes. The client is borrowed: close it after the bus. NewRedis waits up to the timeout
+// for the subscriptions; if Redis is down it returns the bus anyway, which keeps trying in the
+// background (Healthy fails until then). The only errors are invalid arguments.
 func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Message), opts ...Option) (*Redis, error) {
 	if c == nil || deliver == nil || nodeID == "" {
 		return nil, fmt.Errorf("%w: NewRedis needs a client, a node id and a deliver function", ErrInvalidArgument)
@@ -145,7 +201,7 @@ func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Mess
 	r := &Redis{
 		client:   c,
 		prefix:   prefix,
-		channel:  prefix + "bus",
+		shards:   cfg.shards,
 		node:     nodeID,
 		deliver:  deliver,
 		cfg:      cfg,
@@ -158,10 +214,23 @@ func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Mess
 		kick:     make(chan struct{}, 1),
 		firstSub: make(chan struct{}),
 	}
+	r.cluster, _ = c.(*redis.ClusterClient)
+	if r.cluster != nil {
+		for k := 0; k < r.shards; k++ {
+			r.subs = append(r.subs, r.newShardSub([]string{r.channel(k)}))
+		}
+	} else {
+		all := make([]string, r.shards)
+		for k := range all {
+			all[k] = r.channel(k)
+		}
+		r.subs = []*shardSub{r.newShardSub(all)}
+	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.lastRecv.Store(time.Now().UnixNano())
-	r.wg.Add(2)
-	go r.receive()
+	r.wg.Add(len(r.subs) + 1)
+	for _, s := range r.subs {
+		go s.receive()
+	}
 	go r.probe()
 
 	wait := time.NewTimer(cfg.timeout)
@@ -169,23 +238,63 @@ func NewRedis(c redis.UniversalClient, prefix, nodeID string, deliver func(*Mess
 	select {
 	case <-r.firstSub:
 	case <-wait.C:
-		cfg.logger.Warn("bus: not subscribed yet, retrying in the background", "channel", r.channel)
+		cfg.logger.Warn("bus: not subscribed yet, retrying in the background", "shards", r.shards)
 	}
 	return r, nil
 }
 
-func (r *Redis) streamKey(topic string) string { return r.prefix + "topic:{" + topic + "}:stream" }
-func (r *Redis) histKey(topic string) string   { return r.prefix + "topic:{" + topic + "}:hist" }
+// ShardOf returns the shard of topic among shards ("" = broadcasts to every connection: shard
+// 0): fnv32a(topic) mod shards.
+func ShardOf(topic string, shards int) int {
+	if topic == "" || shards <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(topic))
+	return int(h.Sum32() % uint32(shards))
+}
+
+// StreamKey is the key of topic's stream under prefix with shards shards (for tools and tests
+// that look at Redis directly).
+func StreamKey(prefix, topic string, shards int) string {
+	return prefix + "topic:" + tag(ShardOf(topic, shards)) + ":" + topic + ":stream"
+}
+
+func (r *Redis) shardOf(topic string) int { return ShardOf(topic, r.shards) }
+
+// tag is shard k's hash tag: its channel and its topics' keys share one cluster slot.
+func tag(k int) string { return "{b" + strconv.Itoa(k) + "}" }
+
+func (r *Redis) channel(k int) string { return r.prefix + "bus:" + tag(k) }
+
+func (r *Redis) topicKey(topic, kind string) string {
+	return r.prefix + "topic:" + tag(r.shardOf(topic)) + ":" + topic + ":" + kind
+}
+
+func (r *Redis) streamKey(topic string) string { return r.topicKey(topic, "stream") }
+func (r *Redis) histKey(topic string) string   { return r.topicKey(topic, "hist") }
 
 // oldSeqKey is where versions before epochs kept the counter; a new stream deletes it.
-func (r *Redis) oldSeqKey(topic string) string { return r.prefix + "topic:{" + topic + "}:seq" }
+func (r *Redis) oldSeqKey(topic string) string { return r.topicKey(topic, "seq") }
+
+// dedupKey is the topic's dedup window (see publishScript); one, in shard 0's slot, for the
+// messages without a topic.
+func (r *Redis) dedupKey(topic string) string {
+	if topic == "" {
+		return r.prefix + "broadcast:" + tag(0) + ":dedup"
+	}
+	return r.topicKey(topic, "dedup")
+}
 
 func (r *Redis) keys(topic string) []string {
 	return []string{r.streamKey(topic), r.histKey(topic), r.oldSeqKey(topic)}
 }
 
-// Publish implements Bus. nodes is PUBLISH's answer: the subscribers of the channel (in a Redis
-// Cluster, those connected to the node that ran it).
+// Shards returns the number of shard channels.
+func (r *Redis) Shards() int { return r.shards }
+
+// Publish implements Bus. nodes is SPUBLISH's answer: the subscribers of the topic's shard
+// channel, one per node.
 func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, int, error) {
 	if err := checkPublish(m, history); err != nil {
 		return 0, 0, err
@@ -204,19 +313,33 @@ func (r *Redis) Publish(ctx context.Context, m *Message, history int) (uint64, i
 	callCtx, cancel := context.WithTimeout(ctx, r.cfg.timeout)
 	defer cancel()
 
+	now, window := time.Now().UnixMilli(), r.cfg.dedupWindow.Milliseconds()
 	if history == 0 {
 		env := make([]byte, 0, len(r.envHead)+len(body)+1)
 		env = append(append(append(env, r.envHead...), body...), '}')
-		n, err := r.client.Publish(callCtx, r.channel, env).Result()
+		var n int64
+		if m.Key == "" {
+			n, err = r.client.SPublish(callCtx, r.channel(r.shardOf(m.Topic)), env).Result()
+		} else {
+			n, err = dedupScript.Run(callCtx, r.client, []string{r.dedupKey(m.Topic)},
+				r.channel(r.shardOf(m.Topic)), env, m.Key, now, window, MaxDedupKeys).Int64()
+		}
 		if err != nil {
 			return 0, 0, r.trouble.fail(ctx, opPublish, err)
+		}
+		if n < 0 {
+			return 0, 0, ErrDuplicate
 		}
 		return 0, int(n), nil
 	}
 
 	head := bytes.TrimSuffix(body, []byte("}")) // the script appends ,"seq":<n>}
-	res, err := publishScript.Run(callCtx, r.client, r.keys(m.Topic),
-		r.channel, history, r.cfg.historyTTL.Milliseconds(), head, r.envHead, newEpoch()).Int64Slice()
+	res, err := publishScript.Run(callCtx, r.client, append(r.keys(m.Topic), r.dedupKey(m.Topic)),
+		r.channel(r.shardOf(m.Topic)), history, r.cfg.historyTTL.Milliseconds(), head, r.envHead, newEpoch(),
+		m.Key, now, window, MaxDedupKeys).Int64Slice()
+	if err == nil && len(res) == 2 && res[0] == 0 && res[1] == -1 {
+		return 0, 0, ErrDuplicate
+	}
 	if err == nil && (len(res) != 2 || res[0] <= 0) {
 		err = fmt.Errorf("publish script returned %v", res)
 	}
@@ -279,21 +402,19 @@ func parseHistory(res []any, since uint64) (Window, error) {
 	return w, nil
 }
 
-// Healthy implements Bus: nil while subscribed and our own probe came back within the last 3
-// probe intervals.
+// Healthy implements Bus: nil while every subscription is up and its own probe came back
+// within the last 3 probe intervals, and the shard count agrees with the deployment's.
 func (r *Redis) Healthy(context.Context) error {
 	if r.ctx.Err() != nil {
 		return ErrClosed
 	}
-	if !r.subscribed.Load() {
-		return fmt.Errorf("%w: not subscribed to %s", ErrUnhealthy, r.channel)
+	if err := r.shardsErr.Load(); err != nil {
+		return *err
 	}
-	last := r.lastProbe.Load()
-	if last == 0 {
-		return fmt.Errorf("%w: no probe came back since subscribing", ErrUnhealthy)
-	}
-	if age := time.Since(time.Unix(0, last)); age >= unhealthyAfter*r.cfg.probeInterval {
-		return fmt.Errorf("%w: last probe came back %s ago", ErrUnhealthy, age.Round(time.Millisecond))
+	for _, s := range r.subs {
+		if err := s.healthy(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -304,13 +425,12 @@ func (r *Redis) Healthy(context.Context) error {
 // and ReadTimeout bound (go-redis cannot interrupt it).
 func (r *Redis) Close() error {
 	r.cancel()
-	r.psMu.Lock()
-	if r.ps != nil {
-		_ = r.ps.Close() // unblocks the receive goroutine's read
-		r.ps = nil
+	for _, s := range r.subs {
+		s.close()
 	}
-	r.psMu.Unlock()
 	r.wg.Wait()
-	r.subscribed.Store(false)
+	for _, s := range r.subs {
+		s.subscribed.Store(false)
+	}
 	return nil
 }

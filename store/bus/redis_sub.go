@@ -2,70 +2,131 @@ package bus
 
 import (
 	"context"
+	"fmt"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// Retry delays of the receive loop after a failed read (Redis down, connection killed).
+// Retry delays of a receive loop after a failed read (Redis down, connection killed).
 const (
 	minBackoff = 50 * time.Millisecond
 	maxBackoff = time.Second
 )
 
+// shardSub is one subscription of the bus: SSUBSCRIBE to its shard channels on one connection,
+// read by its own receive goroutine. Its probes go to its first channel.
+type shardSub struct {
+	r        *Redis
+	channels []string
+	want     map[string]bool // channels, for the confirmations
+
+	subscribed   atomic.Bool
+	lastRecv     atomic.Int64 // unix ns when the receive goroutine last got something or began to wait
+	reading      atomic.Bool  // the receive goroutine is waiting in Receive
+	lastProbe    atomic.Int64 // unix ns when our own probe last came back; 0 = not since subscribing
+	waitingSince atomic.Int64 // send time of the oldest probe still unanswered; 0 = none
+	firstOnce    sync.Once
+
+	confirmed map[string]bool // receive goroutine only: channels confirmed since the last (re)connect
+
+	psMu sync.Mutex
+	ps   *redis.PubSub // current subscription; nil = make a new one
+}
+
+func (r *Redis) newShardSub(channels []string) *shardSub {
+	s := &shardSub{r: r, channels: channels, want: make(map[string]bool, len(channels)),
+		confirmed: make(map[string]bool, len(channels))}
+	for _, c := range channels {
+		s.want[c] = true
+	}
+	s.lastRecv.Store(time.Now().UnixNano())
+	return s
+}
+
+// name names the subscription in logs and errors.
+func (s *shardSub) name() string {
+	if len(s.channels) == 1 {
+		return s.channels[0]
+	}
+	return strconv.Itoa(len(s.channels)) + " shard channels " + s.channels[0] + "…"
+}
+
 // pubsub returns the current subscription, making a new one if there is none, or nil once the
 // bus is closing. go-redis's PubSub reconnects and resubscribes by itself inside Receive after a
-// connection error; a new PubSub is made only when the watchdog gave up on a silent one.
-func (r *Redis) pubsub() *redis.PubSub {
-	r.psMu.Lock()
-	defer r.psMu.Unlock()
-	if r.ctx.Err() != nil {
+// connection error; a new PubSub is made when the watchdog gave up on a silent one, or when Redis
+// moved a shard channel's slot elsewhere (a cluster failover or resharding).
+func (s *shardSub) pubsub() *redis.PubSub {
+	s.psMu.Lock()
+	defer s.psMu.Unlock()
+	if s.r.ctx.Err() != nil {
 		return nil
 	}
-	if r.ps == nil {
-		// Never fails: the channel is recorded even when the SUBSCRIBE could not be sent, and
-		// the next Receive connects and sends it.
-		r.ps = r.client.Subscribe(r.ctx, r.channel)
+	if s.ps == nil {
+		// Never fails: the channels are recorded even when the SSUBSCRIBE could not be sent, and
+		// the next Receive connects and sends it. On a cluster the connection goes to the primary
+		// that serves the channel's slot.
+		s.ps = s.r.client.SSubscribe(s.r.ctx, s.channels...)
 	}
-	return r.ps
+	return s.ps
 }
 
 // resetPubSub closes ps if it is still the current subscription, so the receive loop makes a
 // new one.
-func (r *Redis) resetPubSub(ps *redis.PubSub) {
-	r.psMu.Lock()
-	defer r.psMu.Unlock()
-	if r.ps == ps && ps != nil {
+func (s *shardSub) resetPubSub(ps *redis.PubSub) {
+	s.psMu.Lock()
+	defer s.psMu.Unlock()
+	if s.ps == ps && ps != nil {
 		_ = ps.Close()
-		r.ps = nil
+		s.ps = nil
+	}
+}
+
+func (s *shardSub) close() {
+	s.psMu.Lock()
+	defer s.psMu.Unlock()
+	if s.ps != nil {
+		_ = s.ps.Close() // unblocks the receive goroutine's read
+		s.ps = nil
 	}
 }
 
 // receive is the receive goroutine: it reads the subscription, tracks whether it is up, and
 // calls deliver for every message.
-func (r *Redis) receive() {
+func (s *shardSub) receive() {
+	r := s.r
 	defer r.wg.Done()
 	backoff := minBackoff
 	for {
-		ps := r.pubsub()
+		ps := s.pubsub()
 		if ps == nil {
 			return
 		}
 		// No read deadline: a silent connection is the watchdog's business (see probe), and a
 		// deadline could cut a reply in half.
-		r.lastRecv.Store(time.Now().UnixNano())
-		r.reading.Store(true)
+		s.lastRecv.Store(time.Now().UnixNano())
+		s.reading.Store(true)
 		msg, err := ps.Receive(r.ctx)
-		r.reading.Store(false)
+		s.reading.Store(false)
 		if r.ctx.Err() != nil {
 			return
 		}
-		r.lastRecv.Store(time.Now().UnixNano())
+		s.lastRecv.Store(time.Now().UnixNano())
 		if err != nil {
 			// go-redis has already dropped the connection and tried to reconnect and resubscribe;
-			// the confirmation (or the next error) is what the next Receive returns.
-			r.down(opSubscribe, err)
+			// the confirmation (or the next error) is what the next Receive returns. On a cluster
+			// the slot may have moved (failover): read the slot map again and start a new
+			// subscription, which goes to the slot's primary now.
+			s.down(opSubscribe, err)
+			clear(s.confirmed)
+			if r.cluster != nil {
+				s.resetPubSub(ps)
+				r.reloadClusterState()
+			}
 			if !r.sleep(backoff) {
 				return
 			}
@@ -74,43 +135,75 @@ func (r *Redis) receive() {
 		}
 		switch v := msg.(type) {
 		case *redis.Subscription:
-			if v.Channel == r.channel && v.Kind == "subscribe" {
-				backoff = minBackoff
-				r.up()
-				r.subscribedAgain()
+			switch {
+			case v.Kind == "ssubscribe" && s.want[v.Channel]:
+				s.confirmed[v.Channel] = true
+				if len(s.confirmed) == len(s.channels) {
+					backoff = minBackoff
+					s.up()
+					r.subscribedAgain()
+				}
+			case v.Kind == "sunsubscribe":
+				// The bus never unsubscribes: Redis dropped the channel because its slot moved
+				// to another primary (failover, resharding). Subscribe again where it is now.
+				s.down(opSubscribe, fmt.Errorf("redis unsubscribed %s (its slot moved)", v.Channel))
+				clear(s.confirmed)
+				s.resetPubSub(ps)
+				r.reloadClusterState()
 			}
 		case *redis.Message:
-			r.handle(v.Payload)
+			r.handle(s, v.Payload)
 		case *redis.Pong:
 			// The watchdog's ping came back: the connection is alive.
 		}
 	}
 }
 
+// reloadClusterState reads the cluster's slot map again, so that a new subscription goes to the
+// primary that serves its slot now.
+func (r *Redis) reloadClusterState() {
+	if r.cluster == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
+	defer cancel()
+	r.cluster.ReloadState(ctx)
+}
+
 // up marks the subscription confirmed and asks for a probe at once, so Healthy recovers
 // without waiting for the next tick.
-func (r *Redis) up() {
-	if !r.subscribed.Swap(true) {
-		r.cfg.logger.Info("bus subscribed", "channel", r.channel, "node", r.node)
+func (s *shardSub) up() {
+	r := s.r
+	if !s.subscribed.Swap(true) {
+		r.cfg.logger.Info("bus subscribed", "channels", s.name(), "node", r.node)
 	}
-	r.firstOnce.Do(func() { close(r.firstSub) })
+	s.firstOnce.Do(func() {
+		for _, o := range r.subs {
+			if !o.subscribed.Load() {
+				return
+			}
+		}
+		close(r.firstSub)
+	})
 	select {
 	case r.kick <- struct{}{}:
 	default:
 	}
 }
 
-// OnSubscribed registers f, called each time the bus's subscription is confirmed: the first time
-// and after every resubscription (go-redis reconnecting after a connection error, or the watchdog
-// replacing a silent subscription). Redis pub/sub keeps nothing for a subscriber that is away, so
-// the messages published while the subscription was down are never delivered; a consumer that
-// keeps history topics reads them back with History, and f is its cue to do so.
+// OnSubscribed registers f, called each time one of the bus's subscriptions is confirmed: the
+// first time and after every resubscription (go-redis reconnecting after a connection error, the
+// watchdog replacing a silent subscription, a cluster shard's slot moving to another primary).
+// Redis pub/sub keeps nothing for a subscriber that is away, so the messages published while a
+// subscription was down are never delivered; a consumer that keeps history topics reads them
+// back with History, and f is its cue to do so.
 //
-// f runs on the receive goroutine before deliver sees any message that came through the new
-// subscription, so a consumer that hands both to one queue (an actor's mailbox) sees the
-// notification exactly between the messages received before the outage and those received after.
-// Like deliver, f must return quickly; a panic in it is logged and ignored. Calling the returned
-// function removes f (f may still be running, or about to be called once, when it returns).
+// f runs on the receive goroutine of the subscription that came back, before deliver sees any
+// message that came through it, and never at the same time as deliver; so a consumer that hands
+// both to one queue (an actor's mailbox) sees the notification exactly between the messages of
+// that subscription received before the outage and those received after. Like deliver, f must
+// return quickly; a panic in it is logged and ignored. Calling the returned function removes f
+// (f may still be running, or about to be called once, when it returns).
 func (r *Redis) OnSubscribed(f func()) (remove func()) {
 	if f == nil {
 		return func() {}
@@ -130,7 +223,7 @@ func (r *Redis) OnSubscribed(f func()) (remove func()) {
 	}
 }
 
-// subscribedAgain calls the OnSubscribed callbacks, on the receive goroutine.
+// subscribedAgain calls the OnSubscribed callbacks, on a receive goroutine.
 func (r *Redis) subscribedAgain() {
 	r.subMu.Lock()
 	fs := make([]func(), 0, len(r.onSub))
@@ -138,6 +231,8 @@ func (r *Redis) subscribedAgain() {
 		fs = append(fs, f)
 	}
 	r.subMu.Unlock()
+	r.deliverMu.Lock()
+	defer r.deliverMu.Unlock()
 	for _, f := range fs {
 		func() {
 			defer func() {
@@ -152,10 +247,25 @@ func (r *Redis) subscribedAgain() {
 
 // down marks the subscription lost: Healthy fails until it is confirmed again and a probe sent
 // after that came back.
-func (r *Redis) down(op string, err error) {
-	r.subscribed.Store(false)
-	r.lastProbe.Store(0)
-	r.trouble.record(op, err)
+func (s *shardSub) down(op string, err error) {
+	s.subscribed.Store(false)
+	s.lastProbe.Store(0)
+	s.r.trouble.record(op, err)
+}
+
+// healthy is Healthy for this subscription.
+func (s *shardSub) healthy() error {
+	if !s.subscribed.Load() {
+		return fmt.Errorf("%w: not subscribed to %s", ErrUnhealthy, s.name())
+	}
+	last := s.lastProbe.Load()
+	if last == 0 {
+		return fmt.Errorf("%w: no probe came back on %s since subscribing", ErrUnhealthy, s.name())
+	}
+	if age := time.Since(time.Unix(0, last)); age >= unhealthyAfter*s.r.cfg.probeInterval {
+		return fmt.Errorf("%w: last probe on %s came back %s ago", ErrUnhealthy, s.name(), age.Round(time.Millisecond))
+	}
+	return nil
 }
 
 // sleep waits d or until the bus closes, and reports whether the bus is still open.
@@ -170,12 +280,13 @@ func (r *Redis) sleep(d time.Duration) bool {
 	}
 }
 
-// handle decodes one payload; probes from this node set the lag, messages go to deliver.
-func (r *Redis) handle(payload string) {
+// handle decodes one payload of subscription s; probes from this node set the lag, messages go
+// to deliver.
+func (r *Redis) handle(s *shardSub, payload string) {
 	env, err := decodeEnvelope([]byte(payload))
 	if err != nil {
 		r.invalid.Inc()
-		r.junk.warn("bus: ignoring an undecodable message", "channel", r.channel,
+		r.junk.warn("bus: ignoring an undecodable message", "channels", s.name(),
 			"err", err, "bytes", len(payload))
 		return
 	}
@@ -185,19 +296,22 @@ func (r *Redis) handle(payload string) {
 		}
 		now := time.Now()
 		r.lag.Set(max(0, now.Sub(time.Unix(0, env.Time)).Seconds()))
-		r.waitingSince.Store(0)
-		if r.subscribed.Load() {
-			r.lastProbe.Store(now.UnixNano())
+		s.waitingSince.Store(0)
+		if s.subscribed.Load() {
+			s.lastProbe.Store(now.UnixNano())
 		}
 		return
 	}
+	r.deliverMu.Lock()
+	defer r.deliverMu.Unlock()
 	safeDeliver(r.deliver, env.Msg, r.cfg.logger)
 }
 
 // probe is the probe goroutine: every probe interval (and at once after a subscription) it
-// publishes a probe that the receive goroutine times when it comes back. It is also the
-// watchdog: a subscription that has read nothing for 2 intervals, not even our own probes, gets
-// a PING, and after 3 it is replaced, which catches connections that died without being closed.
+// publishes a probe on each subscription that its receive goroutine times when it comes back. It
+// is also the watchdog: a subscription that has read nothing for 2 intervals, not even our own
+// probes, gets a PING, and after 3 it is replaced, which catches connections that died without
+// being closed. Until it has read it once, it also checks the deployment's shard count.
 func (r *Redis) probe() {
 	defer r.wg.Done()
 	interval := r.cfg.probeInterval
@@ -208,25 +322,62 @@ func (r *Redis) probe() {
 		case <-r.ctx.Done():
 			return
 		case <-tick.C:
-			r.watch(interval)
+			for _, s := range r.subs {
+				s.watch(interval)
+			}
 		case <-r.kick:
 		}
-		r.sendProbe()
+		for _, s := range r.subs {
+			s.sendProbe()
+		}
+		r.checkShards()
 	}
 }
 
-func (r *Redis) sendProbe() {
+// checkShards records the shard count in Redis if none is, keeps the record alive while nodes
+// run (it expires shardsTTL after the last node stopped, so a deployment can change its count by
+// stopping every node), and compares it with this node's: nodes that disagree would keep a
+// topic's stream in two places, so the node reports itself unhealthy until they agree.
+func (r *Redis) checkShards() {
+	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
+	defer cancel()
+	key := r.channel(0) + ":shards"
+	ttl := max(shardsTTL, 10*r.cfg.probeInterval)
+	if err := r.client.SetNX(ctx, key, r.shards, ttl).Err(); err != nil {
+		return // Redis trouble: the subscriptions' health says so
+	}
+	got, err := r.client.Get(ctx, key).Result()
+	if err != nil {
+		return
+	}
+	if got == strconv.Itoa(r.shards) {
+		_ = r.client.PExpire(ctx, key, ttl).Err()
+		if r.shardsErr.Swap(nil) != nil {
+			r.cfg.logger.Info("bus: shard count agrees with the deployment's again", "shards", r.shards)
+		}
+		return
+	}
+	err = fmt.Errorf("%w: this node uses %d bus shards, the deployment %s (%s in Redis); "+
+		"every node must use the same number", ErrUnhealthy, r.shards, strings.TrimSpace(got), key)
+	if r.shardsErr.Swap(&err) == nil {
+		r.cfg.logger.Error("bus: shard count disagrees with the deployment's; not healthy", "err", err)
+	}
+}
+
+func (s *shardSub) sendProbe() {
+	r := s.r
 	now := time.Now().UnixNano()
-	r.waitingSince.CompareAndSwap(0, now)
+	s.waitingSince.CompareAndSwap(0, now)
 	payload := `{"n":` + r.nodeJS + `,"k":"p","t":` + strconv.FormatInt(now, 10) + `}`
 	ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
 	defer cancel()
-	if err := r.client.Publish(ctx, r.channel, payload).Err(); err != nil && r.ctx.Err() == nil {
+	if err := r.client.SPublish(ctx, s.channels[0], payload).Err(); err != nil && r.ctx.Err() == nil {
 		r.trouble.record(opPublish, err)
+		r.reloadClusterState() // on a cluster, the shard's slot may have moved
 	}
 	// While probes go unanswered the lag gauge shows how long the oldest has waited, so an
 	// outage is visible on it and not just a frozen last value.
-	if since := r.waitingSince.Load(); since != 0 {
+	if since := s.waitingSince.Load(); since != 0 {
 		waited := time.Since(time.Unix(0, since)).Seconds()
 		if waited > r.cfg.probeInterval.Seconds() && waited > r.lag.Get() {
 			r.lag.Set(waited)
@@ -236,28 +387,29 @@ func (r *Redis) sendProbe() {
 
 // watch replaces a subscription that has been silent for too long. Only time spent waiting in
 // Receive counts: a slow deliver or a retry backoff is not the connection's fault.
-func (r *Redis) watch(interval time.Duration) {
-	if !r.reading.Load() {
+func (s *shardSub) watch(interval time.Duration) {
+	if !s.reading.Load() {
 		return
 	}
-	silent := time.Since(time.Unix(0, r.lastRecv.Load()))
+	silent := time.Since(time.Unix(0, s.lastRecv.Load()))
 	switch {
 	case silent >= 3*interval:
-		r.psMu.Lock()
-		ps := r.ps
-		r.psMu.Unlock()
+		s.psMu.Lock()
+		ps := s.ps
+		s.psMu.Unlock()
 		if ps == nil {
 			return
 		}
-		r.down(opSubscribe, errSilent{silent})
-		r.lastRecv.Store(time.Now().UnixNano()) // give the new subscription its own 3 intervals
-		r.resetPubSub(ps)
+		s.down(opSubscribe, errSilent{silent})
+		s.lastRecv.Store(time.Now().UnixNano()) // give the new subscription its own 3 intervals
+		s.resetPubSub(ps)
+		s.r.reloadClusterState()
 	case silent >= 2*interval:
-		r.psMu.Lock()
-		ps := r.ps
-		r.psMu.Unlock()
+		s.psMu.Lock()
+		ps := s.ps
+		s.psMu.Unlock()
 		if ps != nil {
-			ctx, cancel := context.WithTimeout(r.ctx, r.cfg.timeout)
+			ctx, cancel := context.WithTimeout(s.r.ctx, s.r.cfg.timeout)
 			_ = ps.Ping(ctx) // the PONG arrives through Receive; a failed write reconnects
 			cancel()
 		}

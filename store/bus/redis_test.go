@@ -62,7 +62,7 @@ func TestRedisUndecodable(t *testing.T) {
 		// A seq without the epoch of its stream.
 		`{"n":"x","k":"m","m":{"pkg_id":1,"data":{},"topic":"t","seq":2}}`}
 	for _, p := range bad {
-		if err := c.Publish(ctx, prefix+"bus", p).Err(); err != nil {
+		if err := c.SPublish(ctx, b.channel(b.shardOf("")), p).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -94,10 +94,16 @@ func TestRedisKeys(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	streamKey, histKey := prefix+"topic:{dash:x-1}:stream", prefix+"topic:{dash:x-1}:hist"
+	streamKey, histKey := b.streamKey("dash:x-1"), b.histKey("dash:x-1")
+	if !strings.HasPrefix(streamKey, prefix+"topic:{b") || !strings.HasSuffix(streamKey, "}:dash:x-1:stream") {
+		t.Fatalf("stream key %s, want %stopic:{b<shard>}:dash:x-1:stream", streamKey, prefix)
+	}
 	stream, err := c.HGetAll(ctx, streamKey).Result()
-	if err != nil || stream["seq"] != "3" || len(stream["epoch"]) != 16 || len(stream) != 2 {
-		t.Fatalf("HGETALL %s = %v, %v; want seq 3 and a 16-digit epoch", streamKey, stream, err)
+	if err != nil || stream["seq"] != "3" || len(stream["epoch"]) != 16 || len(stream) != 3 {
+		t.Fatalf("HGETALL %s = %v, %v; want seq 3, a 16-digit epoch and the server's run_id", streamKey, stream, err)
+	}
+	if info := c.Info(ctx, "server").Val(); !strings.Contains(info, "run_id:"+stream["srv"]+"\r\n") {
+		t.Fatalf("srv %q is not the server's run_id", stream["srv"])
 	}
 	entries, err := c.LRange(ctx, histKey, 0, -1).Result()
 	if err != nil || len(entries) != 2 {
@@ -120,7 +126,7 @@ func TestRedisKeys(t *testing.T) {
 	if _, _, err := b2.Publish(ctx, &Message{PkgID: 5, Topic: "other"}, 2); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{prefix + "topic:{other}:hist", prefix + "topic:{other}:stream"} {
+	for _, k := range []string{b2.histKey("other"), b2.streamKey("other")} {
 		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl != -1 {
 			t.Fatalf("PTTL %s without TTL = %s, %v", k, ttl, err)
 		}
@@ -145,7 +151,7 @@ func TestRedisStreamLost(t *testing.T) {
 	if err != nil || before.Latest != 5 || !before.Complete || before.Epoch == "" {
 		t.Fatalf("History = %+v, %v", before, err)
 	}
-	if err := c.Del(ctx, prefix+"topic:{authors}:stream").Err(); err != nil {
+	if err := c.Del(ctx, b.streamKey("authors")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if w, err := b.History(ctx, "authors", 3); err != nil || w.Epoch != "" || w.Latest != 0 || w.Complete || len(w.Msgs) != 0 {
@@ -170,7 +176,7 @@ func TestRedisOddEpochReplaced(t *testing.T) {
 	rec := &recorder{}
 	b := newRedisBus(t, c, prefix, "node-a", rec.deliver)
 	ctx := context.Background()
-	stream, old := prefix+"topic:{dash.odd}:stream", prefix+"topic:{dash.odd}:seq"
+	stream, old := b.streamKey("dash.odd"), b.oldSeqKey("dash.odd")
 	for _, bad := range []string{`x","seq":99,"pkg_id":6`, "", strings.Repeat("a", 65), "ABCDEF", "bad seq", "not a hash"} {
 		var err error
 		switch bad {

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -75,4 +76,54 @@ func BenchmarkMemoryRateLimiter(b *testing.B) {
 	lim := NewMemoryRateLimiter()
 	defer lim.Close()
 	benchLimiter(b, lim)
+}
+
+// BenchmarkConnHeartbeat measures the connection counter's steady load on Redis: one heartbeat
+// of a node holding 10 000 users with 1 or 4 connections each, on a redis-server of its own. It
+// reports
+// Redis's CPU per user refreshed (redis_us/user) and per connection (redis_us/conn), which
+// docs/sizing.md multiplies out for a deployment.
+//
+//	go test -run XXX -bench BenchmarkConnHeartbeat -benchtime 5x ./store/limits
+func BenchmarkConnHeartbeat(b *testing.B) {
+	for _, perUser := range []int{1, 4} {
+		b.Run("conns_per_user="+strconv.Itoa(perUser), func(b *testing.B) { benchHeartbeat(b, 10000, perUser) })
+	}
+}
+
+func benchHeartbeat(b *testing.B, users, perUser int) {
+	srv := redistest.StartServer(b)
+	c := srv.Client()
+	prefix := redistest.Prefix(b, c)
+	n := NewRedisConnCounter(c, prefix, "node-a", WithTimeout(10*time.Second))
+	ctx := context.Background()
+	for u := 0; u < users; u++ {
+		for k := 0; k < perUser; k++ {
+			if ok, err := n.Acquire(ctx, "u"+strconv.Itoa(u), "c"+strconv.Itoa(k), perUser); err != nil || !ok {
+				b.Fatalf("Acquire: %v %v", ok, err)
+			}
+		}
+	}
+	cpu := func() float64 {
+		info := c.Info(ctx, "cpu").Val()
+		var sum float64
+		for _, line := range strings.Split(info, "\r\n") {
+			for _, f := range []string{"used_cpu_sys:", "used_cpu_user:"} {
+				if v, ok := strings.CutPrefix(line, f); ok {
+					x, _ := strconv.ParseFloat(v, 64)
+					sum += x
+				}
+			}
+		}
+		return sum
+	}
+	cpu0 := cpu()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		n.beat(ctx)
+	}
+	b.StopTimer()
+	per := (cpu() - cpu0) * 1e6 / float64(b.N)
+	b.ReportMetric(per/float64(users), "redis_us/user")
+	b.ReportMetric(per/float64(users*perUser), "redis_us/conn")
 }

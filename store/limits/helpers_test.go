@@ -2,16 +2,30 @@ package limits
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
+
+	"switchboard/store/redistest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	redistest.StopShared() // the shared Redis Cluster and Sentinel set, if a test started them
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
 
 // waitFor polls cond every 10 ms until it holds or timeout passes, and reports which.
 func waitFor(timeout time.Duration, cond func() bool) bool {

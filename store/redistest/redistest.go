@@ -87,11 +87,21 @@ func Prefix(t testing.TB, c redis.UniversalClient) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+"*", 500).Iterator()
-		for iter.Next(ctx) {
-			c.Del(ctx, iter.Val())
+		del := func(ctx context.Context, node redis.UniversalClient) error {
+			iter := node.Scan(ctx, 0, prefix+"*", 500).Iterator()
+			for iter.Next(ctx) {
+				node.Del(ctx, iter.Val())
+			}
+			return iter.Err()
 		}
-		if err := iter.Err(); err != nil {
+		var err error
+		if cc, ok := c.(*redis.ClusterClient); ok {
+			// SCAN reads one node; the keys are spread over every primary.
+			err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error { return del(ctx, node) })
+		} else {
+			err = del(ctx, c)
+		}
+		if err != nil {
 			t.Errorf("delete test keys %s*: %v", prefix, err)
 		}
 	})

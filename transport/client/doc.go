@@ -21,6 +21,12 @@
 // fails with ErrConnectionLost, or, WithRetry, is written again on the next connection — never
 // when the server closed for a frame it refused (1002, 1003, 1007, 1009).
 //
+// # Publishing
+//
+// Client.Publish and Publisher.Publish broadcast through the HTTP façade (POST /api/broadcast)
+// with the token's broadcast role. A producer that never receives needs no WebSocket: a
+// Publisher (NewPublisher) holds only a token and an HTTP client.
+//
 // # Subscriptions and recovery
 //
 // A Subscription remembers the seq and epoch of the last message it queued for its callback.

@@ -61,9 +61,8 @@ func (ss *subs) del(name string) {
 type sub struct {
 	loading bool
 	gen     uint64 // the load this subscription waits for; answers of older loads are ignored
-	// queued is the subscription's place in the queue of loads waiting for a slot; nil when its
-	// load runs, or when it is not loading.
-	queued *list.Element
+	// queued: the subscription waits in its topic's queue of loads (topic.loadq) for a read.
+	queued bool
 	// req is the SUBSCRIBE being answered while loading; waiting are the later SUBSCRIBEs of the
 	// same topic on this connection, re-run in turn once req is answered. Each holds one of the
 	// connection's in-flight slots until answered, so the transport's in-flight cap bounds them.
@@ -134,6 +133,17 @@ type topic struct {
 	fillID    uint64
 	fillSince uint64
 	held      []*Message
+
+	// loadq are the subscriptions whose history load waits for a read (entries whose sub is no
+	// longer queued are skipped), and inLoads the topic's place in hubActor.loads, nil when none
+	// waits. One read serves every subscription queued when it starts.
+	loadq   []queuedLoad
+	inLoads *list.Element
+}
+
+type queuedLoad struct {
+	mem *member
+	s   *sub
 }
 
 func (t *topic) snapshot() []*member {
@@ -181,17 +191,22 @@ type hubActor struct {
 
 	ids uint64 // source of subscription load generations and fill ids
 
-	// loads is the queue of subscriptions whose history load waits for a slot (loadKey values),
-	// oldest first; running is how many loads run. A subscription is queued at most once and
-	// leaves the queue when it is dropped, so the queue holds at most one entry per loading
-	// subscription — which the transport's in-flight cap and MaxTopicsPerConn bound.
+	// loads is the queue of topics with subscriptions waiting for a history read (names),
+	// oldest first; running is how many reads run. A read takes every subscription its topic has
+	// queued (topic.loadq), so N clients that subscribe to one topic at once, after a restart say,
+	// cost a few reads instead of N. A subscription is queued at most once; one that is dropped
+	// leaves its entry behind until its topic's next read skips it, so a topic's queue holds at
+	// most one entry per subscription request — which the transport's in-flight cap and
+	// MaxTopicsPerConn bound. waiting counts the subscriptions queued, for the gauge.
 	loads   *list.List
 	running int
+	waiting int
 }
 
-type loadKey struct {
-	id    uint64
-	topic string
+// loadRef is one subscription served by a history read: its connection, the load it waits for
+// and its since.
+type loadRef struct {
+	id, gen, since uint64
 }
 
 func (a *hubActor) nextID() uint64 {
@@ -300,15 +315,18 @@ func (a *hubActor) dropSub(mem *member, name string) *sub {
 		return nil
 	}
 	mem.topics.del(name)
-	if s.queued != nil {
-		a.loads.Remove(s.queued)
-		s.queued = nil
-		a.hub.loadsWaiting.Store(int64(a.loads.Len()))
+	if s.queued {
+		s.queued = false
+		a.waiting--
+		a.hub.loadsWaiting.Store(int64(a.waiting))
 	}
 	if t := a.topics[name]; t != nil {
 		delete(t.members, mem.conn.ID())
 		t.dirty = true
 		if len(t.members) == 0 {
+			if t.inLoads != nil {
+				a.loads.Remove(t.inLoads)
+			}
 			delete(a.topics, name)
 		}
 	}
@@ -500,64 +518,109 @@ func (a *hubActor) subscribe(req *SubscribeRequest) {
 	a.load(mem, req.Topic, s)
 }
 
-// load (re)starts the history load of a subscription: it joins the queue of loads (unless it
-// is there already) and starts when a slot is free. The answer of an earlier load, if one is
-// still on its way, is ignored.
+// load (re)starts the history load of a subscription: it joins its topic's queue of loads
+// (unless it is there already) and is served by the topic's next read. The answer of an earlier
+// load, if one is still on its way, is ignored.
 func (a *hubActor) load(mem *member, name string, s *sub) {
 	s.gen = a.nextID()
-	if s.queued == nil {
-		s.queued = a.loads.PushBack(loadKey{id: mem.conn.ID(), topic: name})
+	if !s.queued {
+		s.queued = true
+		a.waiting++
+		t := a.topics[name]
+		t.loadq = append(t.loadq, queuedLoad{mem: mem, s: s})
+		if t.inLoads == nil {
+			t.inLoads = a.loads.PushBack(name)
+		}
 	}
 	a.startLoads()
 }
 
-// startLoads starts queued loads while fewer than MaxLoads run. Each reads History off the
-// actor and answers with historyLoaded, which frees its slot.
+// startLoads starts a read for the oldest topic with queued loads while fewer than MaxLoads
+// run. Each read takes every subscription the topic has queued, reads History off the actor
+// once, from the smallest since among them, and answers with historyLoaded, which frees its slot.
 func (a *hubActor) startLoads() {
 	for a.running < a.hub.opts.MaxLoads && a.loads.Len() > 0 {
-		k := a.loads.Remove(a.loads.Front()).(loadKey)
-		mem := a.conns[k.id]
-		if mem == nil {
+		name := a.loads.Remove(a.loads.Front()).(string)
+		t := a.topics[name]
+		if t == nil {
 			continue
 		}
-		s := mem.topics.get(k.topic)
-		if s == nil || !s.loading {
-			continue
+		t.inLoads = nil
+		refs := make([]loadRef, 0, len(t.loadq))
+		from := uint64(math.MaxUint64) // only the latest sequence is wanted
+		for i, q := range t.loadq {
+			t.loadq[i] = queuedLoad{}
+			if !q.s.queued || a.conns[q.mem.conn.ID()] != q.mem || q.mem.topics.get(name) != q.s || !q.s.loading {
+				continue
+			}
+			q.s.queued = false
+			a.waiting--
+			since := uint64(math.MaxUint64)
+			if q.s.req.Since != nil {
+				since = *q.s.req.Since
+			}
+			from = min(from, since)
+			refs = append(refs, loadRef{id: q.mem.conn.ID(), gen: q.s.gen, since: since})
 		}
-		s.queued = nil
-		since := uint64(math.MaxUint64) // only the latest sequence is wanted
-		if s.req.Since != nil {
-			since = *s.req.Since
+		t.loadq = t.loadq[:0]
+		if cap(t.loadq) > 1024 {
+			t.loadq = nil // a burst of subscriptions is over; do not keep its array
+		}
+		if len(refs) == 0 {
+			continue
 		}
 		a.running++
-		a.hub.loadHistory(k.id, k.topic, since, s.gen)
+		a.hub.loadHistory(name, from, refs)
 	}
-	a.hub.loadsWaiting.Store(int64(a.loads.Len()))
+	a.hub.loadsWaiting.Store(int64(a.waiting))
+}
+
+// windowAfter is what a read of the history after since would have returned, taken from w, a
+// read after from <= since of the same moment.
+func windowAfter(w Window, since uint64) Window {
+	i := 0
+	for i < len(w.Msgs) && w.Msgs[i].Seq <= since {
+		i++
+	}
+	out := Window{Epoch: w.Epoch, Latest: w.Latest, Msgs: w.Msgs[i:]}
+	if len(out.Msgs) == 0 {
+		out.Msgs = nil
+	}
+	out.Complete = since <= w.Latest && uint64(len(out.Msgs)) == w.Latest-since
+	for k, m := range out.Msgs {
+		if m.Seq != since+1+uint64(k) {
+			out.Complete = false
+			break
+		}
+	}
+	return out
 }
 
 func (a *hubActor) historyLoaded(h *historyLoaded) {
 	a.running--
 	defer a.startLoads()
-	mem, ok := a.conns[h.id]
-	if !ok {
-		return
-	}
-	s := mem.topics.get(h.topic)
-	if s == nil || !s.loading || s.gen != h.gen {
-		return
-	}
-	if h.err != nil {
-		// Debug only: every SUBSCRIBE fails this way while Redis is down, and the bus already
-		// counts (redis_errors_total) and warns, at most every 10 s.
-		a.log.Debug("hub: topic history unavailable", "topic", h.topic, "err", h.err)
-		a.dropSub(mem, h.topic)
-		a.answer(mem, s.req, Answer{Err: ErrHistory})
-		for _, w := range s.waiting {
-			a.subscribe(w) // each is a request of its own: it may well succeed
+	for _, r := range h.refs {
+		mem, ok := a.conns[r.id]
+		if !ok {
+			continue
 		}
-		return
+		s := mem.topics.get(h.topic)
+		if s == nil || !s.loading || s.gen != r.gen {
+			continue // dropped, or loading again (a later read serves it)
+		}
+		if h.err != nil {
+			// Debug only: every SUBSCRIBE fails this way while Redis is down, and the bus already
+			// counts (redis_errors_total) and warns, at most every 10 s.
+			a.log.Debug("hub: topic history unavailable", "topic", h.topic, "err", h.err)
+			a.dropSub(mem, h.topic)
+			a.answer(mem, s.req, Answer{Err: ErrHistory})
+			for _, w := range s.waiting {
+				a.subscribe(w) // each is a request of its own: it may well succeed
+			}
+			continue
+		}
+		a.settle(h.topic, mem, s, windowAfter(h.w, r.since))
 	}
-	a.settle(h.topic, mem, s, h.w)
 }
 
 // settle finishes a subscription: the answer, then the recovered messages, then the live

@@ -18,10 +18,12 @@
 // message published while the node's bus subscription is down does not reach this node.
 //
 // Bounds: live messages held for a subscription whose history loads, and for a topic reading
-// missed messages back, are capped (Options.MaxPending); history loads of SUBSCRIBEs run at most
-// Options.MaxLoads at once (the rest wait in a queue of one entry per loading subscription), and
-// fills of missed messages at most 8. Every SubscribeRequest gets exactly one Ack (unless its
-// connection is gone or the hub stops) and one Done.
+// missed messages back, are capped (Options.MaxPending); history reads for SUBSCRIBEs run at
+// most Options.MaxLoads at once, each serving every SUBSCRIBE of its topic waiting when it
+// starts (the rest wait in a queue of one entry per subscription request), and fills of missed
+// messages at most 8. The actor's mailbox runs on one long-lived goroutine of the hub. Every
+// SubscribeRequest gets exactly one Ack (unless its connection is gone or the hub stops) and one
+// Done.
 //
 // Concurrency contract: the registry is owned by the hub actor's Receive alone. Hub's methods
 // only send messages to it and are safe for concurrent use; they never wait on a socket. Conn

@@ -53,8 +53,9 @@ type Options struct {
 	// live messages a topic holds while it reads missed messages back (gap.go); past it the
 	// topic's subscribers are closed with CloseMissedMessages.
 	MaxPending int
-	// MaxLoads caps the history loads of SUBSCRIBEs that run at once (default 16); the others
-	// wait in a queue, in order (see hubActor.loads).
+	// MaxLoads caps the history reads for SUBSCRIBEs that run at once (default 16); the others
+	// wait in a queue, in order, and one read serves every SUBSCRIBE of its topic waiting when it
+	// starts (see hubActor.loads).
 	MaxLoads int
 	Logger   *slog.Logger
 	Metrics  *metrics.Set
@@ -72,7 +73,7 @@ type Hub struct {
 	stop         chan struct{}
 	ctx          context.Context // history reads; cancelled by Stop
 	cancel       context.CancelFunc
-	bg           sync.WaitGroup // the ticker and history loads
+	bg           sync.WaitGroup // the ticker, the actor's loop, the loaders and fills
 	log          *slog.Logger
 	// fillSlots bounds the history fills running at once (a resubscription starts one per
 	// topic with subscribers).
@@ -332,6 +333,7 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 	res, err := h.root.RequestFuture(h.pid, &closeAll{code: code, reason: reason}, timeout).Result()
 	h.cancel() // history reads still running are of no use now
 	if err != nil {
+		close(h.loop.stop) // later activations run on goroutines of their own
 		return 0, fmt.Errorf("hub: close connections: %w", err)
 	}
 	if err := h.root.PoisonFuture(h.pid).Wait(); err != nil {
@@ -343,17 +345,17 @@ func (h *Hub) Stop(ctx context.Context, code uint16, reason string) (closed int,
 	return res.(*closedAll).count, nil
 }
 
-// loadHistory fetches a subscription's history off the actor and reports back to it. The actor
-// runs at most MaxLoads at once, so the queue of the loaders never fills.
-func (h *Hub) loadHistory(id uint64, topic string, since, gen uint64) {
-	h.loadq <- loadJob{id: id, topic: topic, since: since, gen: gen}
+// loadHistory reads a topic's history after since off the actor for the subscriptions refs and
+// reports back to it. The actor runs at most MaxLoads reads at once, so the queue of the
+// loaders never fills.
+func (h *Hub) loadHistory(topic string, since uint64, refs []loadRef) {
+	h.loadq <- loadJob{topic: topic, since: since, refs: refs}
 }
 
 type loadJob struct {
-	id    uint64
 	topic string
 	since uint64
-	gen   uint64
+	refs  []loadRef
 }
 
 // loader is one of the MaxLoads goroutines that read SUBSCRIBEs' history (rather than a goroutine
@@ -368,7 +370,7 @@ func (h *Hub) loader() {
 			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
 			w, err := h.opts.Bus.History(ctx, j.topic, j.since)
 			cancel()
-			h.root.Send(h.pid, &historyLoaded{id: j.id, topic: j.topic, gen: j.gen, w: w, err: err})
+			h.root.Send(h.pid, &historyLoaded{topic: j.topic, refs: j.refs, w: w, err: err})
 		}
 	}
 }

@@ -19,10 +19,9 @@ type (
 	}
 	// historyLoaded is the answer to loadHistory.
 	historyLoaded struct {
-		id    uint64
 		topic string
-		gen   uint64
-		w     Window
+		refs  []loadRef // the subscriptions the read serves
+		w     Window    // the history after the smallest of their since
 		err   error
 	}
 	// resync: the bus resubscribed; what was published while it was down never came.

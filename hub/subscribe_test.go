@@ -2,6 +2,7 @@ package hub_test
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -513,5 +514,62 @@ func TestNewStreamSubscriberKeepsWhatWasHeld(t *testing.T) {
 	expectRun(t, fresh, "dash.x", 3, 4)
 	if n, _, _ := fresh.closed(); n != 0 {
 		t.Fatal("the new stream's subscriber was closed")
+	}
+}
+
+// TestOneHistoryReadServesEveryWaitingSubscription: the SUBSCRIBEs of a topic that wait while a
+// read runs are served together by the next read, from the smallest since among them, each
+// answered and replayed from its own since (the clients of a restarted node coming back at once
+// cost a few reads, not one each).
+func TestOneHistoryReadServesEveryWaitingSubscription(t *testing.T) {
+	e := newCappedEnv(t, 0, 1)
+	e.publish("dash.x", 1, 5)
+	gate := make(chan struct{})
+	e.bus.set(func(b *gapBus) { b.gate = gate })
+	first := newFake(1, seqCodec{})
+	e.register(first)
+	e.hub.Subscribe(&hub.SubscribeRequest{Conn: first, Topic: "dash.x", Ack: answer("dash.x")})
+	waitFor(t, 10*time.Second, "the first read to start", func() bool { return e.bus.historyCalls() == 1 })
+	sinces := []*uint64{u64(1), u64(3), nil, u64(5), u64(2), nil}
+	conns := fakes(len(sinces), seqCodec{})
+	for i, c := range conns {
+		c.id = uint64(10 + i)
+	}
+	e.register(conns...)
+	for i, c := range conns {
+		e.hub.Subscribe(&hub.SubscribeRequest{Conn: c, Topic: "dash.x", Since: sinces[i], Epoch: "ep1", Ack: answer("dash.x")})
+	}
+	waitFor(t, 10*time.Second, "the others to wait", func() bool {
+		return e.metric("ws_topic_history_loads_waiting") == fmt.Sprint(len(sinces))
+	})
+	e.bus.set(func(b *gapBus) { b.gate = nil })
+	close(gate)
+	for i, c := range conns {
+		want := []string{"dash.x"}
+		ack := "ack|dash.x|5|false|<nil>|ep1"
+		if sinces[i] != nil {
+			ack = "ack|dash.x|5|true|<nil>|ep1"
+			for s := *sinces[i] + 1; s <= 5; s++ {
+				want = append(want, strconv.FormatUint(s, 10))
+			}
+		}
+		waitFor(t, 10*time.Second, "every answer and replay", func() bool { return c.count() == len(want) })
+		var got []string
+		for _, f := range c.received() {
+			got = append(got, strings.SplitN(string(f), "|", 3)[1])
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) || acks(c, "dash.x")[0] != ack {
+			t.Fatalf("since %v: frames %v (answer %v), want %v (answer %s)", sinces[i], got, acks(c, "dash.x"), want, ack)
+		}
+	}
+	if calls := e.bus.historyCalls(); calls != 2 {
+		t.Fatalf("%d history reads for %d subscriptions, want 2 (one for the first, one for the rest)", calls, 1+len(sinces))
+	}
+	e.publish("dash.x", 6, 1)
+	for _, c := range append(conns, first) {
+		waitFor(t, 10*time.Second, "the live message", func() bool {
+			r := c.received()
+			return len(r) > 0 && strings.HasPrefix(string(r[len(r)-1]), "dash.x|6|")
+		})
 	}
 }

@@ -204,7 +204,9 @@ func hotDialN(t testing.TB, host, token string, n int) []*hotConn {
 
 func hotCloseAll(conns []*hotConn) {
 	for _, c := range conns {
-		_ = c.c.Close()
+		if c != nil {
+			_ = c.c.Close()
+		}
 	}
 }
 

@@ -6,6 +6,7 @@
 #
 #   bash cmd/switchboard/idlemem.sh                      # N=10000, modes bare dashboard request
 #   NS="10000 19000" MODES="bare dashboard" bash cmd/switchboard/idlemem.sh
+#   KEEP=1 keeps the temporary directory (server logs); PING, SETTLE: keepalive and wait
 #
 # The server runs on the embedded default (SQLite, in-process limits and bus) with raised
 # per-user limits and keepalive pings every PING (5s), which the client answers; it measures
@@ -24,7 +25,7 @@ SETTLE=${SETTLE:-12}
 PING=${PING:-5s}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/switchboard-idlemem.XXXXXX)
-trap 'if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; fi; rm -rf "$WORK"' EXIT
+trap 'if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null || true; fi; if [ -z "${KEEP:-}" ]; then rm -rf "$WORK"; else echo "kept $WORK" >&2; fi' EXIT
 
 ulimit -n "$(ulimit -Hn)"
 (cd "$ROOT" && go build -o "$WORK/switchboard" ./cmd/switchboard && go build -o "$WORK/switchboard-bench" ./cmd/switchboard-bench)

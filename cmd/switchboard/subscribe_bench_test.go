@@ -1,0 +1,171 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"switchboard/config"
+	"switchboard/hub"
+	"switchboard/store/redistest"
+)
+
+// BenchmarkConnectSubscribe opens b.N connections from 64 raw-socket clients at once against an
+// in-process node on the embedded default, keeping them open, and reports conns/s: "connect"
+// upgrades only, "connect+subscribe" also sends SUBSCRIBE dashboards.bench (no since) and reads
+// its answer. Clients and server share the process and the machine's cores, so the figures are
+// lower than the load tool's; the ratio of the two, in one run, is the measure
+// (docs/performance.md). Keep b.N under the open-files limit (2 descriptors per connection):
+//
+//	go test -run '^$' -bench ConnectSubscribe -benchtime 4000x ./cmd/switchboard/
+func BenchmarkConnectSubscribe(b *testing.B) {
+	for _, subscribe := range []bool{false, true} {
+		name := "connect"
+		if subscribe {
+			name = "connect+subscribe"
+		}
+		b.Run(name, func(b *testing.B) {
+			s := startServer(b, func(c *config.Config) {
+				c.WSMaxConnsPerUser, c.RateLimitPerMinute, c.WSMessageRateLimit = 1_000_000, 100_000_000, 100_000_000
+				c.MaxPreAuthConnsIP = 1_000_000
+			})
+			host := strings.TrimPrefix(s.base, "http://")
+			tok := s.token(b, "bench-connsub", "get-authors")
+			frames := hotFrames(b.N, 10, `{"topic":"dashboards.bench"}`)
+			conns := make([]*hotConn, b.N)
+			defer func() { hotCloseAll(conns) }()
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for range 64 {
+				wg.Go(func() {
+					for {
+						i := int(next.Add(1)) - 1
+						if i >= b.N {
+							return
+						}
+						c := hotDial(b, host, tok)
+						conns[i] = c
+						if subscribe {
+							c.roundTrip(b, frames[i])
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
+		})
+	}
+}
+
+// BenchmarkResubscribeStorm is a node restart as its subscribers see it: b.N connections
+// subscribed to one topic with history on a node with Redis, 20 broadcasts they all received,
+// the node stopped and another started on the same Redis and prefix; then every client
+// reconnects at once (64 at a time) and sends SUBSCRIBE with since 10 broadcasts back and the
+// epoch, and must be answered recovered:true followed by exactly seq since+1 … latest, in order.
+// It reports the seconds from the first reconnect to the last client complete. Needs Redis on
+// 127.0.0.1:6379 (skipped without it, a failure under CI=true).
+//
+//	go test -run '^$' -bench ResubscribeStorm -benchtime 5000x ./cmd/switchboard/
+func BenchmarkResubscribeStorm(b *testing.B) {
+	rc := redistest.Client(b)
+	prefix := redistest.Prefix(b, rc)
+	redisURL := redistest.URL(b)
+	shared := b.TempDir()
+	node := func(c *config.Config) {
+		c.DataDir, c.RedisURL, c.RedisPrefix = shared, redisURL, prefix
+		c.WSMaxConnsPerUser, c.RateLimitPerMinute, c.WSMessageRateLimit = 1_000_000, 100_000_000, 100_000_000
+		c.MaxPreAuthConnsIP = 1_000_000
+	}
+	topic := "dashboards.storm" + strconv.FormatInt(time.Now().UnixNano()%1e6, 10)
+	const published, back = 20, 10
+
+	a := startServer(b, node)
+	host := strings.TrimPrefix(a.base, "http://")
+	tok := a.token(b, "bench-storm", "get-authors")
+	conns := make([]*hotConn, b.N)
+	for i := range conns {
+		conns[i] = hotDial(b, host, tok)
+		conns[i].roundTrip(b, hotFrames(1, 10, fmt.Sprintf(`{"topic":%q}`, topic))[0])
+	}
+	var epoch string
+	for i := range published {
+		if _, err := a.app.hub.Broadcast(context.Background(), &hub.Message{PkgID: 1, Topic: topic, Data: []byte(fmt.Sprintf(`{"n":%d}`, i))}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for _, c := range conns { // every client has all of them
+		for range published {
+			p := c.frame(b)
+			if epoch == "" {
+				var e envelope
+				if err := json.Unmarshal(p, &e); err != nil {
+					b.Fatal(err)
+				}
+				epoch = e.Epoch
+			}
+		}
+	}
+	if err := a.stop(); err != nil {
+		b.Fatal(err)
+	}
+	hotCloseAll(conns)
+
+	s := startServer(b, node)
+	host = strings.TrimPrefix(s.base, "http://")
+	since := published - back
+	frames := hotFrames(b.N, 10, fmt.Sprintf(`{"topic":%q,"since":%d,"epoch":%q}`, topic, since, epoch))
+	again := make([]*hotConn, b.N)
+	defer func() { hotCloseAll(again) }()
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	firstErr := make(chan string, 1)
+	fail := func(msg string) {
+		failed.Add(1)
+		select {
+		case firstErr <- msg:
+		default:
+		}
+	}
+	b.ResetTimer()
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				c := hotDial(b, host, tok)
+				again[i] = c
+				ans := c.roundTrip(b, frames[i])
+				if !bytes.Contains(ans, []byte(`"recovered":true`)) {
+					fail(fmt.Sprintf("answer %s", ans))
+					continue
+				}
+				for k := since + 1; k <= published; k++ {
+					p := c.frame(b)
+					if !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d,`, k))) && !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d}`, k))) {
+						fail(fmt.Sprintf("want seq %d, got %s", k, p))
+						break
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	b.StopTimer()
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d of %d clients did not recover everything: %s", n, b.N, <-firstErr)
+	}
+	b.ReportMetric(b.Elapsed().Seconds(), "s-all-recovered")
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "resubscribes/s")
+}

@@ -82,9 +82,10 @@ func TestConnCounterDeadNodeFreesSlots(t *testing.T) {
 	// node-a dies: its heartbeat stops and it never releases.
 	_ = a.Close()
 	killed := time.Now()
-	// The slots come back once the TTL passes without a heartbeat: not before the TTL since the
-	// last beat (at most one heartbeat before the kill), and soon after (the generous bound
-	// only catches a slot that never expires; how soon is logged).
+	// The slots come back once the TTL passes without a heartbeat (the generous bound only
+	// catches a slot that never expires; how soon is logged). That they are not freed early is
+	// the loop above: held through four TTLs while the node beat. No lower bound on the time
+	// after the kill: on a loaded machine the last beat can be late by anything.
 	ok := waitFor(testTTL+10*time.Second, func() bool {
 		ok, err := b.Acquire(context.Background(), "u1", "c3", 2)
 		if err != nil {
@@ -93,7 +94,7 @@ func TestConnCounterDeadNodeFreesSlots(t *testing.T) {
 		return ok
 	})
 	freed := time.Since(killed)
-	if !ok || freed < testTTL-testHeartbeat {
+	if !ok {
 		t.Fatalf("dead node's slot freed after %s (ok=%v); the TTL is %s", freed, ok, testTTL)
 	}
 	t.Logf("dead node's slot freed %s after it stopped (TTL %s, heartbeat %s)", freed, testTTL, testHeartbeat)

@@ -10,29 +10,42 @@ import "sync"
 // at most once at a time, so it holds at most one entry per actor. The actors it serves must
 // not block in Receive for long (a worker would be held). After close, a late activation (a
 // message to a stopped actor) runs on a goroutine of its own.
+//
+// Work goes to the worker that parked last (a stack of idle workers), not to the one idle the
+// longest (sync.Cond's order): under a light load the same few workers run everything, their
+// stacks stay grown and their caches warm, and the rest stay parked on small stacks. With the
+// other order a pool of 64 took every request to a worker whose stack the garbage collector had
+// shrunk since its last turn, and grew it again (docs/performance.md).
 type workerDispatcher struct {
 	mu     sync.Mutex
-	ready  sync.Cond
 	queue  []func()
 	head   int
+	idle   []*worker // parked workers, the most recently parked last
 	closed bool
 	wg     sync.WaitGroup
 }
 
+// worker is one goroutine of a workerDispatcher; wake (capacity 1) ends its park. A worker is on
+// the idle stack at most once, and only the one who takes it off sends on wake.
+type worker struct{ wake chan struct{} }
+
 func newWorkerDispatcher(workers int) *workerDispatcher {
 	d := &workerDispatcher{}
-	d.ready.L = &d.mu
 	for range max(workers, 1) {
-		d.wg.Go(d.work)
+		w := &worker{wake: make(chan struct{}, 1)}
+		d.wg.Go(func() { d.work(w) })
 	}
 	return d
 }
 
-func (d *workerDispatcher) work() {
+func (d *workerDispatcher) work(w *worker) {
 	for {
 		d.mu.Lock()
 		for d.head == len(d.queue) && !d.closed {
-			d.ready.Wait()
+			d.idle = append(d.idle, w)
+			d.mu.Unlock()
+			<-w.wake
+			d.mu.Lock()
 		}
 		if d.head == len(d.queue) { // closed and drained
 			d.mu.Unlock()
@@ -58,8 +71,18 @@ func (d *workerDispatcher) Schedule(fn func()) {
 		return
 	}
 	d.queue = append(d.queue, fn)
+	var w *worker
+	if n := len(d.idle); n > 0 {
+		w = d.idle[n-1]
+		d.idle[n-1] = nil
+		d.idle = d.idle[:n-1]
+	}
 	d.mu.Unlock()
-	d.ready.Signal()
+	if w != nil {
+		// A worker that was not parked may take fn first; the one woken then finds the queue
+		// empty and parks again.
+		w.wake <- struct{}{}
+	}
 }
 
 // Throughput implements actor.Dispatcher: messages a mailbox handles before it yields its
@@ -70,8 +93,12 @@ func (d *workerDispatcher) Throughput() int { return 300 }
 func (d *workerDispatcher) close() {
 	d.mu.Lock()
 	d.closed = true
+	idle := d.idle
+	d.idle = nil
 	d.mu.Unlock()
-	d.ready.Broadcast()
+	for _, w := range idle {
+		w.wake <- struct{}{}
+	}
 	d.wg.Wait()
 }
 

@@ -66,6 +66,11 @@ type Response struct {
 	// Effect is what a successful answer asks of the connection actor besides sending it
 	// (*SubscribeIntent, *UnsubscribeIntent). Never encoded.
 	Effect any
+	// Decoded is the request's data as schema validation decoded it (objects as map[string]any,
+	// numbers as json.Number), on the answers to HTTP requests, so the façade's audit record
+	// redacts it instead of decoding the data again (audit.Entry.RequestValue); nil when the
+	// data was not decoded. It belongs to the receiver of the answer. Never encoded.
+	Decoded any
 	// For is the request this answers: set on every answer of the pipeline, nil on the answers
 	// the read side makes without a handler (bad envelopes). The connection actor tells the two
 	// apart by it. Never encoded.

@@ -104,7 +104,14 @@ func (p *Pipeline) Deadline(req *Request) time.Time {
 func (p *Pipeline) Handle(ctx context.Context, req *Request) (resp *Response) {
 	start := time.Now()
 	var decoded any // req.Data as schema validation decoded it
-	defer func() { p.record(ctx, req, resp, start, decoded) }()
+	defer func() {
+		if req.Transport != "ws" {
+			// The façade audits HTTP calls; the WebSocket audit (record) redacts decoded in
+			// place, so it is handed on only where record does not use it.
+			resp.Decoded = decoded
+		}
+		p.record(ctx, req, resp, start, decoded)
+	}()
 	deadline := p.Deadline(req)
 	if !start.Before(deadline) {
 		return p.fail(req, timedOut)

@@ -73,11 +73,29 @@ func pkgIDMessage(missing bool) string {
 // parseReqID returns the req_id to answer with and whether it is a UUID. A string that is not
 // a UUID is answered as echoReqID allows; anything else gives the zero UUID.
 func parseReqID(raw json.RawMessage) (string, bool) {
+	if s, ok := plainString(raw); ok {
+		return answerReqID(s)
+	}
 	var s string
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 		return zeroUUID, false
 	}
 	return answerReqID(s)
+}
+
+// plainString returns the JSON string literal raw as a Go string when it holds only printable
+// ASCII and no escape (every UUID): then its text is its value, as encoding/json would decode it.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	body := raw[1 : len(raw)-1]
+	for _, c := range body {
+		if c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return "", false
+		}
+	}
+	return string(body), true
 }
 
 // answerReqID returns the req_id an answer carries for the string s, and whether s is a UUID.

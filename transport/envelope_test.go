@@ -159,3 +159,20 @@ func checkRefusal(t *testing.T, bad *actors.Response) {
 		t.Fatalf("refusal echoes req_id %q", id)
 	}
 }
+
+// plainString's fast path gives what encoding/json decodes, or steps aside.
+func FuzzPlainString(f *testing.F) {
+	for _, s := range []string{`"` + someUUID + `"`, `""`, `"a\"b"`, `"\u0041"`, "\"\xff\"", `"é"`, `"a`, `1`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		got, ok := plainString(raw)
+		if !ok {
+			return
+		}
+		var want string
+		if err := json.Unmarshal(raw, &want); err != nil || got != want {
+			t.Fatalf("plainString(%q) = %q; encoding/json: %q, %v", raw, got, want, err)
+		}
+	})
+}

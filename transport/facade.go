@@ -63,6 +63,9 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 			return
 		}
 		resp := res.(*actors.Response)
+		if resp.Decoded != nil {
+			noteDecoded(r, data, resp.Decoded) // the audit redacts what validation decoded
+		}
 		noteMsg(r, resp.Msg)
 		if resp.Status == actors.StatusOK {
 			rt.success(w, resp)

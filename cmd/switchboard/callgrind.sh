@@ -4,6 +4,11 @@
 #
 #   bash cmd/switchboard/callgrind.sh                 # every workload, N=200
 #   N=400 WORKLOADS="subscribe broadcast" bash cmd/switchboard/callgrind.sh
+#   DB=postgres WORKLOADS="request http-request" bash cmd/switchboard/callgrind.sh
+#
+# DB=postgres runs the node on a fresh database of the PostgreSQL on 127.0.0.1 (storetest)
+# instead of SQLite, so the database's work is another process's and the requests' figures are
+# the server's own.
 #
 # It builds the cmd/switchboard test binary and runs BenchmarkHotPaths/<workload> under callgrind
 # with -test.benchtime=${N}x. Go's benchmark runner calls each workload twice (1 op, then N), and
@@ -17,7 +22,7 @@
 set -euo pipefail
 
 N=${N:-200}
-WORKLOADS=${WORKLOADS:-"connect connect+subscribe subscribe resubscribe control request broadcast"}
+WORKLOADS=${WORKLOADS:-"connect connect+subscribe subscribe resubscribe control request http-request broadcast"}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$(mktemp -d /tmp/switchboard-callgrind.XXXXXX)}
 mkdir -p "$OUT"
@@ -31,7 +36,7 @@ for w in $WORKLOADS; do
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	pattern="^BenchmarkHotPaths\$/^$(printf '%s' "$w" | sed 's/[+]/\\+/g')\$"
-	(cd "$dir" && GOMAXPROCS=1 GOGC=${GOGC:-off} GODEBUG=asyncpreemptoff=1 \
+	(cd "$dir" && HOTPATHS_DB=${DB:-sqlite} GOMAXPROCS=1 GOGC=${GOGC:-off} GODEBUG=asyncpreemptoff=1 \
 		valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
 		--zero-before='*callgrindZero' --dump-before='*callgrindDump' \
 		"$OUT/switchboard.test" -test.run '^$' -test.bench "$pattern" -test.benchtime "${N}x" \

@@ -20,6 +20,7 @@ import (
 
 	"switchboard/config"
 	"switchboard/hub"
+	"switchboard/store/storetest"
 )
 
 // BenchmarkHotPaths runs fixed workloads against one in-process node on the embedded default
@@ -32,6 +33,7 @@ import (
 //	resubscribe      SUBSCRIBE with since and epoch current (a client back after a restart)
 //	control          UNSUBSCRIBE of a topic the connection does not hold (no database)
 //	request          GET_AUTHORS of 5 rows (SQLite)
+//	http-request     GET /authors?name=hot- (the same 5 rows) on a keep-alive HTTP connection
 //	broadcast        Hub.Broadcast to the 100 subscribers of a topic with history; every
 //	                 subscriber reads it
 //
@@ -41,9 +43,18 @@ import (
 // a figure that does not move with the machine's load as wall-clock time does. Background work
 // that runs by the clock is taken out of the node first (the sys.stats publisher stopped, the
 // keepalive an hour apart). Without valgrind it is an ordinary benchmark.
+//
+// With HOTPATHS_DB=postgres the node runs on a fresh PostgreSQL database (storetest) instead of
+// SQLite: the database's own work is then in another process, so the requests' counts are the
+// server's alone, as in the load tool's rpc runs.
 func BenchmarkHotPaths(b *testing.B) {
 	b.Setenv("GODEBUG", strings.TrimPrefix(os.Getenv("GODEBUG")+",adaptivestackstart=0", ","))
+	dbURL := ""
+	if os.Getenv("HOTPATHS_DB") == "postgres" {
+		dbURL = storetest.PostgresURL(b)
+	}
 	s := startServer(b, func(c *config.Config) {
+		c.DatabaseURL = dbURL
 		c.WSMaxConnsPerUser, c.RateLimitPerMinute, c.WSMessageRateLimit = 1_000_000, 100_000_000, 100_000_000
 		c.WSPingInterval = time.Hour
 		// Audit batches are written when full (every 200 entries), never by the clock.
@@ -127,6 +138,37 @@ func BenchmarkHotPaths(b *testing.B) {
 		callgrindZero()
 		for _, f := range frames {
 			admin.roundTrip(b, f)
+		}
+		callgrindDump()
+	})
+	b.Run("http-request", func(b *testing.B) {
+		c, err := net.DialTimeout("tcp", host, 10*time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Minute))
+		get := []byte("GET /authors?name=hot- HTTP/1.1\r\nHost: " + host + "\r\nAuthorization: Bearer " + tok + "\r\n\r\n")
+		r := bufio.NewReaderSize(c, 4096)
+		body := make([]byte, 0, 4096)
+		call := func() {
+			if _, err := c.Write(get); err != nil {
+				b.Fatal(err)
+			}
+			resp, err := http.ReadResponse(r, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			body, err = io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+			resp.Body.Close()
+			if err != nil || resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"hot-4"`)) {
+				b.Fatalf("GET /authors: %d %s %v", resp.StatusCode, body, err)
+			}
+		}
+		call() // the connection is accepted and its pre-auth slot freed before anything is counted
+		callgrindZero()
+		for range b.N {
+			call()
 		}
 		callgrindDump()
 	})

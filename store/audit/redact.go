@@ -3,6 +3,7 @@ package audit
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -142,8 +143,90 @@ func redactValue(v any) any {
 }
 
 // marshal encodes v compactly without HTML escaping (the result is stored, not embedded in
-// HTML, and "<" should read as "<" in the audit table).
+// HTML, and "<" should read as "<" in the audit table). A decoded document (maps, slices,
+// strings, json.Number, booleans, null) is written by appendDecoded, which gives the same bytes
+// as encoding/json without its reflection and its per-map key slices; anything else goes
+// through encoding/json.
 func marshal(v any) (json.RawMessage, error) {
+	if b, ok := appendDecoded(make([]byte, 0, 128), v); ok {
+		return b, nil
+	}
+	return marshalJSON(v)
+}
+
+// appendDecoded appends v as encoding/json (HTML escaping off) would write it; false when v
+// holds something other than what a JSON decoder with UseNumber gives.
+func appendDecoded(b []byte, v any) ([]byte, bool) {
+	switch x := v.(type) {
+	case nil:
+		return append(b, "null"...), true
+	case bool:
+		return strconv.AppendBool(b, x), true
+	case string:
+		return appendString(b, x)
+	case json.Number:
+		// Only a number as a decoder gives it (encoding/json refuses other text here).
+		if x == "" || !(x[0] == '-' || '0' <= x[0] && x[0] <= '9') || !('0' <= x[len(x)-1] && x[len(x)-1] <= '9') ||
+			!json.Valid([]byte(x)) {
+			return b, false
+		}
+		return append(b, x...), true
+	case []any:
+		b = append(b, '[')
+		for i, e := range x {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var ok bool
+			if b, ok = appendDecoded(b, e); !ok {
+				return b, false
+			}
+		}
+		return append(b, ']'), true
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		b = append(b, '{')
+		for i, k := range keys {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			var ok bool
+			if b, ok = appendString(b, k); !ok {
+				return b, false
+			}
+			b = append(b, ':')
+			if b, ok = appendDecoded(b, x[k]); !ok {
+				return b, false
+			}
+		}
+		return append(b, '}'), true
+	}
+	return b, false
+}
+
+// appendString appends s quoted. Strings of printable ASCII without a quote or a backslash, nearly
+// all of them, are copied as they are; the rest are encoded by encoding/json.
+func appendString(b []byte, s string) ([]byte, bool) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			q, err := marshalJSON(s)
+			if err != nil {
+				return b, false
+			}
+			return append(b, q...), true
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"'), true
+}
+
+// marshalJSON is encoding/json's encoding of v without HTML escaping.
+func marshalJSON(v any) (json.RawMessage, error) {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)

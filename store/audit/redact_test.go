@@ -119,5 +119,52 @@ func FuzzRedact(f *testing.F) {
 		if len(got) > audit.MaxRedactedBytes {
 			t.Fatalf("Redact output %d bytes", len(got))
 		}
+		// Where the input is one JSON value, the output is encoding/json's encoding of it.
+		dec := json.NewDecoder(bytes.NewReader(in))
+		dec.UseNumber()
+		var v any
+		if len(in) > audit.MaxRedactInput || dec.Decode(&v) != nil {
+			return
+		}
+		if _, err := dec.Token(); err == nil {
+			return
+		}
+		want, err := audit.EncodingJSONForTest(audit.RedactValueForTest(v))
+		if err != nil || len(want) > audit.MaxRedactedBytes {
+			return
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("Redact(%q) = %s, encoding/json gives %s", in, got, want)
+		}
 	})
+}
+
+// The redacted text is what encoding/json writes (HTML escaping off), whatever the document.
+func TestRedactEncodesAsEncodingJSON(t *testing.T) {
+	docs := []string{
+		`{}`, `[]`, `null`, `true`, `false`, `0`, `-1.5e+10`, `"x"`, `""`,
+		`{"name":"hot-1","filters":{"id":12,"name":"a<b>&c"}}`,
+		`{"b":1,"a":[1,2,{"z":null,"y":true}],"c":"é ü 日本 \u2028 \u2029 \ud83d\ude00"}`,
+		`{"ctl":"\u0001\b\f\n\r\t\u001f","q":"\"\\/","token":"secret","nested":{"Password":"p","list":[{"api_key":1}]}}`,
+		`{"":"", "k\u0000":"v\u0000", "\u00e9":1, "A":2, "a":3, "Z":4}`,
+		`[1.0, 1e2, -0, 123456789012345678901234567890, 0.000001]`,
+	}
+	for _, d := range docs {
+		var v any
+		dec := json.NewDecoder(strings.NewReader(d))
+		dec.UseNumber()
+		if err := dec.Decode(&v); err != nil {
+			t.Fatalf("%s: %v", d, err)
+		}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(audit.RedactValueForTest(v)); err != nil {
+			t.Fatal(err)
+		}
+		got := audit.Redact([]byte(d))
+		if string(got) != strings.TrimSuffix(want.String(), "\n") {
+			t.Errorf("Redact(%s)\n got %s\nwant %s", d, got, want.String())
+		}
+	}
 }

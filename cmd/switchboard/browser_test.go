@@ -139,7 +139,7 @@ func TestBrowserDashboard(t *testing.T) {
 	began := time.Now()
 	dir := t.TempDir()
 	seedDataDir(t, dir)
-	s := startServer(t, func(c *config.Config) { c.DataDir = dir })
+	s := startServer(t, func(c *config.Config) { c.DataDir, c.Addr = dir, restartableAddr(t) })
 	addr := strings.TrimPrefix(s.base, "http://")
 
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),

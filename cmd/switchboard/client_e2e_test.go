@@ -210,7 +210,7 @@ func TestGoClientSubscribeRecoversAcrossRestart(t *testing.T) {
 		}
 	}
 	dbA := "sqlite://" + t.TempDir() + "/a.db"
-	a := startServer(t, node("", dbA))
+	a := startServer(t, node(restartableAddr(t), dbA))
 	b := startServer(t, node("", "sqlite://"+t.TempDir()+"/b.db"))
 	topic := "dashboards.gc" + limRandomHex(4)
 
@@ -273,7 +273,7 @@ func TestGoClientSubscribeRecoversAcrossRestart(t *testing.T) {
 func TestGoClientSubscribeLostAcrossRestartTellsOnMissed(t *testing.T) {
 	shared := t.TempDir()
 	db := "sqlite://" + t.TempDir() + "/a.db"
-	a := startServer(t, func(c *config.Config) { c.DataDir, c.DatabaseURL = shared, db })
+	a := startServer(t, func(c *config.Config) { c.DataDir, c.DatabaseURL, c.Addr = shared, db, restartableAddr(t) })
 	topic := "dashboards.gc" + limRandomHex(4)
 	c := gcDial(t, gcConfig(t, a, "gc-reader", "broadcast"))
 	var got gcMessages

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -104,6 +105,23 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(seed.dir)
 	}
 	os.Exit(code)
+}
+
+// restartableAddr returns a free 127.0.0.1 address below the kernel's ephemeral port range, for
+// a server that a test stops and starts again on the same address: a port from that range
+// (what "127.0.0.1:0" gives) can be taken by any outgoing connection of the machine between
+// the stop and the restart, and the restart then fails with "address already in use".
+func restartableAddr(t testing.TB) string {
+	t.Helper()
+	for range 200 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+mathrand.IntN(12000))
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			_ = ln.Close()
+			return addr
+		}
+	}
+	t.Fatal("no free port in 20000..31999")
+	return ""
 }
 
 // startServerLogged is startServer with the server's logs going to log.

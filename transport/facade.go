@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -130,23 +131,23 @@ func ok204(w http.ResponseWriter, _ *actors.Response) { w.WriteHeader(http.Statu
 // filters go under "filters". present reports which parameters were given at all.
 type queryData struct {
 	w      http.ResponseWriter
-	r      *http.Request
+	vals   url.Values // the query, parsed once (URL.Query parses it on every call)
 	top    map[string]any
 	errs   []actors.FieldError
 	filter map[string]any
 }
 
 func newQueryData(w http.ResponseWriter, r *http.Request) *queryData {
-	return &queryData{w: w, r: r, top: map[string]any{}, filter: map[string]any{}}
+	return &queryData{w: w, vals: r.URL.Query(), top: map[string]any{}, filter: map[string]any{}}
 }
 
-func (q *queryData) has(name string) bool { return q.r.URL.Query().Has(name) }
+func (q *queryData) has(name string) bool { return q.vals.Has(name) }
 
 func (q *queryData) int(name string, filter bool) {
 	if !q.has(name) {
 		return
 	}
-	v := q.r.URL.Query().Get(name)
+	v := q.vals.Get(name)
 	n, err := strconv.ParseInt(v, 10, 64)
 	if err != nil {
 		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "must be an integer, got " + quoteShort(v)})
@@ -161,7 +162,7 @@ func (q *queryData) str(name string, filter bool) {
 	if !q.has(name) {
 		return
 	}
-	v := q.r.URL.Query().Get(name)
+	v := q.vals.Get(name)
 	if !utf8.ValidString(v) {
 		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "not valid UTF-8"})
 		return

@@ -3,7 +3,6 @@ package relay
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -152,24 +151,16 @@ func (r *Inbox) relay(ctx context.Context, es []Entry) error {
 		}
 		msg, reason := r.check(e)
 		if reason == "" {
-			_, err := r.cfg.Hub.Broadcast(ctx, msg)
-			switch {
-			case err == nil:
-				r.m.published.Inc()
-				done = append(done, e.ID)
-				continue
-			case errors.Is(err, hub.ErrDuplicate):
-				r.m.duplicate.Inc()
-				done = append(done, e.ID)
-				continue
-			case errors.Is(err, hub.ErrInvalidData):
-				reason = err.Error()
-			default:
+			ok, why, err := r.m.publish(ctx, r.cfg.Hub, msg)
+			if err != nil {
 				failed = fmt.Errorf("publish stream entry %s: %w", e.ID, err)
+				break
 			}
-		}
-		if failed != nil {
-			break
+			if ok {
+				done = append(done, e.ID)
+				continue
+			}
+			reason = why
 		}
 		if err := r.cfg.Inbox.DeadLetter(ctx, inbox.Entry(e), reason); err != nil {
 			failed = err

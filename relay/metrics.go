@@ -1,7 +1,12 @@
 package relay
 
 import (
+	"context"
+	"errors"
+
 	"github.com/VictoriaMetrics/metrics"
+
+	"switchboard/hub"
 )
 
 // Sources, the source label of the relay metrics.
@@ -31,4 +36,23 @@ func newCounters(set *metrics.Set, source string) counters {
 		c.leader = set.GetOrCreateGauge(`relay_leader{source="`+source+`"}`, nil)
 	}
 	return c
+}
+
+// publish publishes one checked event through h and counts it: done when the event is over with
+// (published, or a duplicate the bus dropped), a reason when the bus refused it as invalid (it is
+// to be dead-lettered), or err when it must be tried again later.
+func (c counters) publish(ctx context.Context, h Publisher, msg *hub.Message) (done bool, reason string, err error) {
+	_, err = h.Broadcast(ctx, msg)
+	switch {
+	case err == nil:
+		c.published.Inc()
+		return true, "", nil
+	case errors.Is(err, hub.ErrDuplicate):
+		c.duplicate.Inc()
+		return true, "", nil
+	case errors.Is(err, hub.ErrInvalidData):
+		return false, err.Error(), nil
+	default:
+		return false, "", err
+	}
 }

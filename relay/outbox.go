@@ -234,24 +234,16 @@ func (r *Outbox) batch(ctx context.Context) (int, error) {
 	for _, row := range rows {
 		msg, reason := r.check(row)
 		if reason == "" {
-			_, err := r.cfg.Hub.Broadcast(ctx, msg)
-			switch {
-			case err == nil:
-				r.m.published.Inc()
-				done = append(done, row.ID)
-				continue
-			case errors.Is(err, hub.ErrDuplicate):
-				r.m.duplicate.Inc()
-				done = append(done, row.ID)
-				continue
-			case errors.Is(err, hub.ErrInvalidData):
-				reason = err.Error()
-			default:
+			ok, why, err := r.m.publish(ctx, r.cfg.Hub, msg)
+			if err != nil {
 				failed = fmt.Errorf("publish outbox row %d: %w", row.ID, err)
+				break
 			}
-		}
-		if failed != nil {
-			break
+			if ok {
+				done = append(done, row.ID)
+				continue
+			}
+			reason = why
 		}
 		err := bounded(ctx, func(ctx context.Context) error { return r.cfg.Outbox.DeadLetter(ctx, row.ID, reason) })
 		if err != nil {

@@ -172,6 +172,7 @@ type Redis struct {
 	deliverMu sync.Mutex // deliver and the OnSubscribed callbacks run one at a time
 	kick      chan struct{}
 	firstSub  chan struct{}         // closed when every subscription was confirmed once
+	firstOnce sync.Once             // closes firstSub
 	shardsErr atomic.Pointer[error] // the shard count disagrees with the deployment's
 
 	ctx    context.Context

@@ -30,7 +30,6 @@ type shardSub struct {
 	reading      atomic.Bool  // the receive goroutine is waiting in Receive
 	lastProbe    atomic.Int64 // unix ns when our own probe last came back; 0 = not since subscribing
 	waitingSince atomic.Int64 // send time of the oldest probe still unanswered; 0 = none
-	firstOnce    sync.Once
 
 	confirmed map[string]bool // receive goroutine only: channels confirmed since the last (re)connect
 
@@ -177,14 +176,18 @@ func (s *shardSub) up() {
 	if !s.subscribed.Swap(true) {
 		r.cfg.logger.Info("bus subscribed", "channels", s.name(), "node", r.node)
 	}
-	s.firstOnce.Do(func() {
-		for _, o := range r.subs {
-			if !o.subscribed.Load() {
-				return
-			}
+	// firstSub is the bus's, closed once when every subscription is up: the subscriptions' receive
+	// goroutines come up concurrently, so two may both see every one up.
+	allUp := true
+	for _, o := range r.subs {
+		if !o.subscribed.Load() {
+			allUp = false
+			break
 		}
-		close(r.firstSub)
-	})
+	}
+	if allUp {
+		r.firstOnce.Do(func() { close(r.firstSub) })
+	}
 	select {
 	case r.kick <- struct{}{}:
 	default:

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -71,6 +72,8 @@ type Outbox struct {
 	cancel context.CancelFunc
 	done   chan struct{}
 	once   sync.Once
+	// leading is true while this node holds the lease (Leading).
+	leading atomic.Bool
 }
 
 // StartOutbox starts the relay's goroutine: it tries to take the lease, and while it holds it,
@@ -109,6 +112,11 @@ func (r *Outbox) Wake() {
 	}
 }
 
+// Leading reports whether this node holds the relay's lease now: its own writes then need no
+// NOTIFY to wake it (Wake does). A lease lost a moment later costs the new leader at most one
+// poll interval for those rows.
+func (r *Outbox) Leading() bool { return r.leading.Load() }
+
 // Stop ends the relay and waits for it; the lease is released. Calling it again is a no-op.
 func (r *Outbox) Stop() {
 	r.once.Do(r.cancel)
@@ -140,6 +148,7 @@ func (r *Outbox) run() {
 	}
 	var lease *outbox.Lease
 	defer func() {
+		r.leading.Store(false)
 		lease.Release()
 		r.m.leader.Set(0)
 	}()
@@ -163,6 +172,7 @@ func (r *Outbox) run() {
 				continue
 			}
 			lease = l
+			r.leading.Store(true)
 			r.m.leader.Set(1)
 			r.log.Info("outbox relay: this node relays the outbox")
 		}
@@ -172,6 +182,7 @@ func (r *Outbox) run() {
 			if ctx.Err() == nil {
 				r.log.Warn("outbox relay: lease lost; another node may relay", "err", err)
 			}
+			r.leading.Store(false)
 			lease.Release()
 			lease = nil
 			r.m.leader.Set(0)

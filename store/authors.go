@@ -56,6 +56,9 @@ type AuthorEvents struct {
 	// Committed, when set, is called after a write with its event committed (to wake the
 	// relay).
 	Committed func()
+	// Quiet, when set and true at the write, inserts the event without the NOTIFY (this node
+	// relays the outbox and Committed wakes it; see outbox.Event.Quiet).
+	Quiet func() bool
 }
 
 // WithEvents returns a repository over the same database whose writes insert their events.
@@ -206,7 +209,9 @@ func (r *Authors) write(ctx context.Context, dest any, event func() outbox.Event
 		return err
 	}
 	if event != nil {
-		if err := outbox.Insert(ctx, conn, event()); err != nil {
+		ev := event()
+		ev.Quiet = r.events.Quiet != nil && r.events.Quiet()
+		if err := outbox.Insert(ctx, conn, ev); err != nil {
 			abandon(conn)
 			return err
 		}

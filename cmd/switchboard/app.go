@@ -129,7 +129,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	reg := actors.NewRegistry()
 	// Each author change writes its event into the outbox in its own transaction; the relay
 	// publishes it once committed (woken at once: this node wrote it).
-	authors := store.NewAuthors(a.db).WithEvents(store.AuthorEvents{Event: actors.AuthorEventRow, Committed: a.relays.wake})
+	authors := store.NewAuthors(a.db).WithEvents(store.AuthorEvents{Event: actors.AuthorEventRow, Committed: a.relays.wake, Quiet: a.relays.leading})
 	reg.MustRegister(actors.AuthorRoutes(authors)...)
 	// SUBSCRIBE and UNSUBSCRIBE never touch the database (a history read goes to the bus).
 	reg.MustRegister(actors.InLane(actors.LaneControl, actors.TopicRoutes(policy)...)...)

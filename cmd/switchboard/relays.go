@@ -58,6 +58,9 @@ func (r *relays) wake() {
 	}
 }
 
+// leading reports whether this node relays the outbox now (its own writes then skip the NOTIFY).
+func (r *relays) leading() bool { return r.outbox != nil && r.outbox.Leading() }
+
 // healthy is /health's relay check.
 func (r *relays) healthy() func(context.Context) error {
 	return func(ctx context.Context) error {

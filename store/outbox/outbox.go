@@ -36,6 +36,10 @@ type Event struct {
 	PkgID int             // 0..2147483647
 	Data  json.RawMessage // a JSON object; nil = {}
 	Key   string          // the event's identity in the bus's dedup window; "" = random
+	// Quiet inserts without the NOTIFY that wakes the relay (PostgreSQL): for a node that
+	// holds the relay's lease and wakes it in process. Commits that notify are serialised by
+	// PostgreSQL, so a writer that needs no notification should not send one.
+	Quiet bool
 }
 
 // Row is a waiting row as the relay reads it. PkgID and Data are the text the database holds:
@@ -85,13 +89,19 @@ func Insert(ctx context.Context, db bun.IDB, e Event) error {
 	if e.Topic != "" {
 		topic = e.Topic
 	}
-	var err error
-	if e.Key == "" {
-		_, err = db.NewRaw("INSERT INTO "+Table+" (topic, pkg_id, data) VALUES (?, ?, ?)", topic, e.PkgID, string(data)).Exec(ctx)
-	} else {
-		_, err = db.NewRaw("INSERT INTO "+Table+" (topic, pkg_id, data, idempotency_key) VALUES (?, ?, ?, ?)",
-			topic, e.PkgID, string(data), e.Key).Exec(ctx)
+	// Quiet: the setting is made in the same statement, before its rows (and so before the
+	// statement trigger), and lasts until the transaction ends.
+	quiet := e.Quiet && db.Dialect().Name() == dialect.PG
+	cols, vals, args := "topic, pkg_id, data", "?, ?, ?", []any{topic, e.PkgID, string(data)}
+	if e.Key != "" {
+		cols, vals, args = cols+", idempotency_key", vals+", ?", append(args, e.Key)
 	}
+	q := "INSERT INTO " + Table + " (" + cols + ") VALUES (" + vals + ")"
+	if quiet {
+		q = "WITH quiet AS (SELECT set_config('switchboard.outbox_notify', 'off', true)) " +
+			"INSERT INTO " + Table + " (" + cols + ") SELECT " + vals + " FROM quiet"
+	}
+	_, err := db.NewRaw(q, args...).Exec(ctx)
 	if err != nil {
 		return fmt.Errorf("%w: outbox insert: %w", ErrDatabase, err)
 	}

@@ -150,6 +150,71 @@ func TestListenWakesOnCommit(t *testing.T) {
 	}
 }
 
+// A Quiet insert (the relaying node's own writes) sends no NOTIFY, with or without a key, and
+// leaves the rows and the next transaction's notification as they were.
+func TestQuietInsertDoesNotNotify(t *testing.T) {
+	db := storetest.NewDB(t, storetest.PostgresURL(t))
+	o := outbox.New(db.Bun)
+	l := o.Listen(slog.New(slog.DiscardHandler))
+	defer l.Close()
+	ctx := context.Background()
+	woken := func(d time.Duration) bool {
+		select {
+		case <-l.C:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	// LISTEN is asynchronous: insert until a wake-up arrives, then drain.
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if err := outbox.Insert(ctx, db.Bun, outbox.Event{PkgID: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if woken(200 * time.Millisecond) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no wake-up from NOTIFY")
+		}
+	}
+	for woken(500 * time.Millisecond) {
+	}
+	before, err := o.Pending(ctx, 0, 1000, 1<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := outbox.Insert(ctx, db.Bun, outbox.Event{Topic: "dashboards.q", PkgID: 7, Data: json.RawMessage(`{"n":1}`), Quiet: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Bun.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		return outbox.Insert(ctx, tx, outbox.Event{Topic: "dashboards.q", PkgID: 8, Key: "k-quiet", Quiet: true})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if woken(time.Second) {
+		t.Fatal("a quiet insert sent a NOTIFY")
+	}
+	rows, err := o.Pending(ctx, 0, 1000, 1<<20, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(before)+2 {
+		t.Fatalf("%d rows after two quiet inserts, want %d", len(rows), len(before)+2)
+	}
+	a, b := rows[len(rows)-2], rows[len(rows)-1]
+	if a.Topic != "dashboards.q" || a.PkgID != "7" || a.Data != `{"n":1}` || b.PkgID != "8" || b.Key != "k-quiet" {
+		t.Fatalf("quiet rows %+v %+v", a, b)
+	}
+	// The setting ended with its transaction: the next plain insert notifies.
+	if err := outbox.Insert(ctx, db.Bun, outbox.Event{PkgID: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !woken(30 * time.Second) {
+		t.Fatal("no NOTIFY for a plain insert after quiet ones")
+	}
+}
+
 // Pending keeps a batch within its byte budget (plus the row that crosses it) and leaves out the data of a row over maxData.
 func TestPendingBoundsWhatItReads(t *testing.T) {
 	storetest.ForEachBackend(t, func(t *testing.T, url string) {

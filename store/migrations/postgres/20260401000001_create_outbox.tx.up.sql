@@ -27,10 +27,14 @@ CREATE TABLE switchboard_outbox_dead (
 );
 --bun:split
 -- One notification per inserting statement wakes the relay (a slow poll is the safety net).
--- PostgreSQL delivers it at commit, and never for a transaction that rolled back.
+-- PostgreSQL delivers it at commit, and never for a transaction that rolled back. A transaction
+-- that set switchboard.outbox_notify to 'off' (the relaying node's own writes, which wake their
+-- relay in process) sends none: commits that notify are serialised by PostgreSQL.
 CREATE FUNCTION switchboard_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('switchboard_outbox', '');
+    IF coalesce(current_setting('switchboard.outbox_notify', true), '') <> 'off' THEN
+        PERFORM pg_notify('switchboard_outbox', '');
+    END IF;
     RETURN NULL;
 END
 $$;

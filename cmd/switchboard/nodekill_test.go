@@ -32,6 +32,27 @@ type procNode struct {
 
 // startProcNode starts `switchboard serve` with env (SWITCHBOARD_* settings) on a free port and
 // waits until it listens.
+// procCluster is what the nodes of a multi-process test share: a PostgreSQL database, a Redis
+// key prefix and a seeded data directory (the development signing key, so the test mints tokens
+// the nodes accept); env names them, and extra, for startProcNode.
+type procCluster struct {
+	dsn, data string
+	env       []string
+}
+
+func newProcCluster(t *testing.T, extra ...string) procCluster {
+	t.Helper()
+	pc := procCluster{dsn: storetest.PostgresURL(t), data: t.TempDir()}
+	prefix := redistest.Prefix(t, redistest.Client(t))
+	seedDataDir(t, pc.data)
+	pc.env = append([]string{"SWITCHBOARD_DATABASE_URL=" + pc.dsn, "SWITCHBOARD_REDIS_URL=" + redistest.URL(t),
+		"SWITCHBOARD_REDIS_PREFIX=" + prefix, "SWITCHBOARD_DATA_DIR=" + pc.data}, extra...)
+	return pc
+}
+
+// wsURL is the node's WebSocket endpoint.
+func (n *procNode) wsURL() string { return strings.Replace(n.base, "http", "ws", 1) + "/web" }
+
 func startProcNode(t *testing.T, env ...string) *procNode {
 	t.Helper()
 	n := &procNode{logs: &logBuffer{}, done: make(chan struct{})}
@@ -204,16 +225,9 @@ func TestNodeKilledInThreeNodeCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three server processes")
 	}
-	dsn := storetest.PostgresURL(t)
-	rc := redistest.Client(t)
-	prefix := redistest.Prefix(t, rc)
-	data := t.TempDir()
-	seedDataDir(t, data)
-	env := []string{"SWITCHBOARD_DATABASE_URL=" + dsn, "SWITCHBOARD_REDIS_URL=" + redistest.URL(t),
-		"SWITCHBOARD_REDIS_PREFIX=" + prefix, "SWITCHBOARD_DATA_DIR=" + data,
-		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=3", "SWITCHBOARD_WS_PING_INTERVAL=2s"}
+	pc := newProcCluster(t, "SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=3", "SWITCHBOARD_WS_PING_INTERVAL=2s")
+	data, env := pc.data, pc.env
 	nodes := []*procNode{startProcNode(t, env...), startProcNode(t, env...), startProcNode(t, env...)}
-	ws := func(n *procNode) string { return strings.Replace(n.base, "http", "ws", 1) + "/web" }
 	// The test mints its tokens with the nodes' key.
 	dev, err := auth.LoadDevIssuer(data)
 	if err != nil {
@@ -225,7 +239,7 @@ func TestNodeKilledInThreeNodeCluster(t *testing.T) {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	var boards []*dashboard
-	survivors := []string{ws(nodes[0]), ws(nodes[2])}
+	survivors := []string{nodes[0].wsURL(), nodes[2].wsURL()}
 	for i := range 9 {
 		node := i % 3
 		d := &dashboard{name: fmt.Sprintf("board%d@node%d", i, node), topic: topic, nodes: survivors}
@@ -233,7 +247,7 @@ func TestNodeKilledInThreeNodeCluster(t *testing.T) {
 		if node == 1 {
 			d.token = s.token(t, "tabs") // one user, three tabs, all on the node that dies
 		}
-		c, err := d.subscribe(t, ws(nodes[node]))
+		c, err := d.subscribe(t, nodes[node].wsURL())
 		if err != nil {
 			t.Fatalf("%s: %v", d.name, err)
 		}

@@ -20,7 +20,6 @@ import (
 	"switchboard/store"
 	"switchboard/store/outbox"
 	"switchboard/store/redistest"
-	"switchboard/store/storetest"
 	"switchboard/transport/auth"
 )
 
@@ -53,20 +52,13 @@ func TestOutboxRelayKilledBetweenPublishAndDelete(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two server processes")
 	}
-	dsn := storetest.PostgresURL(t)
-	rc := redistest.Client(t)
-	prefix := redistest.Prefix(t, rc)
-	data := t.TempDir()
-	seedDataDir(t, data)
-	env := []string{"SWITCHBOARD_DATABASE_URL=" + dsn, "SWITCHBOARD_REDIS_URL=" + redistest.URL(t),
-		"SWITCHBOARD_REDIS_PREFIX=" + prefix, "SWITCHBOARD_DATA_DIR=" + data,
-		"SWITCHBOARD_OUTBOX_POLL_INTERVAL=200ms", "SWITCHBOARD_WS_PING_INTERVAL=2s"}
+	pc := newProcCluster(t, "SWITCHBOARD_OUTBOX_POLL_INTERVAL=200ms", "SWITCHBOARD_WS_PING_INTERVAL=2s")
+	dsn, data, env := pc.dsn, pc.data, pc.env
 	a := startProcNode(t, append(env, haltEnv+"=1")...)
 	eventually(t, 30*time.Second, "node A to take the relay", func() bool {
 		return strings.Contains(a.logs.String(), "this node relays the outbox")
 	})
 	b := startProcNode(t, env...)
-	ws := func(n *procNode) string { return strings.Replace(n.base, "http", "ws", 1) + "/web" }
 	dev, err := auth.LoadDevIssuer(data)
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +71,9 @@ func TestOutboxRelayKilledBetweenPublishAndDelete(t *testing.T) {
 	var boards []*dashboard
 	for i, n := range []*procNode{a, b, b} {
 		for _, tp := range []string{topic, "authors"} {
-			d := &dashboard{name: fmt.Sprintf("board%d-%s", i, tp), topic: tp, nodes: []string{ws(b)}}
+			d := &dashboard{name: fmt.Sprintf("board%d-%s", i, tp), topic: tp, nodes: []string{b.wsURL()}}
 			d.token = s.token(t, fmt.Sprintf("viewer%d", i), "get-authors")
-			c, err := d.subscribe(t, ws(n))
+			c, err := d.subscribe(t, n.wsURL())
 			if err != nil {
 				t.Fatalf("%s: %v", d.name, err)
 			}
@@ -259,13 +251,8 @@ func TestOutboxTwoNodesRaceForTheRelay(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two server processes")
 	}
-	dsn := storetest.PostgresURL(t)
-	rc := redistest.Client(t)
-	prefix := redistest.Prefix(t, rc)
-	data := t.TempDir()
-	seedDataDir(t, data)
-	env := []string{"SWITCHBOARD_DATABASE_URL=" + dsn, "SWITCHBOARD_REDIS_URL=" + redistest.URL(t),
-		"SWITCHBOARD_REDIS_PREFIX=" + prefix, "SWITCHBOARD_DATA_DIR=" + data}
+	pc := newProcCluster(t)
+	dsn, data, env := pc.dsn, pc.data, pc.env
 	// Migrate first: two nodes migrating one database at once is covered elsewhere.
 	db, err := store.Open(context.Background(), dsn, 10*time.Second)
 	if err != nil {
@@ -292,7 +279,7 @@ func TestOutboxTwoNodesRaceForTheRelay(t *testing.T) {
 	var boards []*dashboard
 	var runs sync.WaitGroup
 	for i, n := range nodes {
-		url := strings.Replace(n.base, "http", "ws", 1) + "/web"
+		url := n.wsURL()
 		d := &dashboard{name: fmt.Sprintf("board@node%d", i), topic: topic, nodes: []string{url}, token: s.token(t, fmt.Sprintf("racer%d", i))}
 		c, err := d.subscribe(t, url)
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"github.com/uptrace/bun/driver/pgdriver"
 
 	"switchboard/store"
+	"switchboard/store/outbox"
 	"switchboard/store/storetest"
 )
 
@@ -139,4 +141,68 @@ func TestWritesLabelledByVerb(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestWriteEventCommitsWithItsChange: on PostgreSQL a write's event row goes out in one query
+// string with the COMMIT. Each change commits with its event; an event row the database refuses
+// rolls the change back (the COMMIT after it never runs) and leaves no pooled connection inside
+// a transaction.
+func TestWriteEventCommitsWithItsChange(t *testing.T) {
+	t.Parallel()
+	url := storetest.PostgresURL(t)
+	db := storetest.NewDB(t, url)
+	committed := 0
+	r := store.NewAuthors(db).WithEvents(store.AuthorEvents{
+		Event: func(op string, a store.Author) outbox.Event {
+			topic := "authors"
+			if a.Name == "refused" {
+				topic = "refused"
+			}
+			return outbox.Event{Topic: topic, PkgID: 7, Data: json.RawMessage(fmt.Sprintf(`{"op":%q,"id":%d}`, op, a.ID))}
+		},
+		Committed: func() { committed++ },
+		Quiet:     func() bool { return committed%2 == 1 }, // both forms of the event's INSERT
+	})
+	ctx := context.Background()
+	a, err := r.Create(ctx, "evented")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Update(ctx, a.ID, "evented 2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Delete(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	var data []string
+	if err := db.Bun.NewRaw("SELECT CAST(data AS TEXT) FROM "+outbox.Table+" ORDER BY id").Scan(ctx, &data); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		fmt.Sprintf(`{"op":"created","id":%d}`, a.ID),
+		fmt.Sprintf(`{"op":"updated","id":%d}`, a.ID),
+		fmt.Sprintf(`{"op":"deleted","id":%d}`, a.ID),
+	}
+	if fmt.Sprint(data) != fmt.Sprint(want) || committed != 3 {
+		t.Fatalf("events %v (committed %d), want %v", data, committed, want)
+	}
+
+	if _, err := db.Bun.ExecContext(ctx, "ALTER TABLE "+outbox.Table+" ADD CONSTRAINT no_refused CHECK (topic <> 'refused')"); err != nil {
+		t.Fatal(err)
+	}
+	for range 20 { // more than the pool's connections
+		if _, err := r.Create(ctx, "refused"); !errors.Is(err, store.ErrDatabase) {
+			t.Fatalf("create whose event is refused: %v, want a database error", err)
+		}
+	}
+	var n int
+	if err := db.Bun.NewRaw("SELECT count(*) FROM authors WHERE name = 'refused'").Scan(ctx, &n); err != nil || n != 0 {
+		t.Fatalf("%d authors committed without their event (%v)", n, err)
+	}
+	if err := db.Bun.NewRaw(`SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND state LIKE 'idle in transaction%'`).Scan(ctx, &n); err != nil || n != 0 {
+		t.Fatalf("%d pooled connections left inside a transaction (%v)", n, err)
+	}
+	if _, err := r.Create(ctx, "after"); err != nil || committed != 4 {
+		t.Fatalf("create after the refusals: %v (committed %d)", err, committed)
+	}
 }

@@ -71,11 +71,25 @@ func (o *Outbox) Postgres() bool { return o.db.Dialect().Name() == dialect.PG }
 // cannot (pkg_id range, data a JSON object, key length); the relay checks the rest (the topic
 // against the RBAC policy, the size) and dead-letters what it refuses.
 func Insert(ctx context.Context, db bun.IDB, e Event) error {
+	q, args, err := InsertQuery(db.Dialect().Name(), e)
+	if err != nil {
+		return err
+	}
+	if _, err := db.NewRaw(q, args...).Exec(ctx); err != nil {
+		return fmt.Errorf("%w: outbox insert: %w", ErrDatabase, err)
+	}
+	return nil
+}
+
+// InsertQuery returns Insert's statement for a database of dialect d, with its arguments (bun
+// placeholders), after Insert's checks: for a caller that sends it together with other
+// statements of its transaction in one query string (one round trip).
+func InsertQuery(d dialect.Name, e Event) (string, []any, error) {
 	if e.PkgID < 0 || e.PkgID > 1<<31-1 {
-		return fmt.Errorf("%w: pkg_id %d not in 0..2147483647", ErrInvalidEvent, e.PkgID)
+		return "", nil, fmt.Errorf("%w: pkg_id %d not in 0..2147483647", ErrInvalidEvent, e.PkgID)
 	}
 	if len(e.Key) > MaxKeyLen {
-		return fmt.Errorf("%w: idempotency key longer than %d bytes", ErrInvalidEvent, MaxKeyLen)
+		return "", nil, fmt.Errorf("%w: idempotency key longer than %d bytes", ErrInvalidEvent, MaxKeyLen)
 	}
 	data := e.Data
 	if len(data) == 0 {
@@ -83,29 +97,23 @@ func Insert(ctx context.Context, db bun.IDB, e Event) error {
 	}
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
-		return fmt.Errorf("%w: data is not a JSON object", ErrInvalidEvent)
+		return "", nil, fmt.Errorf("%w: data is not a JSON object", ErrInvalidEvent)
 	}
 	var topic any // NULL: every connection
 	if e.Topic != "" {
 		topic = e.Topic
 	}
-	// Quiet: the setting is made in the same statement, before its rows (and so before the
-	// statement trigger), and lasts until the transaction ends.
-	quiet := e.Quiet && db.Dialect().Name() == dialect.PG
 	cols, vals, args := "topic, pkg_id, data", "?, ?, ?", []any{topic, e.PkgID, string(data)}
 	if e.Key != "" {
 		cols, vals, args = cols+", idempotency_key", vals+", ?", append(args, e.Key)
 	}
-	q := "INSERT INTO " + Table + " (" + cols + ") VALUES (" + vals + ")"
-	if quiet {
-		q = "WITH quiet AS (SELECT set_config('switchboard.outbox_notify', 'off', true)) " +
-			"INSERT INTO " + Table + " (" + cols + ") SELECT " + vals + " FROM quiet"
+	// Quiet: the setting is made in the same statement, before its rows (and so before the
+	// statement trigger), and lasts until the transaction ends.
+	if e.Quiet && d == dialect.PG {
+		return "WITH quiet AS (SELECT set_config('switchboard.outbox_notify', 'off', true)) " +
+			"INSERT INTO " + Table + " (" + cols + ") SELECT " + vals + " FROM quiet", args, nil
 	}
-	_, err := db.NewRaw(q, args...).Exec(ctx)
-	if err != nil {
-		return fmt.Errorf("%w: outbox insert: %w", ErrDatabase, err)
-	}
-	return nil
+	return "INSERT INTO " + Table + " (" + cols + ") VALUES (" + vals + ")", args, nil
 }
 
 // Pending returns waiting rows with id > after, in id order: at most limit rows, each of them

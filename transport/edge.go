@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
+
+	"switchboard/transport/auth"
 )
 
 // EdgeConfig bounds what a peer can make the server hold before it authenticates. The header
@@ -318,6 +320,7 @@ type edgeConn struct {
 	// answered is set by the first own answer: the server closes the connection after it, and
 	// a timed-out read that is retried must not answer twice.
 	answered atomic.Bool
+	tokens   auth.Memo // the last token a request on it presented, verified
 }
 
 func (c *edgeConn) Read(p []byte) (int, error) {

@@ -139,7 +139,7 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 			writeDetail(w, http.StatusUnauthorized, "Missing token")
 			return
 		}
-		claims, err := a.cfg.Verifier.Verify(r.Context(), token)
+		claims, err := a.verify(r, token)
 		if err != nil {
 			status := http.StatusUnauthorized
 			if errors.Is(err, auth.ErrKeysUnavailable) {
@@ -177,6 +177,22 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 		}
 		h(sw, r, u)
 	}
+}
+
+// memoVerifier is a TokenVerifier that can remember a connection's last token (auth.Verifier).
+type memoVerifier interface {
+	VerifyMemo(ctx context.Context, token string, m *auth.Memo) (*auth.Claims, error)
+}
+
+// verify checks the call's token; a keep-alive connection that sends the same token again is
+// answered from its memo (the exact text compared, no hash).
+func (a *api) verify(r *http.Request, token string) (*auth.Claims, error) {
+	if mv, ok := a.cfg.Verifier.(memoVerifier); ok {
+		if ec := edgeConnOf(r); ec != nil {
+			return mv.VerifyMemo(r.Context(), token, &ec.tokens)
+		}
+	}
+	return a.cfg.Verifier.Verify(r.Context(), token)
 }
 
 // static serves the page's files: public, from memory, limited per client IP under a scope of

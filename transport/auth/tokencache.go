@@ -77,29 +77,32 @@ func newTokenCache() *tokenCache {
 	return &tokenCache{m: map[tokenKey]*cachedToken{}}
 }
 
-// get returns a copy of the cached claims of the token with key k if it is still valid at now.
-func (c *tokenCache) get(k tokenKey, now time.Time, leeway time.Duration) (*Claims, bool) {
+// get returns the entry of the token with key k if it is still valid at now (nil if not).
+// Entries are never modified: read its claims, hand out copies.
+func (c *tokenCache) get(k tokenKey, now time.Time, leeway time.Duration) *cachedToken {
 	c.mu.Lock()
 	e, ok := c.m[k]
-	if ok && (!now.Before(e.until) || e.times.check(now, leeway) != nil) {
+	if ok && !e.valid(now, leeway) {
 		c.remove(k, e)
-		ok = false
+		e = nil
 	}
 	c.mu.Unlock()
-	if !ok {
-		return nil, false
-	}
-	claims := e.claims
-	return &claims, true
+	return e
+}
+
+// valid reports whether the entry may still answer for its token at now.
+func (e *cachedToken) valid(now time.Time, leeway time.Duration) bool {
+	return now.Before(e.until) && e.times.check(now, leeway) == nil
 }
 
 // put caches claims for the token with key k, verified at now, unless its exp is already
-// past (a token accepted within the leeway is verified afresh every time).
-func (c *tokenCache) put(k tokenKey, claims Claims, times timeClaims, now time.Time) {
+// past (a token accepted within the leeway is verified afresh every time); it returns the
+// entry, or nil when it cached nothing.
+func (c *tokenCache) put(k tokenKey, claims Claims, times timeClaims, now time.Time) *cachedToken {
 	ttl := min(tokenCacheTTL, time.Unix(times.exp, 0).Sub(now))
 	size := entrySize(&claims)
 	if ttl <= 0 || size > tokenCacheMaxBytes/64 {
-		return
+		return nil
 	}
 	e := &cachedToken{claims: claims, times: times, until: now.Add(ttl)}
 	c.mu.Lock()
@@ -112,6 +115,7 @@ func (c *tokenCache) put(k tokenKey, claims Claims, times timeClaims, now time.T
 	}
 	c.m[k] = e
 	c.bytes += size
+	return e
 }
 
 // evict makes room for an entry of n bytes: first by dropping the entries past their time,

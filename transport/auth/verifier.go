@@ -118,28 +118,36 @@ func (v *Verifier) Ready(ctx context.Context) error {
 // The returned Claims may share Roles with earlier results for the same token (see Claims):
 // read it, never modify it.
 func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
+	c, _, _, err := v.verify(ctx, token)
+	return c, err
+}
+
+// verify is Verify that also returns the key set snapshot the token was verified with and its
+// cache entry (nil when it was not cached).
+func (v *Verifier) verify(ctx context.Context, token string) (*Claims, *keyring, *cachedToken, error) {
 	if token == "" {
-		return nil, fail(ErrMissingToken, "")
+		return nil, nil, nil, fail(ErrMissingToken, "")
 	}
 	if len(token) > maxTokenBytes || strings.Count(token, ".") != 2 {
-		return nil, fail(ErrMalformedToken, "not a compact JWS")
+		return nil, nil, nil, fail(ErrMalformedToken, "not a compact JWS")
 	}
 	key := tokenKeyOf(token)
 	if kr := v.keys.Load(); kr != nil {
-		if c, ok := kr.tokens.get(key, time.Now(), v.cfg.Leeway); ok {
-			return c, nil
+		if e := kr.tokens.get(key, time.Now(), v.cfg.Leeway); e != nil {
+			c := e.claims
+			return &c, kr, e, nil
 		}
 	}
 	tok, err := parseCompact(token)
 	if err != nil {
-		return nil, fail(ErrMalformedToken, "undecodable token")
+		return nil, nil, nil, fail(ErrMalformedToken, "undecodable token")
 	}
 	if tok.alg == "" || tok.alg == jwa.NoSignature {
-		return nil, fail(ErrInvalidSignature, "unsigned tokens are not accepted")
+		return nil, nil, nil, fail(ErrInvalidSignature, "unsigned tokens are not accepted")
 	}
 	keys, kr, err := v.keysFor(ctx, tok.kid, tok.alg)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	// The token was parsed once: the signature is checked over its signing input as sent
 	// (the exact bytes before the last dot, which the issuer signed), with the algorithm of
@@ -153,15 +161,15 @@ func (v *Verifier) Verify(ctx context.Context, token string) (*Claims, error) {
 		}
 	}
 	if !verified {
-		return nil, fail(ErrInvalidSignature, "")
+		return nil, nil, nil, fail(ErrInvalidSignature, "")
 	}
 	now := time.Now()
 	c, times, err := v.claims(tok.payload, now)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	kr.tokens.put(key, c, times, now)
-	return &c, nil
+	e := kr.tokens.put(key, c, times, now)
+	return &c, kr, e, nil
 }
 
 // claims validates the verified payload, read once: times first (so a client can tell it

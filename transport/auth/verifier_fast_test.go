@@ -465,16 +465,16 @@ func TestTokenCacheBounded(t *testing.T) {
 			t.Fatalf("%d bytes cached", b)
 		}
 	}
-	if _, ok := c.get(tokenKeyOf("0big"), now.Add(tokenCacheTTL), 0); ok {
+	if c.get(tokenKeyOf("0big"), now.Add(tokenCacheTTL), 0) != nil {
 		t.Fatal("an entry outlived tokenCacheTTL")
 	}
 	// Nothing is cached past exp.
 	c.clear()
 	c.put(tokenKeyOf("short"), claims, timeClaims{exp: now.Add(10 * time.Second).Unix()}, now)
-	if _, ok := c.get(tokenKeyOf("short"), now.Add(9*time.Second), 0); !ok {
+	if c.get(tokenKeyOf("short"), now.Add(9*time.Second), 0) == nil {
 		t.Fatal("miss before exp")
 	}
-	if _, ok := c.get(tokenKeyOf("short"), now.Add(10*time.Second), time.Minute); ok {
+	if c.get(tokenKeyOf("short"), now.Add(10*time.Second), time.Minute) != nil {
 		t.Fatal("hit at exp")
 	}
 }

@@ -5,11 +5,15 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"sync"
 	"time"
+
+	"github.com/VictoriaMetrics/metrics"
 
 	"switchboard/transport/auth"
 )
@@ -116,6 +120,7 @@ func (s *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // observe records http_requests_total and http_request_duration_seconds by route pattern (never
 // the raw path) and writes one access-log line with the token redacted.
 func observe(next http.Handler, cfg APIConfig) http.Handler {
+	var series httpSeries
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
@@ -130,13 +135,48 @@ func observe(next http.Handler, cfg APIConfig) http.Handler {
 		if status == 0 {
 			status = http.StatusOK
 		}
-		cfg.Metrics.GetOrCreateCounter(`http_requests_total{method="` + methodLabel(r.Method) + `",route="` + route +
-			`",status="` + strconv.Itoa(status) + `"}`).Inc()
-		cfg.Metrics.GetOrCreatePrometheusHistogram(`http_request_duration_seconds{method="` + methodLabel(r.Method) + `",route="` + route + `"}`).UpdateDuration(start)
-		cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
-			"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
-			"user", info.user, "remote", r.RemoteAddr)
+		method := methodLabel(r.Method)
+		series.counter(cfg.Metrics, method, route, status).Inc()
+		series.histogram(cfg.Metrics, method, route).UpdateDuration(start)
+		if cfg.Logger.Enabled(r.Context(), slog.LevelInfo) { // the path's redaction is not free
+			cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
+				"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
+				"user", info.user, "remote", r.RemoteAddr)
+		}
 	})
+}
+
+// httpSeries finds the request metrics of a method, route and status without building their
+// names on every request (routes are the mux's patterns, methods and statuses few).
+type httpSeries struct {
+	counters   sync.Map // seriesKey -> *metrics.Counter
+	histograms sync.Map // seriesKey (status 0) -> *metrics.PrometheusHistogram
+}
+
+type seriesKey struct {
+	method, route string
+	status        int
+}
+
+func (s *httpSeries) counter(set *metrics.Set, method, route string, status int) *metrics.Counter {
+	k := seriesKey{method, route, status}
+	if c, ok := s.counters.Load(k); ok {
+		return c.(*metrics.Counter)
+	}
+	c := set.GetOrCreateCounter(`http_requests_total{method="` + method + `",route="` + route +
+		`",status="` + strconv.Itoa(status) + `"}`)
+	s.counters.Store(k, c)
+	return c
+}
+
+func (s *httpSeries) histogram(set *metrics.Set, method, route string) *metrics.PrometheusHistogram {
+	k := seriesKey{method: method, route: route}
+	if h, ok := s.histograms.Load(k); ok {
+		return h.(*metrics.PrometheusHistogram)
+	}
+	h := set.GetOrCreatePrometheusHistogram(`http_request_duration_seconds{method="` + method + `",route="` + route + `"}`)
+	s.histograms.Store(k, h)
+	return h
 }
 
 // requestInfo carries what inner handlers learn about a request (the verified user) out to

@@ -45,6 +45,10 @@ type ConnDeps struct {
 	// Workers, when set, run the connection actors' mailboxes; nil: a goroutine per activation
 	// (protoactor's default).
 	Workers *Workers
+
+	// expiries closes the connections whose token expired (one timer for all); ConnProps
+	// makes it.
+	expiries *expiries
 }
 
 // tokenExpired is the connection actor's own timer message; exp tells which token it was
@@ -59,7 +63,7 @@ type connStart struct {
 }
 
 // connActor is the actor behind one socket: it owns the user (replaced by REFRESH_TOKEN) and
-// the token's expiry timer, asks the handler pool, and queues the encoded answers on the
+// the token's expiry (its entry in the shared expiries), asks the handler pool, and queues the encoded answers on the
 // socket's writer. It is kept small: thousands of idle connections each hold one.
 //
 // Answers leave in the order the requests arrived (docs/protocol.md §1.2): the actor runs its
@@ -74,7 +78,7 @@ type connActor struct {
 	deps  *ConnDeps
 	sock  Socket
 	user  *User
-	timer *time.Timer
+	exp   expiry // the token's deadline in deps.expiries
 	queue arrivals
 	busy  bool
 	// settled is handed to the hub with a SUBSCRIBE (set just before subscribe runs); overdue
@@ -99,6 +103,9 @@ const subscribeSettleWait = 30 * time.Second
 // ConnProps returns the props every connection actor is spawned from (build it once): the
 // actors share deps, and their mailboxes start without a preallocated ring.
 func ConnProps(deps *ConnDeps) *actor.Props {
+	if deps.expiries == nil {
+		deps.expiries = &expiries{}
+	}
 	opts := []actor.PropsOption{actor.WithMailbox(actor.UnboundedLockfree())}
 	if deps.Workers != nil {
 		opts = append(opts, actor.WithDispatcher(deps.Workers.d))
@@ -119,9 +126,7 @@ func (a *connActor) Receive(ctx actor.Context) {
 		a.sock, a.user = m.sock, m.user
 		a.schedule(ctx)
 	case *actor.Stopping:
-		if a.timer != nil {
-			a.timer.Stop()
-		}
+		a.deps.expiries.remove(&a.exp)
 		if a.overdue != nil {
 			a.overdue.Stop()
 		}
@@ -215,17 +220,15 @@ func (a *connActor) release(ctx actor.Context, req *Request) {
 	a.next(ctx)
 }
 
-// schedule (re)arms the expiry timer for the current user's token.
+// schedule (re)sets the connection's deadline for the current user's token: its expiry plus
+// the leeway; none for a token without one.
 func (a *connActor) schedule(ctx actor.Context) {
-	if a.timer != nil {
-		a.timer.Stop()
-	}
 	exp := a.user.ExpiresAt
 	if exp.IsZero() {
+		a.deps.expiries.remove(&a.exp)
 		return
 	}
-	self, root := ctx.Self(), ctx.ActorSystem().Root
-	a.timer = time.AfterFunc(time.Until(exp.Add(a.deps.Leeway)), func() { root.Send(self, &tokenExpired{exp: exp}) })
+	a.deps.expiries.set(&a.exp, ctx.ActorSystem().Root, ctx.Self(), exp, exp.Add(a.deps.Leeway))
 }
 
 // subscribe hands the subscription to the hub, which queues the answer (built by ack once the

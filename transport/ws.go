@@ -87,8 +87,9 @@ func NewWSServer(cfg WSConfig) *WSServer {
 func (s *WSServer) upgraderOptions() *gws.ServerOption {
 	return &gws.ServerOption{
 		ReadMaxPayloadSize: s.cfg.MaxMessageBytes,
-		// Reads go through a small buffer: idle connections dominate memory, and frames larger
-		// than the buffer are still read whole.
+		// Reads go through a small buffer, taken from a pool only while it has bytes in it
+		// (IdleReadBuffer): idle connections dominate memory, and frames larger than the
+		// buffer are still read whole.
 		ReadBufferSize:   512,
 		HandshakeTimeout: 5 * time.Second,
 		// Text frames must be UTF-8 (RFC 6455 §8.1): otherwise close 1007.
@@ -103,6 +104,8 @@ func (s *WSServer) upgraderOptions() *gws.ServerOption {
 		NewSession:  func() gws.SessionStorage { return &connSession{} },
 		// A connection that sent a request and went idle goes back to the smallest stack.
 		FreshReadStack: true,
+		// and holds no read buffer between frames (it waits for the next bytes without one).
+		IdleReadBuffer: true,
 	}
 }
 

@@ -126,3 +126,92 @@ func TestReadPathPanicClosesWith1011(t *testing.T) {
 		t.Fatalf("second connection: % x %v", pong, err)
 	}
 }
+
+// Between frames a connection holds no read buffer (gws IdleReadBuffer): it waits for the
+// socket's next bytes and takes a buffer when they come. Frames split anywhere (one byte at a
+// time, a header cut in two), frames larger than the buffer and several frames in one write
+// all still arrive whole and in order.
+func TestFramesReadWithoutIdleBuffer(t *testing.T) {
+	w := newTestWS(t, nil)
+	c, br := w.dial(t)
+	pingWith := func(payload string) []byte {
+		return append([]byte{0x89, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	}
+	readFrame := func() (byte, []byte) {
+		t.Helper()
+		var h [2]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			t.Fatalf("read header: %v", err)
+		}
+		n := int(h[1] & 0x7f)
+		switch n {
+		case 126:
+			var ext [2]byte
+			_, _ = io.ReadFull(br, ext[:])
+			n = int(binary.BigEndian.Uint16(ext[:]))
+		case 127:
+			t.Fatalf("unexpected 64-bit length")
+		}
+		p := make([]byte, n)
+		if _, err := io.ReadFull(br, p); err != nil {
+			t.Fatalf("read payload: %v", err)
+		}
+		return h[0], p
+	}
+	wantPong := func(payload string) {
+		t.Helper()
+		op, p := readFrame()
+		if op != 0x8A || string(p) != payload {
+			t.Fatalf("got opcode %#x payload %q, want pong %q", op, p, payload)
+		}
+	}
+
+	// One byte at a time, with pauses, so every byte finds the buffer empty.
+	for _, b := range pingWith("slow") {
+		_, _ = c.Write([]byte{b})
+		time.Sleep(2 * time.Millisecond)
+	}
+	wantPong("slow")
+
+	// Three frames in one write: the first leaves the rest buffered.
+	var three []byte
+	for _, p := range []string{"a", "bb", "ccc"} {
+		three = append(three, pingWith(p)...)
+	}
+	_, _ = c.Write(three)
+	wantPong("a")
+	wantPong("bb")
+	wantPong("ccc")
+
+	// A text frame far larger than the 512-byte buffer (not an envelope: it gets an error
+	// answer), its header cut after the first byte, then a ping in the same write as its tail.
+	big := strings.Repeat("x", 3000)
+	frame := append([]byte{0x81, 0x80 | 126, byte(len(big) >> 8), byte(len(big)), 0, 0, 0, 0}, big...)
+	_, _ = c.Write(frame[:1])
+	time.Sleep(5 * time.Millisecond)
+	_, _ = c.Write(frame[1:1500])
+	time.Sleep(5 * time.Millisecond)
+	_, _ = c.Write(append(frame[1500:], pingWith("after")...))
+	// The pong leaves from the read loop, the answer from the connection actor: either first.
+	var gotAnswer, gotPong bool
+	for range 2 {
+		switch op, p := readFrame(); {
+		case op == 0x81 && strings.Contains(string(p), `"status_code":2`):
+			gotAnswer = true
+		case op == 0x8A && string(p) == "after":
+			gotPong = true
+		default:
+			t.Fatalf("got opcode %#x payload %q", op, p)
+		}
+	}
+	if !gotAnswer || !gotPong {
+		t.Fatalf("answer %v, pong %v: want both", gotAnswer, gotPong)
+	}
+
+	// A peer that closes while the connection waits without a buffer gets the close answered.
+	_, _ = c.Write([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xE8})
+	op, p := readFrame()
+	if op != 0x88 || len(p) < 2 || binary.BigEndian.Uint16(p) != CloseNormal {
+		t.Fatalf("got opcode %#x payload % x, want close 1000", op, p)
+	}
+}

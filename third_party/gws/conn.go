@@ -9,6 +9,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -98,6 +99,10 @@ type Conn struct {
 	// goroutine records it. (Patched in.)
 	opened    bool
 	stackMark uintptr
+
+	// rc, when set (Config.IdleReadBuffer), lets the read loop wait for the socket's next bytes
+	// without a read buffer: br is nil while it would be empty. (Patched in.)
+	rc syscall.RawConn
 }
 
 // ReadLoop
@@ -124,6 +129,10 @@ func (c *Conn) ReadLoop() {
 			c.emitError(true, err)
 			break
 		}
+		// (Patched in.) An emptied read buffer goes back to the pool until the next bytes.
+		if c.rc != nil && c.br.Buffered() == 0 {
+			c.releaseReader()
+		}
 		// (Patched in.) After a control frame (a ping or pong: the keepalive reaches every
 		// connection, idle ones too), if the handling of an earlier frame grew the stack, go on
 		// in a goroutine of the smallest size. ReadLoop is its entry, as it was this one's.
@@ -142,9 +151,9 @@ func (c *Conn) ReadLoop() {
 	// 回收资源
 	// Reclaim resources
 	if c.isServer {
-		c.br.Reset(nil)
-		c.config.brPool.Put(c.br)
-		c.br = nil
+		if c.br != nil { // (Patched in.) none between frames with IdleReadBuffer
+			c.releaseReader()
+		}
 		if c.cpsWindow.enabled {
 			c.config.cswPool.Put(c.cpsWindow.dict)
 			c.cpsWindow.dict = nil
@@ -154,6 +163,42 @@ func (c *Conn) ReadLoop() {
 			c.dpsWindow.dict = nil
 		}
 	}
+}
+
+// releaseReader returns the connection's read buffer, empty, to the pool. (Patched in.)
+func (c *Conn) releaseReader() {
+	c.br.Reset(nil)
+	c.config.brPool.Put(c.br)
+	c.br = nil
+}
+
+// awaitBytes waits, holding no read buffer, until the socket has bytes to read (or its end or
+// an error, which the read that follows reports), then takes a buffer from the pool.
+// (Patched in.)
+func (c *Conn) awaitBytes() error {
+	if err := c.rc.Read(peekReady); err != nil {
+		return err
+	}
+	c.br = c.config.brPool.Get()
+	c.br.Reset(c.conn)
+	return nil
+}
+
+// idleReader returns the raw connection that lets a server connection wait without a read
+// buffer (Config.IdleReadBuffer), or nil where it cannot. (Patched in.)
+func idleReader(config *Config, netConn net.Conn) syscall.RawConn {
+	if !config.IdleReadBuffer || !peekSupported {
+		return nil
+	}
+	sc, ok := netConn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
 }
 
 // errReadLoopPanic is the close error of a connection whose read loop panicked. (Patched in.)

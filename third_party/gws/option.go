@@ -169,6 +169,15 @@ type (
 		// growth per interval. (Patched in.)
 		FreshReadStack bool
 
+		// IdleReadBuffer: a server connection holds its read buffer (the bufio.Reader of
+		// ReadBufferSize, from a pool) only while the buffer has bytes in it. Between frames it
+		// goes back to the pool, and the read loop waits for the next bytes without a buffer
+		// (the socket's readiness, asked with a non-blocking MSG_PEEK); it takes a buffer again
+		// when they arrive. Costs one recv syscall more per frame that finds the buffer empty.
+		// Only on Linux and on connections that are a syscall.Conn (plain TCP); the others keep
+		// their buffer. (Patched in.)
+		IdleReadBuffer bool
+
 		// PanicHandler is told of a panic recovered in the connection's read loop (frame
 		// parsing or an event callback); the connection is then closed with 1011. nil: the
 		// panic is logged through Logger. (Patched in.)
@@ -255,6 +264,9 @@ type (
 
 		// FreshReadStack: see Config.FreshReadStack. (Patched in.)
 		FreshReadStack bool
+
+		// IdleReadBuffer: see Config.IdleReadBuffer. (Patched in.)
+		IdleReadBuffer bool
 	}
 )
 
@@ -352,6 +364,7 @@ func initServerOption(c *ServerOption) *ServerOption {
 		CloseWriter:         c.CloseWriter,
 		PanicHandler:        c.PanicHandler,
 		FreshReadStack:      c.FreshReadStack,
+		IdleReadBuffer:      c.IdleReadBuffer,
 		brPool: internal.NewPool(func() *bufio.Reader {
 			return bufio.NewReaderSize(nil, c.ReadBufferSize)
 		}),

@@ -67,6 +67,12 @@ func (c *Conn) readControl() error {
 // 读取消息
 // Reads a message
 func (c *Conn) readMessage() error {
+	// (Patched in.) Between frames an IdleReadBuffer connection holds no read buffer.
+	if c.br == nil {
+		if err := c.awaitBytes(); err != nil {
+			return err
+		}
+	}
 	// 解析帧头并获取内容长度
 	// Parse the frame header and get the content length
 	contentLength, err := c.fh.Parse(c.br)

@@ -246,6 +246,11 @@ func (c *Upgrader) doUpgradeFromConn(netConn net.Conn, br *bufio.Reader, r *http
 	if config.ParallelEnabled { // (Patched in.) only parallel reads use the queue
 		socket.readQueue = make(channel, c.option.ParallelGolimit)
 	}
+	// (Patched in.) With IdleReadBuffer the connection starts without a read buffer when the
+	// handshake left nothing in it.
+	if socket.rc = idleReader(config, netConn); socket.rc != nil && br.Buffered() == 0 {
+		socket.releaseReader()
+	}
 
 	// 压缩字典和解压字典内存开销比较大, 故使用懒加载
 	// Compressing and decompressing dictionaries has a large memory overhead, so use lazy loading.

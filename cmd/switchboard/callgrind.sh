@@ -17,7 +17,8 @@
 # socket) drops out. The counts are every thread's, server and the benchmark's raw-socket client
 # (pre-built frames, no client goroutines). GOMAXPROCS=1 and no asynchronous preemption keep
 # the scheduler's share steady (callgrind also needs the latter: it cannot follow Go's
-# preemption signals). Output: one line per workload; OUT keeps the callgrind files
+# preemption signals; cpu.rdtscp=off because valgrind 3.19 does not decode RDTSCP, which the
+# runtime's cputicks uses where the CPU has it). Output: one line per workload; OUT keeps the callgrind files
 # (callgrind_annotate them to see where the instructions go).
 set -euo pipefail
 
@@ -36,7 +37,7 @@ for w in $WORKLOADS; do
 	rm -rf "$dir"
 	mkdir -p "$dir"
 	pattern="^BenchmarkHotPaths\$/^$(printf '%s' "$w" | sed 's/[+]/\\+/g')\$"
-	(cd "$dir" && HOTPATHS_DB=${DB:-sqlite} GOMAXPROCS=1 GOGC=${GOGC:-off} GODEBUG=asyncpreemptoff=1 \
+	(cd "$dir" && HOTPATHS_DB=${DB:-sqlite} GOMAXPROCS=1 GOGC=${GOGC:-off} GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off \
 		valgrind --tool=callgrind --callgrind-out-file="$dir/cg.out" \
 		--zero-before='*callgrindZero' --dump-before='*callgrindDump' \
 		"$OUT/switchboard.test" -test.run '^$' -test.bench "$pattern" -test.benchtime "${N}x" \

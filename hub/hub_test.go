@@ -685,3 +685,54 @@ func BenchmarkTopicBroadcast10k(b *testing.B) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/conns, "ns/conn")
 }
+
+// BenchmarkSubscribe10k measures SUBSCRIBE in the hub alone: 10 000 registered connections
+// subscribe (64 waiting for their answer at a time, as the load tool's clients do) to one topic
+// with history on the in-process bus, or spread over 100. A per-topic cost that grew with the
+// topic's subscribers would make topics=1 slower than topics=100.
+func BenchmarkSubscribe10k(b *testing.B) {
+	const conns, inFlight = 10_000, 64
+	for _, k := range []int{1, 100} {
+		b.Run("topics="+strconv.Itoa(k), func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				system := newSystem()
+				mb := bus.NewMemory(func(*bus.Message) {})
+				h := hub.Start(system.Root, hub.Options{Bus: mb, History: func(string) int { return 100 },
+					Logger: slog.New(slog.DiscardHandler), Metrics: metrics.NewSet()})
+				bc := &broadcastCounter{done: make(chan struct{}, 1)}
+				cs := make([]*benchConn, conns)
+				for i := range cs {
+					cs[i] = &benchConn{id: uint64(i + 1), c: appendCodec{}, bc: bc}
+					h.Register(cs[i])
+				}
+				waitFor(b, 30*time.Second, "registration", func() bool { return h.Active() == conns })
+				b.StartTimer()
+				var next atomic.Int64
+				var wg sync.WaitGroup
+				for range inFlight {
+					wg.Go(func() {
+						done := make(chan struct{}, 1)
+						for {
+							i := int(next.Add(1)) - 1
+							if i >= conns {
+								return
+							}
+							h.Subscribe(&hub.SubscribeRequest{Conn: cs[i], Topic: "dash." + strconv.Itoa(i%k),
+								Ack: func(hub.Answer) []byte { return nil }, Done: func() { done <- struct{}{} }})
+							<-done
+						}
+					})
+				}
+				wg.Wait()
+				b.StopTimer()
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				_, _ = h.Stop(ctx, 1001, "bye")
+				cancel()
+				_ = mb.Close()
+				system.Shutdown()
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/conns, "ns/subscribe")
+		})
+	}
+}

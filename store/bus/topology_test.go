@@ -147,7 +147,8 @@ func TestRedisShardCountMismatch(t *testing.T) {
 		t.Fatalf("Healthy = %v, want ErrUnhealthy", err)
 	}
 	t.Logf("Healthy: %v", err)
-	if err := a.Healthy(context.Background()); err != nil {
+	// Its probe may be late on a busy machine (20 ms apart here): healthy again once one is back.
+	if !waitFor(5*time.Second, func() bool { err = a.Healthy(context.Background()); return err == nil }) {
 		t.Fatalf("the node that agrees: %v", err)
 	}
 }

@@ -230,12 +230,18 @@ func (r *Outbox) drain(ctx context.Context, lease *outbox.Lease) error {
 			r.observeLag(ctx)
 			r.lagAt = now
 		}
-		n, err := r.batch(ctx)
+		n, full, err := r.batch(ctx)
 		if err != nil {
 			return err
 		}
 		if n == 0 {
 			r.m.lag.Set(0)
+			return nil
+		}
+		if !full {
+			// The read held every row committed when it ran; a row committed since woke the
+			// relay again (NOTIFY or Wake), so asking once more now would find nothing or
+			// what the next drain finds anyway.
 			return nil
 		}
 	}
@@ -246,16 +252,26 @@ const lagEvery = 100 * time.Millisecond
 
 // batch relays up to Batch rows in id order: each is checked, published (or dead-lettered),
 // and the published ones are deleted together. A failure to publish stops the batch there:
-// what was published is deleted, the rest waits for the retry, in order.
-func (r *Outbox) batch(ctx context.Context) (int, error) {
+// what was published is deleted, the rest waits for the retry, in order. full reports whether
+// the read may have left rows behind (it reached Batch rows or the byte budget).
+func (r *Outbox) batch(ctx context.Context) (n int, full bool, err error) {
 	var rows []outbox.Row
-	err := bounded(ctx, func(ctx context.Context) (err error) {
+	err = bounded(ctx, func(ctx context.Context) (err error) {
 		rows, err = r.cfg.Outbox.Pending(ctx, 0, r.cfg.Batch, r.cfg.MaxBytes, DefaultBatchBytes)
 		return err
 	})
 	if err != nil || len(rows) == 0 {
-		return 0, err
+		return 0, false, err
 	}
+	// Pending stops before a row once the rows before it hold the budget (rows over MaxBytes
+	// count 0), so a read that left rows behind for the budget returned at least that much.
+	var read int64
+	for _, row := range rows {
+		if row.Size <= r.cfg.MaxBytes {
+			read += row.Size
+		}
+	}
+	full = len(rows) >= r.cfg.Batch || read >= DefaultBatchBytes
 	done := make([]int64, 0, len(rows))
 	var failed error
 	for _, row := range rows {
@@ -283,17 +299,17 @@ func (r *Outbox) batch(ctx context.Context) (int, error) {
 	if len(done) > 0 && r.cfg.AfterPublish != nil {
 		r.cfg.AfterPublish(ctx, len(done))
 		if ctx.Err() != nil {
-			return 0, ctx.Err()
+			return 0, false, ctx.Err()
 		}
 	}
 	if err := bounded(ctx, func(ctx context.Context) error { return r.cfg.Outbox.Delete(ctx, done) }); err != nil {
 		// Published and not deleted: they go out again, and the bus's dedup drops them.
-		return 0, err
+		return 0, false, err
 	}
 	if failed != nil {
-		return 0, failed
+		return 0, false, failed
 	}
-	return len(rows), nil
+	return len(rows), full, nil
 }
 
 // check turns a row into the broadcast the rules accept, or the reason they refuse it.

@@ -395,6 +395,11 @@ func (c *Conn) SetNoDelay(noDelay bool) error {
 	return nil
 }
 
+// RawConn returns the raw connection the read loop waits on without a read buffer
+// (Config.IdleReadBuffer), or nil; its owner may use it too, rather than make another.
+// (Patched in.)
+func (c *Conn) RawConn() syscall.RawConn { return c.rc }
+
 // SubProtocol 获取协商的子协议
 // Gets the negotiated sub-protocol
 func (c *Conn) SubProtocol() string { return c.subprotocol }

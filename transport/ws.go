@@ -79,6 +79,7 @@ func NewWSServer(cfg WSConfig) *WSServer {
 			Logger: cfg.Logger, Workers: workers})}
 	s.m.silence = 2 * cfg.PingInterval
 	s.m.maxInFlight = int32(max(cfg.MaxInFlight, 1))
+	s.m.budget, s.m.wt = cfg.SendQueueBytes, cfg.WriteTimeout
 	s.upgrader = gws.NewUpgrader(&wsEvents{s: s}, s.upgraderOptions())
 	return s
 }
@@ -198,16 +199,17 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec)
 		raw:    socket.NetConn(),
 		fl:     s.flushers.forConn(id),
 		codec:  codec,
-		budget: s.cfg.SendQueueBytes,
-		wt:     s.cfg.WriteTimeout,
 		m:      s.m,
 		user:   user,
 		opened: time.Now().UnixNano(),
 	}
 	c.seen.Store(c.opened)
-	if sc, ok := c.raw.(syscall.Conn); ok {
-		if rc, err := sc.SyscallConn(); err == nil {
-			c.rc = rc
+	// The raw connection gws waits on between frames serves the non-blocking writes too.
+	if c.rc = socket.RawConn(); c.rc == nil {
+		if sc, ok := c.raw.(syscall.Conn); ok {
+			if rc, err := sc.SyscallConn(); err == nil {
+				c.rc = rc
+			}
 		}
 	}
 	c.pid = actors.StartConn(s.cfg.Root, s.connProps, c, user)

@@ -57,14 +57,12 @@ var pingFrame = controlFrame(opPing, nil)
 // queue is empty (→ writeIdle) or the close frame is out and the socket closed (it stays
 // writeDraining: nothing is written any more).
 type wsConn struct {
-	id     uint64
-	raw    net.Conn
-	rc     syscall.RawConn // for non-blocking writes; nil: always write from a drain goroutine
-	fl     *flusher        // nil: always write from a drain goroutine
-	codec  hub.Codec       // the connection's wireCodec; see Codec
-	budget int
-	wt     time.Duration // write timeout of one blocking write
-	m      *connShared
+	id    uint64
+	raw   net.Conn
+	rc    syscall.RawConn // for non-blocking writes; nil: always write from a drain goroutine
+	fl    *flusher        // nil: always write from a drain goroutine
+	codec hub.Codec       // the connection's wireCodec; see Codec
+	m     *connShared     // with the send budget and write timeout, the same for every connection
 
 	mu         sync.Mutex
 	queue      [][]byte
@@ -73,26 +71,26 @@ type wsConn struct {
 	state      writeState
 	midFrame   bool // queue[0] is the unwritten rest of a frame already partly on the wire
 	closing    bool
-	flushFirst bool   // on close, write what is queued before the close frame
-	closeFrame []byte // the close frame to send once closing; nil: none (the peer is gone)
+	flushFirst bool // on close, write what is queued before the close frame
 	// inFlight counts the requests read and not yet answered (at most m.maxInFlight); the read
 	// goroutine waits on waiter, made only when it has to wait, for a slot or the close.
 	inFlight   int32
+	closeFrame []byte // the close frame to send once closing; nil: none (the peer is gone)
 	waiter     chan struct{}
-	deadline   time.Time // the write deadline in force; zero: none
-	framesOut  uint32    // frames written whole
-	sentCode   uint16    // the close code sent (1005: a close without status; 1006: none)
+	deadline   int64  // the write deadline in force, Unix nanoseconds; 0: none
+	framesOut  uint32 // frames written whole
+	sentCode   uint16 // the close code sent (1005: a close without status; 1006: none)
 	sentReason string
 
 	// Read side, touched by the read goroutine (and the actor through release).
-	pid     *actor.PID // set before ReadLoop starts
-	user    *actors.User
-	counted bool // holds a slot of the per-user connection limit
+	pid  *actor.PID // set before ReadLoop starts
+	user *actors.User
 	// remote and userAgent come from the handshake, for limits and the audit log.
 	remote, userAgent string
 	opened            int64        // Unix nanoseconds of the upgrade, for the close log
 	seen              atomic.Int64 // Unix nanoseconds of the last frame received (see Ping)
 	framesIn          uint32       // data frames received
+	counted           bool         // holds a slot of the per-user connection limit
 }
 
 // writeState says who writes a connection's queue next; exactly one of them at a time.
@@ -156,7 +154,7 @@ func (c *wsConn) Enqueue(frame []byte) bool {
 	}
 	// The budget bounds the backlog: a lone frame larger than the budget still goes out, so a
 	// big broadcast does not cut off every connection at once.
-	if c.queued > 0 && c.queued+len(frame) > c.budget {
+	if c.queued > 0 && c.queued+len(frame) > c.m.budget {
 		c.m.slow.Inc()
 		c.startCloseLocked(CloseTryAgainLater, "slow consumer", false)
 		return false
@@ -271,8 +269,8 @@ func (c *wsConn) wroteLocked(batch [][]byte, n int) {
 // held.
 func (c *wsConn) goIdleLocked() {
 	c.state = writeIdle
-	if !c.deadline.IsZero() {
-		c.deadline = time.Time{}
+	if c.deadline != 0 {
+		c.deadline = 0
 		_ = c.raw.SetWriteDeadline(time.Time{})
 	}
 	const small = 4
@@ -372,8 +370,9 @@ func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 		c.dropQueuedLocked()
 	}
 	c.wakeReaderLocked()
-	c.deadline = time.Now().Add(closeGrace)
-	_ = c.raw.SetWriteDeadline(c.deadline)
+	deadline := time.Now().Add(closeGrace)
+	c.deadline = deadline.UnixNano()
+	_ = c.raw.SetWriteDeadline(deadline)
 	if c.state != writeIdle {
 		c.mu.Unlock() // the flusher hands over to a drain, or the drain sees closing
 		return
@@ -436,9 +435,10 @@ func (c *wsConn) drain() {
 		if !c.closing {
 			// Moving the deadline costs a timer update; a deadline at least half a write
 			// timeout away is good enough, so most writes skip it.
-			if now := time.Now(); c.deadline.Sub(now) < c.wt/2 {
-				c.deadline = now.Add(c.wt)
-				_ = c.raw.SetWriteDeadline(c.deadline)
+			if now := time.Now(); time.Duration(c.deadline-now.UnixNano()) < c.m.wt/2 {
+				deadline := now.Add(c.m.wt)
+				c.deadline = deadline.UnixNano()
+				_ = c.raw.SetWriteDeadline(deadline)
 			}
 		}
 		c.mu.Unlock()
@@ -528,7 +528,9 @@ type connShared struct {
 	closeCounts                  map[uint16]*metrics.Counter // ws_closes_total by code; 0: other
 	log                          *slog.Logger
 	drains                       sync.WaitGroup
-	maxInFlight                  int32 // requests a connection may have unanswered (WSMaxInFlight)
+	maxInFlight                  int32         // requests a connection may have unanswered (WSMaxInFlight)
+	budget                       int           // bytes a connection may have queued (WSSendQueueBytes)
+	wt                           time.Duration // write timeout of one blocking write
 	// silence is how long a peer may send nothing before its next keepalive ping drops it
 	// (twice the ping interval); 0: never.
 	silence time.Duration

@@ -57,9 +57,8 @@ func newWriterPair(t *testing.T, budget int, writeTimeout time.Duration) *writer
 	}
 	fl := newFlusher()
 	shared := newConnShared(metrics.NewSet(), slog.New(slog.DiscardHandler))
-	shared.maxInFlight = 1
-	c := &wsConn{id: 1, raw: raw, rc: rc, fl: fl, codec: jsonCodec{}, budget: budget, wt: writeTimeout,
-		m: shared}
+	shared.maxInFlight, shared.budget, shared.wt = 1, budget, writeTimeout
+	c := &wsConn{id: 1, raw: raw, rc: rc, fl: fl, codec: jsonCodec{}, m: shared}
 	p := &writerPair{c: c, peer: peer.(*net.TCPConn), fl: fl}
 	t.Cleanup(func() {
 		_ = peer.Close()

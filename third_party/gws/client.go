@@ -190,8 +190,7 @@ func (c *connector) handshake() (*Conn, *http.Response, error) {
 		handler:           c.eventHandler,
 		closed:            0,
 		deflater:          new(deflater),
-		writeQueue:        workerQueue{maxConcurrency: 1},
-		readQueue:         make(channel, c.option.ParallelGolimit),
+		// (Patched in.) The read and write queues are made on first use (Conn.q).
 	}
 
 	// 压缩字典和解压字典内存开销比较大, 故使用懒加载

@@ -31,10 +31,6 @@ type Conn struct {
 	// Atomic value for storing errors
 	ev atomic.Value
 
-	// 标识是否为服务器端
-	// Indicates if this is a server-side connection
-	isServer bool
-
 	// 子协议
 	// Subprotocol
 	subprotocol string
@@ -67,13 +63,20 @@ type Conn struct {
 	// Closed state
 	closed uint32
 
-	// 读取队列
-	// Read queue
-	readQueue channel
+	// 标识是否为服务器端
+	// Indicates if this is a server-side connection
+	isServer bool
 
-	// 写入队列
-	// Write queue
-	writeQueue workerQueue
+	// closeNotified is set when OnClose is called. (Patched in.)
+	closeNotified bool
+
+	// opened: OnOpen was called (the read loop may go on in another goroutine). (Patched in.)
+	opened bool
+
+	// queues holds the read queue (parallel reads only) and the write queue (asynchronous
+	// writes), made on first use: a connection that uses neither does not carry their 112
+	// bytes. (Patched in.)
+	queues atomic.Pointer[connQueues]
 
 	// 压缩器
 	// Deflater
@@ -91,13 +94,8 @@ type Conn struct {
 	// Compression extension configuration
 	pd PermessageDeflate
 
-	// closeNotified is set when OnClose is called. (Patched in.)
-	closeNotified bool
-
-	// opened: OnOpen was called (the read loop may go on in another goroutine); stackMark is
-	// the address of a local of stackMoved on the read goroutine's stack, 0 until the loop's
-	// goroutine records it. (Patched in.)
-	opened    bool
+	// stackMark is the address of a local of stackMoved on the read goroutine's stack, 0 until
+	// the loop's goroutine records it. (Patched in.)
 	stackMark uintptr
 
 	// rc, when set (Config.IdleReadBuffer), lets the read loop wait for the socket's next bytes
@@ -163,6 +161,28 @@ func (c *Conn) ReadLoop() {
 			c.dpsWindow.dict = nil
 		}
 	}
+}
+
+// connQueues are a connection's read queue (made with ParallelEnabled only) and write queue
+// (concurrency 1). (Patched in.)
+type connQueues struct {
+	readQueue  channel
+	writeQueue workerQueue
+}
+
+// q returns the connection's queues, making them on first use. (Patched in.)
+func (c *Conn) q() *connQueues {
+	if q := c.queues.Load(); q != nil {
+		return q
+	}
+	q := &connQueues{writeQueue: workerQueue{maxConcurrency: 1}}
+	if c.config.ParallelEnabled {
+		q.readQueue = make(channel, c.config.ParallelGolimit)
+	}
+	if c.queues.CompareAndSwap(nil, q) {
+		return q
+	}
+	return c.queues.Load()
 }
 
 // releaseReader returns the connection's read buffer, empty, to the pool. (Patched in.)
@@ -374,6 +394,11 @@ func (c *Conn) SetNoDelay(noDelay bool) error {
 	}
 	return nil
 }
+
+// RawConn returns the raw connection the read loop waits on without a read buffer
+// (Config.IdleReadBuffer), or nil; its owner may use it too, rather than make another.
+// (Patched in.)
+func (c *Conn) RawConn() syscall.RawConn { return c.rc }
 
 // SubProtocol 获取协商的子协议
 // Gets the negotiated sub-protocol

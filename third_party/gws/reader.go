@@ -177,7 +177,7 @@ func (c *Conn) emitMessage(msg *Message) (err error) {
 		return internal.NewError(internal.CloseUnsupportedData, ErrTextEncoding)
 	}
 	if c.config.ParallelEnabled {
-		return c.readQueue.Go(msg, c.dispatch)
+		return c.q().readQueue.Go(msg, c.dispatch) // (Patched in.) made on first use
 	}
 	return c.dispatch(msg)
 }

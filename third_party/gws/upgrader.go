@@ -241,10 +241,7 @@ func (c *Upgrader) doUpgradeFromConn(netConn net.Conn, br *bufio.Reader, r *http
 		fh:                frameHeader{},
 		handler:           c.eventHandler,
 		closed:            0,
-		writeQueue:        workerQueue{maxConcurrency: 1},
-	}
-	if config.ParallelEnabled { // (Patched in.) only parallel reads use the queue
-		socket.readQueue = make(channel, c.option.ParallelGolimit)
+		// (Patched in.) The read and write queues are made on first use (Conn.q).
 	}
 	// (Patched in.) With IdleReadBuffer the connection starts without a read buffer when the
 	// handshake left nothing in it.

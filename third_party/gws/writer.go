@@ -111,7 +111,7 @@ func (c *Conn) WritevAsync(opcode Opcode, payloads [][]byte, callback func(error
 // Add the task to the send queue (concurrency 1), perform asynchronous operation.
 // Note: Don't add tasks that are blocking for a long time.
 func (c *Conn) Async(f func()) {
-	c.writeQueue.Push(f)
+	c.q().writeQueue.Push(f) // (Patched in.) made on first use
 }
 
 // 执行写入逻辑, 注意妥善维护压缩字典
@@ -279,7 +279,7 @@ func (c *Broadcaster) Broadcast(socket *Conn) error {
 	}
 
 	atomic.AddInt64(&c.state, 1)
-	socket.writeQueue.Push(func() {
+	socket.q().writeQueue.Push(func() { // (Patched in.) made on first use
 		var err = c.writeFrame(socket, msg.frame)
 		socket.emitError(false, err)
 		if atomic.AddInt64(&c.state, -1) == 0 {

@@ -20,26 +20,402 @@ import (
 // the same invocation and reports, next to it, the delivery rate and the rate of connect +
 // SUBSCRIBE (the broadcast-to-all run reports connect alone).
 //
-// The topic subscribers are raw receive-only gws sockets that decode every frame: the checker
+// The topic subscribers are raw receive-only gws sockets that read every frame: the checker
 // needs the server's own frames (a duplicate, a seq that skips) which the Go client would absorb
-// by design. Per subscriber it checks: every broadcast of its topic arrives (no loss), once (by
+// by design. They read a frame with one pass over its bytes (topicFrame.scan, which reads what
+// json.Unmarshal would and checks the whole frame is JSON), so a frame costs a topic
+// subscriber about what it costs a broadcast-to-all subscriber and the load tool's CPU does not
+// cap the topic run below the other. Per subscriber it checks: every broadcast of its topic arrives (no loss), once (by
 // the producer's serial in data.seq), in the producers' order, on its topic only, and with the
 // topic's seq one more than the last (starting after the SUBSCRIBE answer's seq) in one epoch.
 
 // topicFrame is what a topic subscriber reads of a frame: the SUBSCRIBE answer (status_code
 // set; data is {"topic","seq","epoch","recovered"}) or a topic broadcast (data is the tool's
-// payload: seq is the producer's serial, ts its send time).
+// payload: seq is the producer's serial, ts its send time). scan fills it.
 type topicFrame struct {
-	StatusCode *int    `json:"status_code"`
-	Msg        *string `json:"msg"`
-	Topic      string  `json:"topic"`
-	Seq        uint64  `json:"seq"`
-	Epoch      string  `json:"epoch"`
-	Data       struct {
-		Seq   int64  `json:"seq"`
-		TS    int64  `json:"ts"`
-		Epoch string `json:"epoch"`
-	} `json:"data"`
+	hasStatus bool // status_code present and not null: an answer
+	status    int64
+	hasMsg    bool
+	msg       []byte
+	topic     []byte
+	seq       uint64 // the topic's seq
+	epoch     []byte
+	dataSeq   int64 // data.seq: the producer's serial in a broadcast, the topic's seq in the answer
+	dataTS    int64 // data.ts
+	dataEpoch []byte
+}
+
+// scan reads the fields of a frame as json.Unmarshal into
+//
+//	struct {
+//		StatusCode *int    `json:"status_code"`
+//		Msg        *string `json:"msg"`
+//		Topic      string  `json:"topic"`
+//		Seq        uint64  `json:"seq"`
+//		Epoch      string  `json:"epoch"`
+//		Data       struct {
+//			Seq, TS int64
+//			Epoch   string
+//		} `json:"data"`
+//	}
+//
+// would, at a fraction of the cost: it walks the frame once, checks all of it is JSON (any
+// syntax error, trailing bytes or a field of the wrong type: false, as Unmarshal's error),
+// skips every other member (in any order, at any depth), reads keys and strings with escapes
+// through encoding/json (a rare path), and takes the last of duplicate keys. Two deliberate
+// differences: keys match exactly (Unmarshal also takes "Topic" for "topic", the protocol has
+// one spelling), and strings keep invalid UTF-8 as it came (Unmarshal replaces it with U+FFFD).
+// The byte slices point into b unless the string had escapes.
+func (f *topicFrame) scan(b []byte) bool {
+	i := skipWS(b, 0)
+	if i >= len(b) {
+		return false
+	}
+	switch b[i] {
+	case '{':
+	case 'n': // null: Unmarshal leaves everything unset
+		i, ok := literal(b, i, "null")
+		return ok && skipWS(b, i) == len(b)
+	default:
+		return false
+	}
+	i, ok := members(b, i, 1, f.topField)
+	return ok && skipWS(b, i) == len(b)
+}
+
+// topField reads the value at b[i] of the frame's member key and returns the index after it.
+func (f *topicFrame) topField(key, b []byte, i, depth int) (int, bool) {
+	switch string(key) {
+	case "status_code":
+		if isNull(b, i) {
+			f.hasStatus = false
+			return i + 4, true
+		}
+		f.hasStatus = true
+		return intValue(b, i, &f.status)
+	case "msg":
+		if isNull(b, i) {
+			f.hasMsg = false
+			return i + 4, true
+		}
+		f.hasMsg = true
+		return strValue(b, i, &f.msg)
+	case "topic":
+		return strValue(b, i, &f.topic)
+	case "seq":
+		return uintValue(b, i, &f.seq)
+	case "epoch":
+		return strValue(b, i, &f.epoch)
+	case "data":
+		switch {
+		case isNull(b, i):
+			return i + 4, true
+		case b[i] != '{':
+			return 0, false
+		}
+		return members(b, i, depth+1, f.dataField)
+	}
+	return skipValue(b, i, depth)
+}
+
+// dataField reads the value at b[i] of the data object's member key.
+func (f *topicFrame) dataField(key, b []byte, i, depth int) (int, bool) {
+	switch string(key) {
+	case "seq":
+		return intValue(b, i, &f.dataSeq)
+	case "ts":
+		return intValue(b, i, &f.dataTS)
+	case "epoch":
+		return strValue(b, i, &f.dataEpoch)
+	}
+	return skipValue(b, i, depth)
+}
+
+// maxDepth is encoding/json's nesting limit.
+const maxDepth = 10000
+
+// members walks the object at b[i] == '{' (at nesting depth), calling field with each key and
+// the index of its value, which field reads and returns the index after. It returns the index
+// after the object.
+func members(b []byte, i, depth int, field func(key, b []byte, i, depth int) (int, bool)) (int, bool) {
+	if depth > maxDepth {
+		return 0, false
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, true
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return 0, false
+		}
+		var key []byte
+		var ok bool
+		if key, i, ok = str(b, i); !ok {
+			return 0, false
+		}
+		if i = skipWS(b, i); i >= len(b) || b[i] != ':' {
+			return 0, false
+		}
+		if i = skipWS(b, i+1); i >= len(b) {
+			return 0, false
+		}
+		if i, ok = field(key, b, i, depth); !ok {
+			return 0, false
+		}
+		if i = skipWS(b, i); i >= len(b) {
+			return 0, false
+		}
+		switch b[i] {
+		case ',':
+			i = skipWS(b, i+1)
+		case '}':
+			return i + 1, true
+		default:
+			return 0, false
+		}
+	}
+}
+
+// skipValue checks the JSON value at b[i] (at nesting depth) and returns the index after it.
+func skipValue(b []byte, i, depth int) (int, bool) {
+	if i >= len(b) {
+		return 0, false
+	}
+	switch c := b[i]; {
+	case c == '"':
+		end, _, ok := skipString(b, i)
+		return end, ok
+	case c == '{':
+		return members(b, i, depth+1, skipMember)
+	case c == '[':
+		if depth+1 > maxDepth {
+			return 0, false
+		}
+		i = skipWS(b, i+1)
+		if i < len(b) && b[i] == ']' {
+			return i + 1, true
+		}
+		for {
+			var ok bool
+			if i, ok = skipValue(b, i, depth+1); !ok {
+				return 0, false
+			}
+			if i = skipWS(b, i); i >= len(b) {
+				return 0, false
+			}
+			switch b[i] {
+			case ',':
+				i = skipWS(b, i+1)
+			case ']':
+				return i + 1, true
+			default:
+				return 0, false
+			}
+		}
+	case c == 't':
+		return literal(b, i, "true")
+	case c == 'f':
+		return literal(b, i, "false")
+	case c == 'n':
+		return literal(b, i, "null")
+	case c == '-' || c >= '0' && c <= '9':
+		end, _, ok := number(b, i)
+		return end, ok
+	}
+	return 0, false
+}
+
+func skipMember(_, b []byte, i, depth int) (int, bool) { return skipValue(b, i, depth) }
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\r' || b[i] == '\t') {
+		i++
+	}
+	return i
+}
+
+func literal(b []byte, i int, lit string) (int, bool) {
+	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
+		return 0, false
+	}
+	return i + len(lit), true
+}
+
+func isNull(b []byte, i int) bool { return len(b)-i >= 4 && string(b[i:i+4]) == "null" }
+
+// plain marks the bytes a JSON string holds as they are: not a quote, a backslash or a control
+// character.
+var plain = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
+// skipString checks the JSON string at b[i] == '"' and returns the index after it and whether
+// it has escapes.
+func skipString(b []byte, i int) (end int, escaped, ok bool) {
+	for i++; ; i++ {
+		for i < len(b) && plain[b[i]] {
+			i++
+		}
+		if i >= len(b) || b[i] != '\\' {
+			break
+		}
+		escaped = true
+		if i++; i >= len(b) {
+			return 0, false, false
+		}
+		switch b[i] {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		case 'u':
+			if len(b)-i < 5 {
+				return 0, false, false
+			}
+			for _, h := range b[i+1 : i+5] {
+				if !(h >= '0' && h <= '9' || h >= 'a' && h <= 'f' || h >= 'A' && h <= 'F') {
+					return 0, false, false
+				}
+			}
+			i += 4
+		default:
+			return 0, false, false
+		}
+	}
+	if i >= len(b) || b[i] != '"' {
+		return 0, false, false // the end of the frame, or a control character
+	}
+	return i + 1, escaped, true
+}
+
+// str reads the JSON string at b[i] == '"': its contents (a slice of b, or, with escapes, a
+// decoded copy) and the index after it.
+func str(b []byte, i int) ([]byte, int, bool) {
+	end, escaped, ok := skipString(b, i)
+	if !ok {
+		return nil, 0, false
+	}
+	if !escaped {
+		return b[i+1 : end-1], end, true
+	}
+	var s string
+	if json.Unmarshal(b[i:end], &s) != nil {
+		return nil, 0, false
+	}
+	return []byte(s), end, true
+}
+
+// strValue reads a string member into *v: null leaves it as it was, another type is an error.
+func strValue(b []byte, i int, v *[]byte) (int, bool) {
+	switch {
+	case isNull(b, i):
+		return i + 4, true
+	case b[i] != '"':
+		return 0, false
+	}
+	s, end, ok := str(b, i)
+	if ok {
+		*v = s
+	}
+	return end, ok
+}
+
+// number checks the JSON number at b[i] and returns the index after it and whether it is an
+// integer (no fraction, no exponent).
+func number(b []byte, i int) (end int, integer, ok bool) {
+	digits := func(i int) int {
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i
+	}
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i >= len(b):
+		return 0, false, false
+	case b[i] == '0':
+		i++
+	case b[i] >= '1' && b[i] <= '9':
+		i = digits(i + 1)
+	default:
+		return 0, false, false
+	}
+	integer = true
+	if i < len(b) && b[i] == '.' {
+		integer = false
+		j := digits(i + 1)
+		if j == i+1 {
+			return 0, false, false
+		}
+		i = j
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		integer = false
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		j := digits(i)
+		if j == i {
+			return 0, false, false
+		}
+		i = j
+	}
+	return i, integer, true
+}
+
+// intValue reads an int64 member into *v as strconv.ParseInt would: null leaves it as it was,
+// a fraction, an exponent, an overflow or another type is an error.
+func intValue(b []byte, i int, v *int64) (int, bool) {
+	if isNull(b, i) {
+		return i + 4, true
+	}
+	end, integer, ok := number(b, i)
+	if !ok || !integer {
+		return 0, false
+	}
+	if tok := b[i:end]; len(tok) <= 18 && tok[0] != '-' {
+		var n int64
+		for _, c := range tok {
+			n = n*10 + int64(c-'0')
+		}
+		*v = n
+		return end, true
+	}
+	n, err := strconv.ParseInt(string(b[i:end]), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	*v = n
+	return end, true
+}
+
+// uintValue reads a uint64 member into *v as strconv.ParseUint would.
+func uintValue(b []byte, i int, v *uint64) (int, bool) {
+	if isNull(b, i) {
+		return i + 4, true
+	}
+	end, integer, ok := number(b, i)
+	if !ok || !integer {
+		return 0, false
+	}
+	if tok := b[i:end]; len(tok) <= 19 && tok[0] != '-' {
+		var n uint64
+		for _, c := range tok {
+			n = n*10 + uint64(c-'0')
+		}
+		*v = n
+		return end, true
+	}
+	n, err := strconv.ParseUint(string(b[i:end]), 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	*v = n
+	return end, true
 }
 
 // topicSub is one subscriber of the topic run; its read goroutine is the only writer of
@@ -69,46 +445,45 @@ func (s *topicSub) OnMessage(_ *gws.Conn, m *gws.Message) {
 // onFrame checks and accounts one frame received at now (unix nanos).
 func (s *topicSub) onFrame(b []byte, now int64) {
 	var f topicFrame
-	err := json.Unmarshal(b, &f)
 	switch {
-	case err != nil:
+	case !f.scan(b):
 		s.undecodable++
 		return
-	case f.StatusCode != nil:
+	case f.hasStatus:
 		if s.answered {
 			return
 		}
 		s.answered = true
 		refusal := ""
-		if *f.StatusCode != 0 {
-			refusal = fmt.Sprintf("SUBSCRIBE %s: status %d", s.topic, *f.StatusCode)
-			if f.Msg != nil {
-				refusal += " " + *f.Msg
+		if f.status != 0 {
+			refusal = fmt.Sprintf("SUBSCRIBE %s: status %d", s.topic, f.status)
+			if f.hasMsg {
+				refusal += " " + string(f.msg)
 			}
 		}
-		s.last, s.epoch = uint64(f.Data.Seq), f.Data.Epoch
+		s.last, s.epoch = uint64(f.dataSeq), string(f.dataEpoch)
 		s.answer <- refusal
 		return
-	case f.Topic == "":
+	case len(f.topic) == 0:
 		return // a broadcast to every connection: not this run's
-	case f.Topic != s.topic:
+	case string(f.topic) != s.topic:
 		s.wrongTopic++
 		return
 	}
 	switch {
-	case s.epoch != "" && f.Epoch != s.epoch:
+	case s.epoch != "" && string(f.epoch) != s.epoch:
 		s.epochs++ // the stream restarted under the run: its seq starts again
-		s.epoch, s.last = f.Epoch, f.Seq
-	case f.Seq <= s.last:
+		s.epoch, s.last = string(f.epoch), f.seq
+	case f.seq <= s.last:
 		s.seqRepeats++
-	case f.Seq != s.last+1:
+	case f.seq != s.last+1:
 		s.seqGaps++
-		s.last = f.Seq
+		s.last = f.seq
 	default:
-		s.last = f.Seq
+		s.last = f.seq
 	}
 	before := s.d.unique
-	s.d.record(f.Data.Seq, f.Data.TS, now, s.sampleEvery)
+	s.d.record(f.dataSeq, f.dataTS, now, s.sampleEvery)
 	s.got.Add(1)
 	if s.d.unique != before && s.d.unique == s.want {
 		s.complete.Add(1)

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"encoding/base64"
 	"net/http"
 	"strings"
@@ -71,7 +70,8 @@ func validWebSocketKey(k string) bool {
 }
 
 // handshakeLimit charges an authenticated handshake to a rate budget before the upgrade and
-// answers 429 itself when that budget is spent.
+// answers 429 itself when that budget is spent. full: the user already held all their
+// connection slots when the handshake asked for one (ServeHTTP's takeSlot).
 //
 // A handshake of a user who already holds all their connection slots ends in close 1008. Such
 // handshakes are charged to a budget of their own (scope ws_refused, the same size as the HTTP
@@ -80,23 +80,9 @@ func validWebSocketKey(k string) bool {
 // refused with 429 for a minute after the slots had freed. The 429 of this budget asks for a
 // retry within the slot TTL at most, since by then a dead node's slots are free; a refused
 // handshake still costs the server a verification, hence a budget at all.
-func (s *WSServer) handshakeLimit(w http.ResponseWriter, r *http.Request, user string) bool {
-	if s.atConnLimit(r.Context(), user) {
+func (s *WSServer) handshakeLimit(w http.ResponseWriter, r *http.Request, user string, full bool) bool {
+	if full {
 		return rateLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "ws_refused", user, s.cfg.RatePerMinute, limits.DefaultConnTTL)
 	}
 	return rateLimit(w, r, s.cfg.RateLimiter, s.cfg.Metrics, s.cfg.Logger, "http", user, s.cfg.RatePerMinute, 0)
-}
-
-// atConnLimit reports whether user holds all their connection slots now. A counter error
-// (only when it does not fail open) answers false: the handshake is then charged as before.
-func (s *WSServer) atConnLimit(ctx context.Context, user string) bool {
-	if s.cfg.ConnCounter == nil || s.cfg.MaxConnsPerUser <= 0 {
-		return false
-	}
-	n, err := s.cfg.ConnCounter.Held(ctx, user)
-	if err != nil {
-		s.cfg.Logger.Warn("connection counter failed; charging the handshake to the HTTP limit", "err", err)
-		return false
-	}
-	return n >= s.cfg.MaxConnsPerUser
 }

@@ -25,8 +25,6 @@ type RateLimiter interface {
 type ConnCounter interface {
 	Acquire(ctx context.Context, user, connID string, limit int) (bool, error)
 	Release(ctx context.Context, user, connID string) error
-	// Held is the number of connections user holds now (the handshake's limit check).
-	Held(ctx context.Context, user string) (int, error)
 }
 
 func (a *api) limit(w http.ResponseWriter, r *http.Request, scope, id string, limit int) bool {

@@ -145,7 +145,18 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	user := UserOf(claims)
 	noteUser(r, user.ID)
-	if !s.handshakeLimit(w, r, user.ID) {
+	// The connection's slot is taken first: whether the user already held all of theirs
+	// decides the budget the handshake is charged to. A handshake that ends before its
+	// connection exists gives the slot back.
+	id := s.nextID.Add(1)
+	counted, full := s.takeSlot(r.Context(), user.ID, id)
+	kept := false
+	defer func() {
+		if counted && !kept {
+			s.releaseSlot(user.ID, id)
+		}
+	}()
+	if !s.handshakeLimit(w, r, user.ID, full) {
 		return
 	}
 	format := r.URL.Query().Get("format")
@@ -169,11 +180,12 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.cfg.Logger.Debug("websocket upgrade failed", "err", err, "remote", r.RemoteAddr)
 		return
 	}
-	c := s.newConn(socket, user, codec)
+	c := s.newConn(socket, user, codec, id)
+	c.counted, kept = counted, true
 	c.remote, c.userAgent = clientIP(r), r.UserAgent()
 	socket.Session().(*connSession).c = c
-	// The limit is checked after the upgrade so the client learns why with a close code.
-	if !s.acquire(r.Context(), c) {
+	// The limit is told after the upgrade so the client learns why with a close code.
+	if full {
 		s.m.rejLimit.Inc()
 		c.Close(ClosePolicyViolation, "Maximum concurrent connections exceeded")
 	} else {
@@ -192,8 +204,7 @@ func (s *WSServer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go socket.ReadLoop()
 }
 
-func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec) *wsConn {
-	id := s.nextID.Add(1)
+func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec, id uint64) *wsConn {
 	c := &wsConn{
 		id:     id,
 		raw:    socket.NetConn(),
@@ -216,29 +227,33 @@ func (s *WSServer) newConn(socket *gws.Conn, user *actors.User, codec wireCodec)
 	return c
 }
 
-// acquire takes one of the user's connection slots for c; a counter error (only when it does not
-// fail open) admits the connection.
-func (s *WSServer) acquire(ctx context.Context, c *wsConn) bool {
-	if s.cfg.ConnCounter == nil {
-		return true
+// takeSlot takes one of user's connection slots for connection id, before the upgrade: counted,
+// the slot is the connection's (release it when it ends); full, the user held all of them
+// already. A counter error (only when it does not fail open) admits the connection uncounted.
+func (s *WSServer) takeSlot(ctx context.Context, user string, id uint64) (counted, full bool) {
+	if s.cfg.ConnCounter == nil || s.cfg.MaxConnsPerUser <= 0 {
+		return false, false
 	}
-	ok, err := s.cfg.ConnCounter.Acquire(ctx, c.user.ID, strconv.FormatUint(c.id, 10), s.cfg.MaxConnsPerUser)
+	ok, err := s.cfg.ConnCounter.Acquire(ctx, user, strconv.FormatUint(id, 10), s.cfg.MaxConnsPerUser)
 	if err != nil {
 		s.cfg.Logger.Warn("connection counter failed; admitting the connection", "err", err)
-		return true
+		return false, false
 	}
-	c.counted = ok
-	return ok
+	return ok, !ok
 }
 
 // release frees the connection's slot (OnClose).
 func (s *WSServer) release(c *wsConn) {
-	if !c.counted {
-		return
+	if c.counted {
+		s.releaseSlot(c.user.ID, c.id)
 	}
+}
+
+// releaseSlot gives back user's slot of connection id.
+func (s *WSServer) releaseSlot(user string, id uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	if err := s.cfg.ConnCounter.Release(ctx, c.user.ID, strconv.FormatUint(c.id, 10)); err != nil {
+	if err := s.cfg.ConnCounter.Release(ctx, user, strconv.FormatUint(id, 10)); err != nil {
 		s.cfg.Logger.Warn("connection counter release failed", "err", err)
 	}
 }

@@ -498,7 +498,7 @@ func TestSubscribeWhileRedisDown(t *testing.T) {
 	for range n {
 		e := c.next(30 * time.Second)
 		if !ids[e.ReqID] || e.status() != 1 || e.msg() != "Topic history unavailable" {
-			t.Fatalf("answer %+v %s, want 1 Topic history unavailable to one of the SUBSCRIBEs", e, e.Data)
+			t.Fatalf("answer %d %q %+v %s, want 1 Topic history unavailable to one of the SUBSCRIBEs", e.status(), e.msg(), e, e.Data)
 		}
 		delete(ids, e.ReqID)
 	}

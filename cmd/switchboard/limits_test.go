@@ -753,3 +753,29 @@ func TestLimitsRedisRecovery(t *testing.T) {
 	eventually(t, 30*time.Second, "/health to report Redis healthy after the restart", healthy(true))
 	limitsApply("Redis restarted")
 }
+
+// A handshake refused with 429 takes its connection slot only while it is checked: the slot is
+// given back, so the user's count stays at their open connections.
+func TestRefusedHandshakeGivesItsSlotBack(t *testing.T) {
+	r := newLimRedis(t)
+	s := startServer(t, func(c *config.Config) {
+		c.RedisURL = r.url
+		c.WSMaxConnsPerUser = 2
+		c.RateLimitPerMinute = 3
+	})
+	u := limUser(r, "slotback")
+	tok := s.token(t, u, "get-authors")
+	expectConnAdmitted(t, s, tok) // the HTTP budget's first request
+	for range 2 {
+		if resp, b := limRequest(t, s, http.MethodGet, "/authors", tok, "", nil); resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /authors: %d %s", resp.StatusCode, b)
+		}
+	}
+	if c, err := s.tryDial(t, tok, nil); err == nil {
+		closeClient(t, c)
+		t.Fatal("handshake over the HTTP budget was upgraded, want 429")
+	}
+	if n := r.zcard(t, limKeyPrefix+"conns:"+u); n != 1 {
+		t.Fatalf("ZCARD %sconns:%s = %d after a 429, want 1 (the open connection)", limKeyPrefix, u, n)
+	}
+}

@@ -5,10 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,15 +71,18 @@ func BenchmarkConnectSubscribe(b *testing.B) {
 	}
 }
 
-// BenchmarkResubscribeStorm is a node restart as its subscribers see it: b.N connections
-// subscribed to one topic with history on a node with Redis, 20 broadcasts they all received,
-// the node stopped and another started on the same Redis and prefix; then every client
-// reconnects at once (64 at a time) and sends SUBSCRIBE with since 10 broadcasts back and the
-// epoch, and must be answered recovered:true followed by exactly seq since+1 … latest, in order.
-// It reports the seconds from the first reconnect to the last client complete. Needs Redis on
+// BenchmarkResubscribeStorm is a node restart as its subscribers see it: clients subscribed
+// to one topic with history on a node with Redis, 20 broadcasts they all received, the node
+// stopped and another started on the same Redis and prefix; then b.N clients reconnect at once
+// (64 at a time) and send SUBSCRIBE with since 10 broadcasts back and the epoch, and must be
+// answered recovered:true followed by exactly seq since+1 … latest, in order. It reports the
+// seconds from the first reconnect to the last client complete. The second node runs in a
+// child process (this test binary running main, GOMAXPROCS as the parent's), so that b.N
+// connections cost this process one descriptor each, not two: 10 000 fit an open-files limit
+// of 20 000. The first node, in process, has min(b.N, 1000) subscribers. Needs Redis on
 // 127.0.0.1:6379 (skipped without it, a failure under CI=true).
 //
-//	go test -run '^$' -bench ResubscribeStorm -benchtime 5000x ./cmd/switchboard/
+//	go test -run '^$' -bench ResubscribeStorm -benchtime 10000x ./cmd/switchboard/
 func BenchmarkResubscribeStorm(b *testing.B) {
 	rc := redistest.Client(b)
 	prefix := redistest.Prefix(b, rc)
@@ -91,7 +99,7 @@ func BenchmarkResubscribeStorm(b *testing.B) {
 	a := startServer(b, node)
 	host := strings.TrimPrefix(a.base, "http://")
 	tok := a.token(b, "bench-storm", "get-authors")
-	conns := make([]*hotConn, b.N)
+	conns := make([]*hotConn, min(b.N, 1000))
 	for i := range conns {
 		conns[i] = hotDial(b, host, tok)
 		conns[i].roundTrip(b, hotFrames(1, 10, fmt.Sprintf(`{"topic":%q}`, topic))[0])
@@ -119,8 +127,7 @@ func BenchmarkResubscribeStorm(b *testing.B) {
 	}
 	hotCloseAll(conns)
 
-	s := startServer(b, node)
-	host = strings.TrimPrefix(s.base, "http://")
+	host = startStormNode(b, redisURL, prefix, shared)
 	since := published - back
 	frames := hotFrames(b.N, 10, fmt.Sprintf(`{"topic":%q,"since":%d,"epoch":%q}`, topic, since, epoch))
 	again := make([]*hotConn, b.N)
@@ -168,4 +175,53 @@ func BenchmarkResubscribeStorm(b *testing.B) {
 	}
 	b.ReportMetric(b.Elapsed().Seconds(), "s-all-recovered")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "resubscribes/s")
+}
+
+// startStormNode starts `switchboard serve` in a child process on the shared data directory,
+// Redis and prefix, with BenchmarkResubscribeStorm's raised limits, and returns its host:port
+// once it answers /health. It is stopped (SIGTERM) at cleanup.
+func startStormNode(b *testing.B, redisURL, prefix, dataDir string) string {
+	b.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	host := l.Addr().String()
+	_ = l.Close()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMainHelper$")
+	logs := &logBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.Env = append(childEnv(), `SWITCHBOARD_TEST_MAIN_ARGS=["serve"]`, "SWITCHBOARD_ADDR="+host,
+		"SWITCHBOARD_LOG_LEVEL=warn", "SWITCHBOARD_DATA_DIR="+dataDir,
+		"SWITCHBOARD_REDIS_URL="+redisURL, "SWITCHBOARD_REDIS_PREFIX="+prefix,
+		"SWITCHBOARD_WS_MAX_CONNECTIONS_PER_USER=1000000", "SWITCHBOARD_RATE_LIMIT_PER_MINUTE=100000000",
+		"SWITCHBOARD_WS_MESSAGE_RATE_LIMIT=100000000", "SWITCHBOARD_MAX_PREAUTH_CONNECTIONS_PER_IP=1000000")
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	eventually(b, 60*time.Second, "the second node to answer /health", func() bool {
+		select {
+		case <-done:
+			b.Fatalf("node exited:\n%s", logs.String())
+		default:
+		}
+		res, err := http.Get("http://" + host + "/health")
+		if err != nil {
+			return false
+		}
+		_ = res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+	return host
 }

@@ -57,8 +57,11 @@ func BenchmarkHotPaths(b *testing.B) {
 		c.DatabaseURL = dbURL
 		c.WSMaxConnsPerUser, c.RateLimitPerMinute, c.WSMessageRateLimit = 1_000_000, 100_000_000, 100_000_000
 		c.WSPingInterval = time.Hour
-		// Audit batches are written when full (every 200 entries), never by the clock.
+		// Audit batches are written when full (every 200 entries), never by the clock; the
+		// outbox relay reads the table when woken (the setup's writes), not every 2 s (under
+		// valgrind its polls and lag queries were 7 % of a SUBSCRIBE's count).
 		c.AuditFlush = time.Hour
+		c.OutboxPoll = time.Hour
 		c.MaxPreAuthConnsIP = 1_000_000
 	})
 	s.app.stats.Stop()

@@ -23,12 +23,12 @@ var emptyObject = json.RawMessage("{}")
 
 // decodeEnvelope turns a text frame into a Request, or into the status-2 Response the client
 // gets instead. It never fails otherwise and copies what it keeps (frame buffers are reused).
-// Nothing here recurses: encoding/json reads the envelope's members as raw bytes with its
-// iterative scanner, and data's depth is counted on the bytes (actors.DepthExceeds) before
-// anything decodes it.
+// Nothing here recurses: scanEnvelope reads the envelope's members as raw bytes in one loop
+// (as json.Unmarshal into envelope would), and data's depth is counted on the bytes
+// (actors.DepthExceeds) before anything decodes it.
 func decodeEnvelope(frame []byte) (*actors.Request, *actors.Response) {
 	var env envelope
-	if err := json.Unmarshal(frame, &env); err != nil {
+	if !scanEnvelope(frame, &env) {
 		msg := "frame is not a JSON object"
 		if actors.DepthExceeds(frame, actors.MaxDepth+1) {
 			msg = "frame is not a JSON object or is " + actors.DepthMessage // encoding/json stops at 10 000

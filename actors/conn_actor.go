@@ -101,12 +101,12 @@ type (
 const subscribeSettleWait = 30 * time.Second
 
 // ConnProps returns the props every connection actor is spawned from (build it once): the
-// actors share deps, and their mailboxes start without a preallocated ring.
+// actors share deps, and their mailboxes hold nothing while empty (connMailbox).
 func ConnProps(deps *ConnDeps) *actor.Props {
 	if deps.expiries == nil {
 		deps.expiries = &expiries{}
 	}
-	opts := []actor.PropsOption{actor.WithMailbox(actor.UnboundedLockfree())}
+	opts := []actor.PropsOption{actor.WithMailbox(newConnMailbox)}
 	if deps.Workers != nil {
 		opts = append(opts, actor.WithDispatcher(deps.Workers.d))
 	}

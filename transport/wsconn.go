@@ -75,7 +75,6 @@ type wsConn struct {
 	// inFlight counts the requests read and not yet answered (at most m.maxInFlight); the read
 	// goroutine waits on waiter, made only when it has to wait, for a slot or the close.
 	inFlight   int32
-	closeFrame []byte // the close frame to send once closing; nil: none (the peer is gone)
 	waiter     chan struct{}
 	deadline   int64  // the write deadline in force, Unix nanoseconds; 0: none
 	framesOut  uint32 // frames written whole
@@ -91,6 +90,9 @@ type wsConn struct {
 	seen              atomic.Int64 // Unix nanoseconds of the last frame received (see Ping)
 	framesIn          uint32       // data frames received
 	counted           bool         // holds a slot of the per-user connection limit
+	// closeSend: once closing, a close frame of sentCode and sentReason is to go out (1005: one
+	// without a status); false: none (the peer is gone), or it is out. Guarded by mu.
+	closeSend bool
 }
 
 // writeState says who writes a connection's queue next; exactly one of them at a time.
@@ -302,10 +304,10 @@ func (c *wsConn) fail() {
 		c.wakeReaderLocked()
 	}
 	c.state = writeDraining // nobody writes any more
-	if c.closeFrame != nil || c.sentCode == 0 {
+	if c.closeSend || c.sentCode == 0 {
 		c.sentCode, c.sentReason = 1006, "" // the close frame, if any, did not get out
 	}
-	c.queue, c.spare, c.midFrame, c.closeFrame = nil, nil, false, nil
+	c.queue, c.spare, c.midFrame, c.closeSend = nil, nil, false, false
 	c.mu.Unlock()
 	_ = c.raw.Close()
 }
@@ -361,7 +363,7 @@ var closeReasons = map[uint16]string{
 func (c *wsConn) startCloseLocked(code uint16, reason string, flush bool) {
 	c.closing = true
 	c.flushFirst = flush
-	c.closeFrame = closeFrame(code, reason)
+	c.closeSend = true
 	c.sentCode, c.sentReason = code, reason
 	if code == 0 {
 		c.sentCode = 1005 // no status
@@ -413,11 +415,14 @@ func (c *wsConn) drain() {
 		}
 		if len(c.queue) == 0 {
 			if c.closing {
-				frame := c.closeFrame
-				c.queue, c.spare, c.closeFrame = nil, nil, nil
+				send, code, reason := c.closeSend, c.sentCode, c.sentReason
+				c.queue, c.spare, c.closeSend = nil, nil, false
 				c.mu.Unlock()
-				if frame != nil {
-					if _, err := c.raw.Write(frame); err != nil {
+				if send {
+					if code == 1005 {
+						code, reason = 0, "" // no status
+					}
+					if _, err := c.raw.Write(closeFrame(code, reason)); err != nil {
 						c.mu.Lock()
 						c.sentCode, c.sentReason = 1006, ""
 						c.mu.Unlock()

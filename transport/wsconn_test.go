@@ -258,7 +258,7 @@ func TestWriterCutWithoutAnotherByteWhenFrameCannotFinish(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		p.c.mu.Lock()
-		gone := p.c.closeFrame == nil && p.c.closing
+		gone := !p.c.closeSend && p.c.closing
 		p.c.mu.Unlock()
 		if gone || time.Now().After(deadline) {
 			break

@@ -57,6 +57,7 @@ type app struct {
 	}
 	audit      *audit.Writer
 	stats      *sysstats.Publisher // sys.stats, once a second
+	settle     func()              // stops the release of a connection burst's memory (memsettle.go)
 	relays     relays              // the outbox relay and the stream inbox
 	ws         *transport.WSServer
 	edge       *transport.Edge // wraps http's listener
@@ -123,6 +124,7 @@ func newApp(ctx context.Context, cfg config.Config, log *slog.Logger) (_ *app, e
 	})
 	late.hub.Store(a.hub)
 	a.stats = sysstats.Start(sysstats.Config{Node: a.node, Metrics: a.metrics, Hub: a.hub, Logger: log})
+	a.settle = startBurstSettle(a.hub.Active, log)
 	if err = a.startRelays(policy); err != nil {
 		return nil, err
 	}
@@ -382,6 +384,10 @@ func (a *app) close(ctx context.Context) error {
 	var errs []error
 	if a.stats != nil {
 		a.stats.Stop() // a no-op after shutdown; here for a newApp that failed half-way
+	}
+	if a.settle != nil {
+		a.settle()
+		a.settle = nil
 	}
 	a.relays.stop()
 	if a.hub != nil {

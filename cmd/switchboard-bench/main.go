@@ -372,5 +372,6 @@ func raiseNoFile(stderr io.Writer) uint64 {
 
 // progress prints a line on stderr.
 func (r *reporter) progress(format string, args ...any) {
-	fmt.Fprintf(r.stderr, "%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+	// One Write a line, so that lines from several goroutines do not interleave.
+	io.WriteString(r.stderr, fmt.Sprintf("%s  "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...))
 }

@@ -100,7 +100,21 @@ type reporter struct {
 }
 
 func newReporter(stdout, stderr io.Writer, jsonOnly bool) *reporter {
-	return &reporter{stdout: stdout, stderr: stderr, jsonOnly: jsonOnly}
+	return &reporter{stdout: stdout, stderr: &lockedWriter{w: stderr}, jsonOnly: jsonOnly}
+}
+
+// lockedWriter serialises writes: progress lines come from the scenario's goroutines (the
+// stress sampler and its fault injector at once), and w need not be safe for concurrent use
+// (a test's bytes.Buffer is not).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func (r *reporter) emit(res *result) {

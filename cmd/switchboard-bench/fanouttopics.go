@@ -370,31 +370,17 @@ func number(b []byte, i int) (end int, integer, ok bool) {
 // intValue reads an int64 member into *v as strconv.ParseInt would: null leaves it as it was,
 // a fraction, an exponent, an overflow or another type is an error.
 func intValue(b []byte, i int, v *int64) (int, bool) {
-	if isNull(b, i) {
-		return i + 4, true
-	}
-	end, integer, ok := number(b, i)
-	if !ok || !integer {
-		return 0, false
-	}
-	if tok := b[i:end]; len(tok) <= 18 && tok[0] != '-' {
-		var n int64
-		for _, c := range tok {
-			n = n*10 + int64(c-'0')
-		}
-		*v = n
-		return end, true
-	}
-	n, err := strconv.ParseInt(string(b[i:end]), 10, 64)
-	if err != nil {
-		return 0, false
-	}
-	*v = n
-	return end, true
+	return integerValue(b, i, v, 18, func(s string) (int64, error) { return strconv.ParseInt(s, 10, 64) })
 }
 
 // uintValue reads a uint64 member into *v as strconv.ParseUint would.
 func uintValue(b []byte, i int, v *uint64) (int, bool) {
+	return integerValue(b, i, v, 19, func(s string) (uint64, error) { return strconv.ParseUint(s, 10, 64) })
+}
+
+// integerValue is intValue and uintValue: up to fast digits without a sign are summed in place
+// (they cannot overflow T), anything longer goes through parse.
+func integerValue[T int64 | uint64](b []byte, i int, v *T, fast int, parse func(string) (T, error)) (int, bool) {
 	if isNull(b, i) {
 		return i + 4, true
 	}
@@ -402,15 +388,15 @@ func uintValue(b []byte, i int, v *uint64) (int, bool) {
 	if !ok || !integer {
 		return 0, false
 	}
-	if tok := b[i:end]; len(tok) <= 19 && tok[0] != '-' {
-		var n uint64
+	if tok := b[i:end]; len(tok) <= fast && tok[0] != '-' {
+		var n T
 		for _, c := range tok {
-			n = n*10 + uint64(c-'0')
+			n = n*10 + T(c-'0')
 		}
 		*v = n
 		return end, true
 	}
-	n, err := strconv.ParseUint(string(b[i:end]), 10, 64)
+	n, err := parse(string(b[i:end]))
 	if err != nil {
 		return 0, false
 	}

@@ -46,25 +46,14 @@ func BenchmarkConnectSubscribe(b *testing.B) {
 			frames := hotFrames(b.N, 10, `{"topic":"dashboards.bench"}`)
 			conns := make([]*hotConn, b.N)
 			defer func() { hotCloseAll(conns) }()
-			var next atomic.Int64
-			var wg sync.WaitGroup
 			b.ResetTimer()
-			for range 64 {
-				wg.Go(func() {
-					for {
-						i := int(next.Add(1)) - 1
-						if i >= b.N {
-							return
-						}
-						c := hotDial(b, host, tok)
-						conns[i] = c
-						if subscribe {
-							c.roundTrip(b, frames[i])
-						}
-					}
-				})
-			}
-			wg.Wait()
+			inParallel(b.N, 64, func(i int) {
+				c := hotDial(b, host, tok)
+				conns[i] = c
+				if subscribe {
+					c.roundTrip(b, frames[i])
+				}
+			})
 			b.StopTimer()
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "conns/s")
 		})
@@ -132,8 +121,6 @@ func BenchmarkResubscribeStorm(b *testing.B) {
 	frames := hotFrames(b.N, 10, fmt.Sprintf(`{"topic":%q,"since":%d,"epoch":%q}`, topic, since, epoch))
 	again := make([]*hotConn, b.N)
 	defer func() { hotCloseAll(again) }()
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	var failed atomic.Int64
 	firstErr := make(chan string, 1)
 	fail := func(msg string) {
@@ -144,31 +131,22 @@ func BenchmarkResubscribeStorm(b *testing.B) {
 		}
 	}
 	b.ResetTimer()
-	for range 64 {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= b.N {
-					return
-				}
-				c := hotDial(b, host, tok)
-				again[i] = c
-				ans := c.roundTrip(b, frames[i])
-				if !bytes.Contains(ans, []byte(`"recovered":true`)) {
-					fail(fmt.Sprintf("answer %s", ans))
-					continue
-				}
-				for k := since + 1; k <= published; k++ {
-					p := c.frame(b)
-					if !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d,`, k))) && !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d}`, k))) {
-						fail(fmt.Sprintf("want seq %d, got %s", k, p))
-						break
-					}
-				}
+	inParallel(b.N, 64, func(i int) {
+		c := hotDial(b, host, tok)
+		again[i] = c
+		ans := c.roundTrip(b, frames[i])
+		if !bytes.Contains(ans, []byte(`"recovered":true`)) {
+			fail(fmt.Sprintf("answer %s", ans))
+			return
+		}
+		for k := since + 1; k <= published; k++ {
+			p := c.frame(b)
+			if !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d,`, k))) && !bytes.Contains(p, []byte(fmt.Sprintf(`"seq":%d}`, k))) {
+				fail(fmt.Sprintf("want seq %d, got %s", k, p))
+				break
 			}
-		})
-	}
-	wg.Wait()
+		}
+	})
 	b.StopTimer()
 	if n := failed.Load(); n > 0 {
 		b.Fatalf("%d of %d clients did not recover everything: %s", n, b.N, <-firstErr)
@@ -224,4 +202,18 @@ func startStormNode(b *testing.B, redisURL, prefix, dataDir string) string {
 		return res.StatusCode == http.StatusOK
 	})
 	return host
+}
+
+// inParallel runs fn for every i in [0, n) on workers goroutines, each taking the next i.
+func inParallel(n, workers int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < n; i = int(next.Add(1)) - 1 {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
 }

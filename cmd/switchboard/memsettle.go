@@ -16,6 +16,7 @@ import (
 const (
 	burstMin   = 1000            // new connections since the last release that make a burst
 	burstQuiet = 3               // ticks the count must hold still before the release
+	burstGap   = 30              // ticks at least between two releases
 	burstTick  = 1 * time.Second // how often the count is read
 )
 
@@ -24,18 +25,23 @@ type burstSettle struct {
 	base  int // the count at the last release, or the lowest since
 	last  int
 	still int // ticks the count has held at last
+	// gap is the fewest ticks between two releases: clients that connect and leave in waves
+	// (a hostile user with many tokens, say) get at most one collection per gap from it.
+	gap   int
+	since int // ticks since the last release
 }
 
 // tick takes the current count and reports whether to release the burst's memory now.
 func (b *burstSettle) tick(n int) bool {
 	b.base = min(b.base, n)
+	b.since++
 	if n == b.last {
 		b.still++
 	} else {
 		b.last, b.still = n, 0
 	}
-	if n-b.base >= burstMin && b.still >= burstQuiet {
-		b.base = n
+	if n-b.base >= burstMin && b.still >= burstQuiet && b.since > b.gap {
+		b.base, b.since = n, 0
 		return true
 	}
 	return false
@@ -49,7 +55,7 @@ func startBurstSettle(count func() int, log *slog.Logger) (stop func()) {
 		defer close(exited)
 		t := time.NewTicker(burstTick)
 		defer t.Stop()
-		b := &burstSettle{base: count()}
+		b := &burstSettle{base: count(), gap: burstGap, since: burstGap}
 		for {
 			select {
 			case <-done:

@@ -31,6 +31,7 @@ type gapBus struct {
 	inflight []*hub.Message
 	onSub    func()
 	failures int           // History calls that fail from now on
+	panics   int           // History calls that panic from now on (after failures)
 	gate     chan struct{} // non-nil: History waits for it to close
 	calls    int           // History calls
 	returned int           // History calls that returned
@@ -81,6 +82,10 @@ func (b *gapBus) History(ctx context.Context, topic string, since uint64) (hub.W
 	if fail {
 		b.failures--
 	}
+	panics := !fail && b.panics > 0
+	if panics {
+		b.panics--
+	}
 	latest, epoch := b.seq[topic], b.epochs[topic]
 	var msgs []*hub.Message
 	for _, m := range b.hist[topic] {
@@ -104,6 +109,9 @@ func (b *gapBus) History(ctx context.Context, topic string, since uint64) (hub.W
 	}
 	if fail {
 		return hub.Window{}, errors.New("history down")
+	}
+	if panics {
+		panic("history bug")
 	}
 	complete := since <= latest && uint64(len(msgs)) == latest-since
 	return hub.Window{Epoch: epoch, Latest: latest, Msgs: msgs, Complete: complete}, nil

@@ -367,12 +367,24 @@ func (h *Hub) loader() {
 		case <-h.stop:
 			return
 		case j := <-h.loadq:
-			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
-			w, err := h.opts.Bus.History(ctx, j.topic, j.since)
-			cancel()
+			w, err := h.history(j.topic, j.since)
 			h.root.Send(h.pid, &historyLoaded{topic: j.topic, refs: j.refs, w: w, err: err})
 		}
 	}
+}
+
+// history reads topic's history after since within historyTimeout. A panic in the bus is an
+// error of this read (logged): the loader or fill goes on, and the process does not end.
+func (h *Hub) history(topic string, since uint64) (w Window, err error) {
+	ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
+	defer cancel()
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.Error("hub: topic history read panicked", "topic", topic, "since", since, "panic", v)
+			w, err = Window{}, fmt.Errorf("hub: topic history read panicked: %v", v)
+		}
+	}()
+	return h.opts.Bus.History(ctx, topic, since)
 }
 
 const (
@@ -398,9 +410,7 @@ func (h *Hub) fill(topic string, since, id uint64) {
 		defer func() { <-h.fillSlots }()
 		res := &filled{topic: topic, id: id, since: since}
 		for attempt := 0; ; attempt++ {
-			ctx, cancel := context.WithTimeout(h.ctx, historyTimeout)
-			res.w, res.err = h.opts.Bus.History(ctx, topic, since)
-			cancel()
+			res.w, res.err = h.history(topic, since)
 			if res.err == nil || attempt == len(fillRetry) || errors.Is(res.err, bus.ErrInvalidArgument) {
 				break
 			}

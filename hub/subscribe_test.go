@@ -452,6 +452,20 @@ func TestEveryRequestFinishedOnce(t *testing.T) {
 		t.Fatalf("answer %+v, want ErrHistory", ans)
 	}
 
+	// The history read panics (a bug in the bus): the same as a failure, and the loaders go
+	// on with the next read.
+	e.bus.set(func(b *gapBus) { b.panics = 1 })
+	panicked := &tracked{}
+	e.hub.Subscribe(panicked.request(a, "dash.z", nil, ""))
+	if ans := panicked.waitDone(t, 1); ans.Err != hub.ErrHistory {
+		t.Fatalf("answer %+v, want ErrHistory", ans)
+	}
+	after := &tracked{}
+	e.hub.Subscribe(after.request(a, "dash.z", nil, ""))
+	if ans := after.waitDone(t, 1); ans.Err != nil {
+		t.Fatalf("answer after the panic %+v", ans)
+	}
+
 	// Over the connection's topic cap.
 	capped := newEnvWith(t, hub.Options{MaxTopicsPerConn: 1})
 	c := newFake(1, seqCodec{})

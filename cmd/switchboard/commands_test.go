@@ -150,6 +150,13 @@ func TestConfigCheckFailures(t *testing.T) {
 			t.Errorf("report lacks %q:\n%s", want, r.stdout)
 		}
 	}
+
+	// A Redis URL that does not parse is one failure, under redis.
+	r = runCLI(t, baseEnv(t, "SWITCHBOARD_REDIS_URL", "redis://127.0.0.1:99999/0"), "config", "--check")
+	expectFailure(t, r, 1, "configuration check failed: redis")
+	if n := strings.Count(r.stdout, "invalid port"); n != 1 || !strings.Contains(r.stdout, "FAILED  redis     SWITCHBOARD_REDIS_URL: invalid Redis URL") {
+		t.Errorf("the bad URL is reported %d times, want once under redis:\n%s", n, r.stdout)
+	}
 }
 
 // A fresh embedded default passes the check without creating anything.

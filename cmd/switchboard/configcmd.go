@@ -118,8 +118,8 @@ func runChecks(ctx context.Context, cfg config.Config, timeout time.Duration, w 
 
 // checkFiles runs the static checks serve runs first: directories, Redis URL, RBAC file.
 func checkFiles(cfg config.Config) checkResult {
-	r := checkResult{name: "files", detail: "data directory, RBAC policy and URLs usable"}
-	r.err = preflight(cfg)
+	r := checkResult{name: "files", detail: "data directory and RBAC policy usable"}
+	r.err = preflightChecks(cfg, false)
 	return r
 }
 

@@ -1,9 +1,11 @@
 package actors
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -274,6 +276,34 @@ type subscribed struct {
 	Seq       uint64 `json:"seq"`
 	Epoch     string `json:"epoch"`
 	Recovered bool   `json:"recovered"`
+}
+
+// AppendJSON appends what json.Marshal makes of s (JSONAppender), without its reflection.
+func (s subscribed) AppendJSON(b []byte) []byte {
+	b = append(b, `{"topic":`...)
+	b = appendMarshalledString(b, s.Topic)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, s.Seq, 10)
+	b = append(b, `,"epoch":`...)
+	b = appendMarshalledString(b, s.Epoch)
+	b = append(b, `,"recovered":`...)
+	b = strconv.AppendBool(b, s.Recovered)
+	return append(b, '}')
+}
+
+// appendMarshalledString appends json.Marshal(s): the text itself between quotes when it is
+// printable ASCII with nothing to escape (HTML's <, > and & included), json.Marshal's own
+// output otherwise.
+func appendMarshalledString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // deliver encodes and queues an answer. Answers that the read side produced without a handler

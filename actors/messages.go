@@ -48,6 +48,12 @@ type Request struct {
 	Admitted time.Time
 }
 
+// JSONAppender is answer data that appends its own JSON encoding, the bytes json.Marshal would
+// give, so the edge encodes it without reflection.
+type JSONAppender interface {
+	AppendJSON(b []byte) []byte
+}
+
 // Response answers one Request. Data and Meta are encoded by the edge; Kind is the sentinel
 // error behind a failure (nil on success) so each edge maps it to its own status (HTTP 404, 409…).
 type Response struct {

@@ -173,6 +173,7 @@ func compileSchema(name, doc string) (*jsonschema.Schema, error) {
 	// names a format to have it checked.
 	c.AssertFormat()
 	c.RegisterFormat(&jsonschema.Format{Name: nameFormat, Validate: checkName})
+	c.UseRegexpEngine(compilePattern)
 	url := "switchboard:///pkg/" + name + ".json"
 	if err := c.AddResource(url, parsed); err != nil {
 		return nil, err

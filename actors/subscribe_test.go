@@ -153,3 +153,23 @@ func (f *fenceLog) seen() bool {
 	defer f.mu.Unlock()
 	return f.hit
 }
+
+// TestSubscribedAppendJSON compares subscribed's own encoding with json.Marshal's.
+func TestSubscribedAppendJSON(t *testing.T) {
+	strs := []string{"", "dashboards.hot", "e-1f2a", `q"\`, "<a&b>", "\x00\x1f\x7f", "é日本", "\xff\xfe", "\u2028\u2029", "x y"}
+	for i, topic := range strs {
+		for j, epoch := range strs {
+			s := subscribed{Topic: topic, Seq: uint64(i*1000 + j), Epoch: epoch, Recovered: (i+j)%2 == 0}
+			want, err := json.Marshal(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := s.AppendJSON([]byte("x")); string(got) != "x"+string(want) {
+				t.Errorf("AppendJSON %+v = %s, json.Marshal %s", s, got[1:], want)
+			}
+		}
+	}
+	if got, want := (subscribed{Seq: 1<<64 - 1}).AppendJSON(nil), `{"topic":"","seq":18446744073709551615,"epoch":"","recovered":false}`; string(got) != want {
+		t.Errorf("max seq: %s", got)
+	}
+}

@@ -203,6 +203,11 @@ type hubActor struct {
 	loads   *list.List
 	running int
 	waiting int
+	// read holds the reads done on the actor itself (a Bus with ImmediateHistory) until
+	// startLoads settles them; settling is set while it does, so that a load a settlement
+	// starts is read by the nested startLoads and settled by the outer one, in order.
+	read     []*historyLoaded
+	settling bool
 }
 
 // loadRef is one subscription served by a history read: its connection, the load it waits for
@@ -571,10 +576,26 @@ func (a *hubActor) startLoads() {
 		if len(refs) == 0 {
 			continue
 		}
+		if a.hub.immediate {
+			w, err := a.hub.history(name, from)
+			a.read = append(a.read, &historyLoaded{topic: name, refs: refs, w: w, err: err})
+			continue
+		}
 		a.running++
 		a.hub.loadHistory(name, from, refs)
 	}
 	a.hub.loadsWaiting.Store(int64(a.waiting))
+	if a.settling {
+		return
+	}
+	a.settling = true
+	for i := 0; i < len(a.read); i++ {
+		h := a.read[i]
+		a.read[i] = nil
+		a.settleLoad(h)
+	}
+	a.read = a.read[:0]
+	a.settling = false
 }
 
 // windowAfter is what a read of the history after since would have returned, taken from w, a
@@ -601,6 +622,11 @@ func windowAfter(w Window, since uint64) Window {
 func (a *hubActor) historyLoaded(h *historyLoaded) {
 	a.running--
 	defer a.startLoads()
+	a.settleLoad(h)
+}
+
+// settleLoad answers the subscriptions a history read served (those still waiting for it).
+func (a *hubActor) settleLoad(h *historyLoaded) {
 	for _, r := range h.refs {
 		mem, ok := a.conns[r.id]
 		if !ok {

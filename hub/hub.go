@@ -39,6 +39,14 @@ type Resubscriber interface {
 	OnSubscribed(f func()) (remove func())
 }
 
+// ImmediateHistory is implemented by a Bus whose History answers at once, without waiting on
+// anything outside the process (store/bus.Memory). The hub reads such a bus's history on its
+// own goroutine when a SUBSCRIBE needs it (MaxLoads does not apply), instead of handing the read
+// to a loader goroutine and waiting for its answer: two goroutine hand-offs less per SUBSCRIBE.
+type ImmediateHistory interface {
+	ImmediateHistory() bool
+}
+
 // Options configure a Hub.
 type Options struct {
 	PingInterval time.Duration // keepalive pings; 0 disables them
@@ -81,6 +89,7 @@ type Hub struct {
 	unhook    func() // removes the hub from the bus's OnSubscribed
 	loop      *loop  // runs the hub actor's mailbox
 	loadq     chan loadJob
+	immediate bool // the bus's History answers at once: read on the actor (ImmediateHistory)
 }
 
 // loop is the hub actor's dispatcher: one long-lived goroutine runs its mailbox, instead of a
@@ -162,7 +171,9 @@ func Start(root *actor.RootContext, opts Options) *Hub {
 	opts.Metrics.GetOrCreateGauge("ws_connections_active", func() float64 { return float64(h.active.Load()) })
 	opts.Metrics.GetOrCreateGauge("ws_topic_history_loads_waiting", func() float64 { return float64(h.loadsWaiting.Load()) })
 	h.loop = &loop{fns: make(chan func(), 8), stop: make(chan struct{})}
-	if opts.Bus != nil {
+	if ih, ok := opts.Bus.(ImmediateHistory); ok && ih.ImmediateHistory() {
+		h.immediate = true
+	} else if opts.Bus != nil {
 		h.loadq = make(chan loadJob, opts.MaxLoads)
 		for range opts.MaxLoads {
 			h.bg.Add(1)

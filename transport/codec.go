@@ -104,7 +104,8 @@ func (jsonCodec) refusal() string { return "binary frames are not accepted on a 
 func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	var data []byte
 	var err error
-	if r.Data != nil {
+	appender, fast := r.Data.(actors.JSONAppender)
+	if r.Data != nil && !fast {
 		if data, err = json.Marshal(r.Data); err != nil {
 			return nil, err
 		}
@@ -117,9 +118,12 @@ func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	b = append(b, `,"status_code":`...)
 	b = strconv.AppendInt(b, int64(r.Status), 10)
 	b = append(b, `,"data":`...)
-	if data == nil {
+	switch {
+	case fast:
+		b = appender.AppendJSON(b)
+	case data == nil:
 		b = append(b, "null"...)
-	} else {
+	default:
 		b = append(b, data...)
 	}
 	b = append(b, `,"meta":`...)

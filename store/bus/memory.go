@@ -126,6 +126,10 @@ func (b *Memory) sweepLocked(now time.Time) {
 	}
 }
 
+// ImmediateHistory tells the hub that History answers at once (hub.ImmediateHistory): it takes
+// the bus's lock and copies what it keeps, and never waits for anything else.
+func (b *Memory) ImmediateHistory() bool { return true }
+
 // History implements Bus.
 func (b *Memory) History(ctx context.Context, topic string, since uint64) (Window, error) {
 	if !validTopic(topic) {

@@ -169,6 +169,14 @@ type (
 		// growth per interval. (Patched in.)
 		FreshReadStack bool
 
+		// GrowReadStackEarly: before it handles a data frame, the read loop makes its stack
+		// room for 1 KiB more while only ReadLoop and readMessage are on it. A data frame's
+		// handler outgrows a 2 KiB stack nearly always, and the runtime then copies the stack
+		// and adjusts every frame on it, each looked up in its function's tables: grown a few
+		// frames deep, that work is a fraction of what it is deep in the handler. On a stack
+		// with the room it costs a call. (Patched in.)
+		GrowReadStackEarly bool
+
 		// IdleReadBuffer: a server connection holds its read buffer (the bufio.Reader of
 		// ReadBufferSize, from a pool) only while the buffer has bytes in it. Between frames it
 		// goes back to the pool, and the read loop waits for the next bytes without a buffer
@@ -264,6 +272,9 @@ type (
 
 		// FreshReadStack: see Config.FreshReadStack. (Patched in.)
 		FreshReadStack bool
+
+		// GrowReadStackEarly: see Config.GrowReadStackEarly. (Patched in.)
+		GrowReadStackEarly bool
 
 		// IdleReadBuffer: see Config.IdleReadBuffer. (Patched in.)
 		IdleReadBuffer bool
@@ -364,6 +375,7 @@ func initServerOption(c *ServerOption) *ServerOption {
 		CloseWriter:         c.CloseWriter,
 		PanicHandler:        c.PanicHandler,
 		FreshReadStack:      c.FreshReadStack,
+		GrowReadStackEarly:  c.GrowReadStackEarly,
 		IdleReadBuffer:      c.IdleReadBuffer,
 		brPool: internal.NewPool(func() *bufio.Reader {
 			return bufio.NewReaderSize(nil, c.ReadBufferSize)

@@ -105,6 +105,9 @@ func (c *Conn) readMessage() error {
 		return c.readControl()
 	}
 
+	if c.config.GrowReadStackEarly { // (Patched in.)
+		growReadStack()
+	}
 	var fin = c.fh.GetFIN()
 	var buf = binaryPool.Get(contentLength + len(flateTail))
 	var p = buf.Bytes()[:contentLength]
@@ -181,3 +184,19 @@ func (c *Conn) emitMessage(msg *Message) (err error) {
 	}
 	return c.dispatch(msg)
 }
+
+// growReadStack has a frame of 1 KiB. Called a few frames below the read goroutine's entry, it
+// makes a stack without that room grow there, where the runtime copies those few frames, rather
+// than in the data frame's handler, where it copies every frame of a deep call chain
+// (Config.GrowReadStackEarly). (Patched in.)
+//
+//go:noinline
+func growReadStack() {
+	var frame [1024]byte
+	keepFrame(frame[:])
+}
+
+// keepFrame keeps growReadStack's frame from being optimised away. (Patched in.)
+//
+//go:noinline
+func keepFrame([]byte) {}

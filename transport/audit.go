@@ -57,7 +57,7 @@ func (a *api) record(r *http.Request, u *actors.User, rec *auditRecord, sw *stat
 	e := audit.Entry{
 		Timestamp: rec.start, UserID: u.ID, Username: u.Name, UserRoles: u.Roles,
 		ActionType: rec.route.action, Resource: rec.route.resource, Outcome: outcome,
-		IPAddress: clientIP(r), UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Correlation-ID"),
+		IPAddress: clientIP(r), UserAgent: headerGet(r.Header, hdrUserAgent), RequestID: headerGet(r.Header, hdrCorrelationID),
 		RequestData: rec.data, RequestValue: rec.value, ResponseStatus: status,
 		DurationMS: float64(time.Since(rec.start).Microseconds()) / 1000,
 	}

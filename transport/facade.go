@@ -51,8 +51,8 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 		// Admission: the call is read; its deadline (this plus the handler timeout) holds
 		// however long it waits for a handler, and the pool never starts it afterwards.
 		req := &actors.Request{
-			PkgID: rt.pkgID, ReqID: r.Header.Get("X-Correlation-ID"), Data: data, User: u,
-			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(), Admitted: time.Now(),
+			PkgID: rt.pkgID, ReqID: headerGet(r.Header, hdrCorrelationID), Data: data, User: u,
+			Transport: "http", Remote: clientIP(r), UserAgent: headerGet(r.Header, hdrUserAgent), Admitted: time.Now(),
 		}
 		// The pool answers by the deadline (a request still waiting then is refused); the grace
 		// covers a handler that overruns it, which should not happen.

@@ -61,15 +61,15 @@ func recoverer(next http.Handler, cfg APIConfig) http.Handler {
 // response, errors included.
 func headers(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		id := r.Header.Get("X-Correlation-ID")
+		id := headerGet(r.Header, hdrCorrelationID)
 		if id == "" || len(id) > 128 {
 			id = newCorrelationID()
-			r.Header.Set("X-Correlation-ID", id)
+			headerSet(r.Header, hdrCorrelationID, id)
 		}
 		h := w.Header()
-		h.Set("X-Correlation-ID", id)
+		headerSet(h, hdrCorrelationID, id)
 		for _, sh := range securityHeaders {
-			h.Set(sh[0], sh[1])
+			h[sh.name] = sh.value
 		}
 		next.ServeHTTP(w, r)
 	})
@@ -140,7 +140,7 @@ func observe(next http.Handler, cfg APIConfig) http.Handler {
 		series.histogram(cfg.Metrics, method, route).UpdateDuration(start)
 		if cfg.Logger.Enabled(r.Context(), slog.LevelInfo) { // the path's redaction is not free
 			cfg.Logger.Info("http request", "method", r.Method, "path", auth.RedactURL(r.URL), "route", route,
-				"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", r.Header.Get("X-Correlation-ID"),
+				"status", status, "duration_ms", time.Since(start).Milliseconds(), "correlation_id", headerGet(r.Header, hdrCorrelationID),
 				"user", info.user, "remote", r.RemoteAddr)
 		}
 	})

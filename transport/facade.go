@@ -57,13 +57,12 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 		// The pool answers by the deadline (a request still waiting then is refused); the grace
 		// covers a handler that overruns it, which should not happen.
 		wait := time.Until(req.Admitted.Add(a.cfg.HandlerTimeout)) + facadeGrace
-		res, err := a.cfg.Root.RequestFuture(a.cfg.Handlers, req, wait).Result()
-		if err != nil {
-			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "err", err)
+		resp, ok := a.replies.ask(a.cfg.Root, a.cfg.Handlers, req, wait)
+		if !ok {
+			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "waited", wait)
 			writeDetail(w, http.StatusGatewayTimeout, "The request timed out")
 			return
 		}
-		resp := res.(*actors.Response)
 		if resp.Decoded != nil {
 			noteDecoded(r, data, resp.Decoded) // the audit redacts what validation decoded
 		}

@@ -82,6 +82,9 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 		return nil, err
 	}
 	a := &api{cfg: cfg, broadcasts: bs, objectSchema: os, loginSchema: ls, refreshSchema: rs}
+	if cfg.Root != nil {
+		a.replies = newReplyBoxes(cfg.Root.ActorSystem())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed(routeAudit{rbac: "POST /api/broadcast", action: "BROADCAST", resource: "broadcasts"}, a.broadcast))
@@ -118,6 +121,7 @@ type api struct {
 	objectSchema  *actors.Schema
 	loginSchema   *actors.Schema
 	refreshSchema *actors.Schema
+	replies       *replyBoxes // where the façade routes wait for the handler pool's answers
 }
 
 // routeAudit says how a route is authorised and recorded: rbac is the policy's route key

@@ -102,14 +102,7 @@ func (jsonCodec) opcode() gws.Opcode { return gws.OpcodeText }
 func (jsonCodec) refusal() string { return "binary frames are not accepted on a json connection" }
 
 func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
-	var data []byte
-	var err error
-	if r.Data != nil {
-		if data, err = json.Marshal(r.Data); err != nil {
-			return nil, err
-		}
-	}
-	b := newFrameBuf(96 + len(data) + len(r.Msg))
+	b := newFrameBuf(96 + dataSizeHint(r.Data) + len(r.Msg))
 	b = append(b, `{"pkg_id":`...)
 	b = strconv.AppendInt(b, int64(r.PkgID), 10)
 	b = append(b, `,"req_id":`...)
@@ -117,10 +110,13 @@ func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	b = append(b, `,"status_code":`...)
 	b = strconv.AppendInt(b, int64(r.Status), 10)
 	b = append(b, `,"data":`...)
-	if data == nil {
+	if r.Data == nil {
 		b = append(b, "null"...)
 	} else {
-		b = append(b, data...)
+		var err error
+		if b, err = appendData(b, r.Data); err != nil {
+			return nil, err
+		}
 	}
 	b = append(b, `,"meta":`...)
 	if r.Meta == nil {

@@ -15,7 +15,7 @@ import (
 
 // writeJSON answers with status and v as JSON.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := marshalData(v)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"detail":"Internal error"}`)
 	}

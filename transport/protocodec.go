@@ -63,7 +63,7 @@ func (protoCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	data := jsonNull
 	if r.Data != nil {
 		var err error
-		if data, err = json.Marshal(r.Data); err != nil {
+		if data, err = marshalData(r.Data); err != nil {
 			return nil, err
 		}
 	}

@@ -157,11 +157,19 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 			return
 		}
 		u := UserOf(claims)
-		noteUser(r, u.ID)
 		rec := &auditRecord{start: time.Now(), route: ra}
-		sw := &statusWriter{ResponseWriter: w}
+		if info := infoOf(r); info != nil {
+			info.user, info.audit = u.ID, rec
+		} else {
+			r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, &requestInfo{user: u.ID, audit: rec}))
+		}
+		// The status the audit records: observe's writer has it already (nothing was written
+		// before this point), else a writer of its own.
+		sw, ok := w.(*statusWriter)
+		if !ok {
+			sw = &statusWriter{ResponseWriter: w}
+		}
 		defer a.record(r, u, rec, sw)
-		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
 		if !a.limit(sw, r, "http", u.ID, a.cfg.RatePerMinute) {
 			return
 		}

@@ -180,14 +180,24 @@ func (s *httpSeries) histogram(set *metrics.Set, method, route string) *metrics.
 }
 
 // requestInfo carries what inner handlers learn about a request (the verified user) out to
-// the access log.
-type requestInfo struct{ user string }
+// the access log, and the call's audit record (api.authed) to the handler: one context value,
+// so the request is copied once (Request.WithContext) however much is noted.
+type requestInfo struct {
+	user  string
+	audit *auditRecord
+}
 
 type requestInfoKey struct{}
 
+// infoOf is the request's requestInfo (observe), or nil.
+func infoOf(r *http.Request) *requestInfo {
+	info, _ := r.Context().Value(requestInfoKey{}).(*requestInfo)
+	return info
+}
+
 // noteUser records the verified user of the request for the access log.
 func noteUser(r *http.Request, user string) {
-	if info, ok := r.Context().Value(requestInfoKey{}).(*requestInfo); ok {
+	if info := infoOf(r); info != nil {
 		info.user = user
 	}
 }

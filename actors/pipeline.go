@@ -173,7 +173,7 @@ func (p *Pipeline) record(ctx context.Context, req *Request, resp *Response, sta
 		if req.User != nil {
 			user = req.User.ID
 		}
-		p.cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
+		RequestLine(ctx, p.cfg.Logger, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
 			slog.String("req_id", req.ReqID), slog.String("user", user), slog.Int("status", int(resp.Status)),
 			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/VictoriaMetrics/metrics"
 
+	"switchboard/actors"
 	"switchboard/transport/auth"
 )
 
@@ -140,7 +141,7 @@ func observe(next http.Handler, cfg APIConfig) http.Handler {
 		series.histogram(cfg.Metrics, method, route).UpdateDuration(start)
 		if ctx := r.Context(); cfg.Logger.Enabled(ctx, slog.LevelInfo) { // the path's redaction is not free
 			// Typed attributes: the same line as Info's key-value pairs, without boxing each value.
-			cfg.Logger.LogAttrs(ctx, slog.LevelInfo, "http request", slog.String("method", r.Method),
+			actors.RequestLine(ctx, cfg.Logger, slog.LevelInfo, "http request", slog.String("method", r.Method),
 				slog.String("path", auth.RedactURL(r.URL)), slog.String("route", route), slog.Int("status", status),
 				slog.Int64("duration_ms", time.Since(start).Milliseconds()),
 				slog.String("correlation_id", headerGet(r.Header, hdrCorrelationID)),

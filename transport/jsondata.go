@@ -9,7 +9,7 @@ import (
 
 // appendData appends v as json.Marshal encodes it. The answers of the author handlers
 // ([]store.Author, store.Author: GET_AUTHORS, CREATE_AUTHOR, UPDATE_AUTHOR) are written
-// directly, without encoding/json's reflection (about 5k instructions of a GET_AUTHORS of five
+// directly, without encoding/json's reflection (3k–5k instructions of a GET_AUTHORS of five
 // rows; FuzzAuthorsJSON compares the bytes); anything else goes through json.Marshal.
 func appendData(b []byte, v any) ([]byte, error) {
 	switch d := v.(type) {

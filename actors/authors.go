@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"switchboard/store"
 	"switchboard/store/outbox"
@@ -108,14 +110,208 @@ type idPayload struct {
 }
 
 func (h authorHandlers) list(ctx context.Context, req *Request) (any, any, error) {
-	var in struct {
-		Filters *authorFilters `json:"filters"`
+	f, ok := listFilters(req.Data)
+	if !ok {
+		var in struct {
+			Filters *authorFilters `json:"filters"`
+		}
+		if err := decode(req, &in); err != nil {
+			return nil, nil, err
+		}
+		f = in.Filters.store()
 	}
-	if err := decode(req, &in); err != nil {
-		return nil, nil, err
-	}
-	authors, err := h.s.List(ctx, in.Filters.store())
+	authors, err := h.s.List(ctx, f)
 	return authors, nil, storeErr(err)
+}
+
+// listFilters reads GET_AUTHORS's filters from data in one pass, for the data nearly every
+// client sends: member names as the schema spells them, no escapes, whole-number ids. It
+// answers only where json.Unmarshal into list's struct gives the same filter (FuzzListFilters),
+// and false for anything else (a member name in other case, which encoding/json matches
+// case-insensitively; "filters" twice, whose members it merges; escapes; numbers it refuses),
+// which then goes through decode as before.
+func listFilters(data []byte) (store.AuthorFilter, bool) {
+	var f store.AuthorFilter
+	s := jsonScan{b: data}
+	if !s.open('{') {
+		return f, false
+	}
+	seen := false
+	for first := true; ; first = false {
+		if s.close('}') {
+			return f, s.end()
+		}
+		if !first && !s.expect(',') {
+			return f, false
+		}
+		key, ok := s.plainString()
+		if !ok || !s.expect(':') {
+			return f, false
+		}
+		switch {
+		case key == "filters":
+			if seen || !s.filters(&f) {
+				return f, false
+			}
+			seen = true
+		case strings.EqualFold(key, "filters"):
+			return f, false
+		default:
+			if !s.skipValue() {
+				return f, false
+			}
+		}
+	}
+}
+
+// jsonScan reads JSON text a member at a time; every method reports false where the text is
+// not what it expects, and never reads past the end.
+type jsonScan struct {
+	b []byte
+	i int
+}
+
+func (s *jsonScan) space() {
+	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
+		s.i++
+	}
+}
+
+// expect consumes c after whitespace.
+func (s *jsonScan) expect(c byte) bool {
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+func (s *jsonScan) open(c byte) bool { return s.expect(c) }
+
+// close consumes c after whitespace if it is there.
+func (s *jsonScan) close(c byte) bool {
+	s.space()
+	if s.i < len(s.b) && s.b[s.i] == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// end reports whether nothing but whitespace is left.
+func (s *jsonScan) end() bool {
+	s.space()
+	return s.i == len(s.b)
+}
+
+// plainString reads a string without escapes, of valid UTF-8 and no control character.
+func (s *jsonScan) plainString() (string, bool) {
+	s.space()
+	if s.i >= len(s.b) || s.b[s.i] != '"' {
+		return "", false
+	}
+	start := s.i + 1
+	for j := start; j < len(s.b); j++ {
+		switch c := s.b[j]; {
+		case c == '"':
+			s.i = j + 1
+			v := s.b[start:j]
+			if !utf8.Valid(v) {
+				return "", false
+			}
+			return string(v), true
+		case c == '\\' || c < 0x20:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// filters reads the filters object into f: members "id" (a whole number) and "name" (a
+// string), the last of a duplicate winning, as encoding/json sets a field again.
+func (s *jsonScan) filters(f *store.AuthorFilter) bool {
+	if !s.open('{') {
+		return false
+	}
+	for first := true; ; first = false {
+		if s.close('}') {
+			return true
+		}
+		if !first && !s.expect(',') {
+			return false
+		}
+		key, ok := s.plainString()
+		if !ok || !s.expect(':') {
+			return false
+		}
+		switch key {
+		case "id":
+			s.space()
+			start := s.i
+			for s.i < len(s.b) && (s.b[s.i] == '-' || '0' <= s.b[s.i] && s.b[s.i] <= '9') {
+				s.i++
+			}
+			id, err := strconv.ParseInt(string(s.b[start:s.i]), 10, 64)
+			if err != nil || s.b[start] == '0' && s.i-start > 1 || s.b[start] == '-' && s.i-start > 1 && s.b[start+1] == '0' {
+				return false
+			}
+			f.ID = &id
+		case "name":
+			name, ok := s.plainString()
+			if !ok {
+				return false
+			}
+			f.Name = &name
+		default:
+			return false
+		}
+	}
+}
+
+// skipValue steps over one value of any kind.
+func (s *jsonScan) skipValue() bool {
+	s.space()
+	depth := 0
+	for s.i < len(s.b) {
+		switch c := s.b[s.i]; c {
+		case '"':
+			s.i++
+			for s.i < len(s.b) && s.b[s.i] != '"' {
+				if s.b[s.i] == '\\' {
+					s.i++
+				}
+				s.i++
+			}
+			if s.i >= len(s.b) {
+				return false
+			}
+			s.i++
+		case '{', '[':
+			depth++
+			s.i++
+			continue
+		case '}', ']':
+			if depth == 0 {
+				return true // the end of the enclosing object: not this value's
+			}
+			depth--
+			s.i++
+		case ',':
+			if depth == 0 {
+				return true
+			}
+			s.i++
+			continue
+		default:
+			s.i++
+			continue
+		}
+		if depth == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 func (h authorHandlers) page(ctx context.Context, req *Request) (any, any, error) {

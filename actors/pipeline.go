@@ -173,13 +173,9 @@ func (p *Pipeline) record(ctx context.Context, req *Request, resp *Response, sta
 		if req.User != nil {
 			user = req.User.ID
 		}
-		// The record goes to the handler as LogAttrs would hand it, without the caller's
-		// program counter: finding it (runtime.Callers) cost as much as a third of the line,
-		// and the server's handlers do not write the source.
-		r := slog.NewRecord(time.Now(), slog.LevelInfo, "ws request", 0)
-		r.AddAttrs(slog.Int("pkg_id", req.PkgID), slog.String("req_id", req.ReqID), slog.String("user", user),
-			slog.Int("status", int(resp.Status)), slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
-		_ = p.cfg.Logger.Handler().Handle(ctx, r)
+		RequestLine(ctx, p.cfg.Logger, slog.LevelInfo, "ws request", slog.Int("pkg_id", req.PkgID),
+			slog.String("req_id", req.ReqID), slog.String("user", user), slog.Int("status", int(resp.Status)),
+			slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000))
 	}
 }
 

@@ -1,7 +1,6 @@
 package actors
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -206,7 +205,7 @@ func validateAll(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldErro
 	if problem == textNotUTF8 || problem == textTooDeep {
 		return nil, []FieldError{{Path: "/", Message: problem.message()}}
 	}
-	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
+	inst, err := decodeDocument(data) // jsonschema.UnmarshalJSON's result, decoded directly
 	if err != nil {
 		return nil, []FieldError{{Path: "/", Message: "not valid JSON"}}
 	}

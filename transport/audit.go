@@ -18,7 +18,13 @@ type auditRecord struct {
 	msg   string
 }
 
-type auditKey struct{}
+// auditOf is the audit record of the call (api.authed), or nil.
+func auditOf(r *http.Request) *auditRecord {
+	if info := infoOf(r); info != nil {
+		return info.audit
+	}
+	return nil
+}
 
 // noteData records the request data of the call (redacted by the writer).
 func noteData(r *http.Request, data json.RawMessage) { noteDecoded(r, data, nil) }
@@ -26,14 +32,14 @@ func noteData(r *http.Request, data json.RawMessage) { noteDecoded(r, data, nil)
 // noteDecoded records the request data together with its decoded form (from validation), which
 // the writer redacts instead of decoding data again.
 func noteDecoded(r *http.Request, data json.RawMessage, value any) {
-	if rec, ok := r.Context().Value(auditKey{}).(*auditRecord); ok {
+	if rec := auditOf(r); rec != nil {
 		rec.data, rec.value = data, value
 	}
 }
 
 // noteMsg records the answer's message (errors only).
 func noteMsg(r *http.Request, msg string) {
-	if rec, ok := r.Context().Value(auditKey{}).(*auditRecord); ok {
+	if rec := auditOf(r); rec != nil {
 		rec.msg = msg
 	}
 }
@@ -57,7 +63,7 @@ func (a *api) record(r *http.Request, u *actors.User, rec *auditRecord, sw *stat
 	e := audit.Entry{
 		Timestamp: rec.start, UserID: u.ID, Username: u.Name, UserRoles: u.Roles,
 		ActionType: rec.route.action, Resource: rec.route.resource, Outcome: outcome,
-		IPAddress: clientIP(r), UserAgent: r.UserAgent(), RequestID: r.Header.Get("X-Correlation-ID"),
+		IPAddress: clientIP(r), UserAgent: headerGet(r.Header, hdrUserAgent), RequestID: headerGet(r.Header, hdrCorrelationID),
 		RequestData: rec.data, RequestValue: rec.value, ResponseStatus: status,
 		DurationMS: float64(time.Since(rec.start).Microseconds()) / 1000,
 	}

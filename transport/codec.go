@@ -102,15 +102,7 @@ func (jsonCodec) opcode() gws.Opcode { return gws.OpcodeText }
 func (jsonCodec) refusal() string { return "binary frames are not accepted on a json connection" }
 
 func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
-	var data []byte
-	var err error
-	appender, fast := r.Data.(actors.JSONAppender)
-	if r.Data != nil && !fast {
-		if data, err = json.Marshal(r.Data); err != nil {
-			return nil, err
-		}
-	}
-	b := newFrameBuf(96 + len(data) + len(r.Msg))
+	b := newFrameBuf(96 + dataSizeHint(r.Data) + len(r.Msg))
 	b = append(b, `{"pkg_id":`...)
 	b = strconv.AppendInt(b, int64(r.PkgID), 10)
 	b = append(b, `,"req_id":`...)
@@ -118,13 +110,13 @@ func (jsonCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	b = append(b, `,"status_code":`...)
 	b = strconv.AppendInt(b, int64(r.Status), 10)
 	b = append(b, `,"data":`...)
-	switch {
-	case fast:
-		b = appender.AppendJSON(b)
-	case data == nil:
+	if r.Data == nil {
 		b = append(b, "null"...)
-	default:
-		b = append(b, data...)
+	} else {
+		var err error
+		if b, err = appendData(b, r.Data); err != nil {
+			return nil, err
+		}
 	}
 	b = append(b, `,"meta":`...)
 	if r.Meta == nil {

@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -51,19 +53,18 @@ func (a *api) facade(rt facadeRoute) func(http.ResponseWriter, *http.Request, *a
 		// Admission: the call is read; its deadline (this plus the handler timeout) holds
 		// however long it waits for a handler, and the pool never starts it afterwards.
 		req := &actors.Request{
-			PkgID: rt.pkgID, ReqID: r.Header.Get("X-Correlation-ID"), Data: data, User: u,
-			Transport: "http", Remote: clientIP(r), UserAgent: r.UserAgent(), Admitted: time.Now(),
+			PkgID: rt.pkgID, ReqID: headerGet(r.Header, hdrCorrelationID), Data: data, User: u,
+			Transport: "http", Remote: clientIP(r), UserAgent: headerGet(r.Header, hdrUserAgent), Admitted: time.Now(),
 		}
 		// The pool answers by the deadline (a request still waiting then is refused); the grace
 		// covers a handler that overruns it, which should not happen.
 		wait := time.Until(req.Admitted.Add(a.cfg.HandlerTimeout)) + facadeGrace
-		res, err := a.cfg.Root.RequestFuture(a.cfg.Handlers, req, wait).Result()
-		if err != nil {
-			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "err", err)
+		resp, ok := a.replies.ask(a.cfg.Root, a.cfg.Handlers, req, wait)
+		if !ok {
+			a.cfg.Logger.Error("handler pool did not answer", "pkg_id", rt.pkgID, "waited", wait)
 			writeDetail(w, http.StatusGatewayTimeout, "The request timed out")
 			return
 		}
-		resp := res.(*actors.Response)
 		if resp.Decoded != nil {
 			noteDecoded(r, data, resp.Decoded) // the audit redacts what validation decoded
 		}
@@ -132,13 +133,22 @@ func ok204(w http.ResponseWriter, _ *actors.Response) { w.WriteHeader(http.Statu
 type queryData struct {
 	w      http.ResponseWriter
 	vals   url.Values // the query, parsed once (URL.Query parses it on every call)
-	top    map[string]any
+	top    []queryValue
+	filter []queryValue
 	errs   []actors.FieldError
-	filter map[string]any
+}
+
+// queryValue is one parameter as it goes into data: an integer or a string.
+type queryValue struct {
+	name  string
+	num   int64
+	str   string
+	isNum bool
+	isObj bool // "filters": the object of q.filter
 }
 
 func newQueryData(w http.ResponseWriter, r *http.Request) *queryData {
-	return &queryData{w: w, vals: r.URL.Query(), top: map[string]any{}, filter: map[string]any{}}
+	return &queryData{w: w, vals: r.URL.Query()}
 }
 
 func (q *queryData) has(name string) bool { return q.vals.Has(name) }
@@ -153,7 +163,7 @@ func (q *queryData) int(name string, filter bool) {
 		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "must be an integer, got " + quoteShort(v)})
 		return
 	}
-	q.put(name, n, filter)
+	q.put(queryValue{name: name, num: n, isNum: true}, filter)
 }
 
 // str adds a string parameter. One that is not UTF-8 is refused here: encoding it into data
@@ -167,7 +177,7 @@ func (q *queryData) str(name string, filter bool) {
 		q.errs = append(q.errs, actors.FieldError{Path: q.path(name, filter), Message: "not valid UTF-8"})
 		return
 	}
-	q.put(name, v, filter)
+	q.put(queryValue{name: name, str: v}, filter)
 }
 
 // path is the JSON pointer of a parameter in the data the pipeline sees.
@@ -178,25 +188,49 @@ func (q *queryData) path(name string, filter bool) string {
 	return "/" + name
 }
 
-func (q *queryData) put(name string, v any, filter bool) {
+func (q *queryData) put(v queryValue, filter bool) {
 	if filter {
-		q.filter[name] = v
+		q.filter = append(q.filter, v)
 	} else {
-		q.top[name] = v
+		q.top = append(q.top, v)
 	}
 }
 
-// done returns the data, or answers 422 for the query's problems.
+// done returns the data, or answers 422 for the query's problems. The data is the JSON object
+// json.Marshal would make of the parameters in maps (the members sorted by name, filters as
+// an object under "filters" when there are any), written directly: each name is added once.
 func (q *queryData) done() (json.RawMessage, bool) {
 	if len(q.errs) > 0 {
 		writeJSON(q.w, http.StatusUnprocessableEntity, invalidBody{Detail: "Invalid data", Errors: q.errs})
 		return nil, false
 	}
+	top := q.top
 	if len(q.filter) > 0 {
-		q.top["filters"] = q.filter
+		top = append(top, queryValue{name: "filters", isObj: true})
 	}
-	b, _ := json.Marshal(q.top)
-	return b, true
+	b := make([]byte, 0, 64)
+	return q.appendObject(b, top), true
+}
+
+func (q *queryData) appendObject(b []byte, vs []queryValue) []byte {
+	slices.SortFunc(vs, func(x, y queryValue) int { return strings.Compare(x.name, y.name) })
+	b = append(b, '{')
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, v.name)
+		b = append(b, ':')
+		switch {
+		case v.isObj:
+			b = q.appendObject(b, q.filter)
+		case v.isNum:
+			b = strconv.AppendInt(b, v.num, 10)
+		default:
+			b = appendJSONString(b, v.str)
+		}
+	}
+	return append(b, '}')
 }
 
 func (a *api) authorsQuery(w http.ResponseWriter, r *http.Request) (json.RawMessage, bool) {

@@ -82,6 +82,9 @@ func NewHandler(cfg APIConfig) (http.Handler, error) {
 		return nil, err
 	}
 	a := &api{cfg: cfg, broadcasts: bs, objectSchema: os, loginSchema: ls, refreshSchema: rs}
+	if cfg.Root != nil {
+		a.replies = newReplyBoxes(cfg.Root.ActorSystem())
+	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /web", cfg.WS)
 	mux.HandleFunc("POST /api/broadcast", a.authed(routeAudit{rbac: "POST /api/broadcast", action: "BROADCAST", resource: "broadcasts"}, a.broadcast))
@@ -118,6 +121,7 @@ type api struct {
 	objectSchema  *actors.Schema
 	loginSchema   *actors.Schema
 	refreshSchema *actors.Schema
+	replies       *replyBoxes // where the façade routes wait for the handler pool's answers
 }
 
 // routeAudit says how a route is authorised and recorded: rbac is the policy's route key
@@ -153,11 +157,19 @@ func (a *api) authed(ra routeAudit, h func(http.ResponseWriter, *http.Request, *
 			return
 		}
 		u := UserOf(claims)
-		noteUser(r, u.ID)
 		rec := &auditRecord{start: time.Now(), route: ra}
-		sw := &statusWriter{ResponseWriter: w}
+		if info := infoOf(r); info != nil {
+			info.user, info.audit = u.ID, rec
+		} else {
+			r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, &requestInfo{user: u.ID, audit: rec}))
+		}
+		// The status the audit records: observe's writer has it already (nothing was written
+		// before this point), else a writer of its own.
+		sw, ok := w.(*statusWriter)
+		if !ok {
+			sw = &statusWriter{ResponseWriter: w}
+		}
 		defer a.record(r, u, rec, sw)
-		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, rec))
 		if !a.limit(sw, r, "http", u.ID, a.cfg.RatePerMinute) {
 			return
 		}

@@ -15,12 +15,13 @@ import (
 
 // writeJSON answers with status and v as JSON.
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	b, err := marshalData(v)
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{"detail":"Internal error"}`)
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(b)+1))
+	h := w.Header()
+	h["Content-Type"] = contentTypeJSON
+	h["Content-Length"] = []string{strconv.Itoa(len(b) + 1)}
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
 }
@@ -43,12 +44,41 @@ func quoteShort(s string) string {
 }
 
 // securityHeaders go on every response (docs/protocol.md §2), the server's own error answers too.
-var securityHeaders = [...][2]string{
-	{"X-Content-Type-Options", "nosniff"},
-	{"X-Frame-Options", "DENY"},
-	{"Referrer-Policy", "no-referrer"},
-	{"Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"},
+// The names are in canonical form and the value slices are shared by every response (see
+// headerGet).
+var securityHeaders = [...]struct {
+	name  string
+	value []string
+}{
+	{"X-Content-Type-Options", []string{"nosniff"}},
+	{"X-Frame-Options", []string{"DENY"}},
+	{"Referrer-Policy", []string{"no-referrer"}},
+	{"Content-Security-Policy", []string{"default-src 'none'; frame-ancestors 'none'"}},
 }
+
+var contentTypeJSON = []string{"application/json"}
+
+// headerGet is h.Get(name) for a name already in canonical form (textproto's: "X-Correlation-Id",
+// "User-Agent"). http.Header's Get and Set canonicalise the name on every call, byte by byte,
+// which cost a request about 1k instructions per call (callgrind, docs/performance.md); the
+// hot path reads and writes the map directly under names written canonical. A shared value
+// slice (securityHeaders, contentTypeJSON) is never written in place: Header.Set and Add
+// replace or reallocate it.
+func headerGet(h http.Header, name string) string {
+	if v := h[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// headerSet is h.Set(name, value) for a name already in canonical form.
+func headerSet(h http.Header, name, value string) { h[name] = []string{value} }
+
+// Canonical header names of the request path.
+const (
+	hdrCorrelationID = "X-Correlation-Id" // textproto's form of X-Correlation-ID
+	hdrUserAgent     = "User-Agent"
+)
 
 // newCorrelationID returns a random id for a response whose request brought none.
 func newCorrelationID() string {
@@ -76,9 +106,9 @@ func rawErrorResponse(status int, detail, extra string) []byte {
 	b = append(b, newCorrelationID()...)
 	b = append(b, "\r\n"...)
 	for _, h := range securityHeaders {
-		b = append(b, h[0]...)
+		b = append(b, h.name...)
 		b = append(b, ": "...)
-		b = append(b, h[1]...)
+		b = append(b, h.value[0]...)
 		b = append(b, "\r\n"...)
 	}
 	b = append(b, extra...)

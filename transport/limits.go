@@ -50,9 +50,10 @@ func rateLimit(w http.ResponseWriter, r *http.Request, rl RateLimiter, set *metr
 		return true
 	}
 	h := w.Header()
-	h.Set("X-RateLimit-Limit", strconv.Itoa(d.Limit))
-	h.Set("X-RateLimit-Remaining", strconv.Itoa(d.Remaining))
-	h.Set("X-RateLimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
+	// The names in canonical form (textproto's: "Ratelimit"), as h.Set would write them.
+	headerSet(h, "X-Ratelimit-Limit", strconv.Itoa(d.Limit))
+	headerSet(h, "X-Ratelimit-Remaining", strconv.Itoa(d.Remaining))
+	headerSet(h, "X-Ratelimit-Reset", strconv.Itoa(ceilSeconds(d.Reset)))
 	if !d.Allowed {
 		set.GetOrCreateCounter(`rate_limit_hits_total{limit_type="` + scope + `"}`).Inc()
 		retry := d.RetryAfter

@@ -61,11 +61,9 @@ var jsonNull = []byte("null")
 // not null and msg only when it is not null (absent means null).
 func (protoCodec) EncodeResponse(r *actors.Response) ([]byte, error) {
 	data := jsonNull
-	if a, ok := r.Data.(actors.JSONAppender); ok {
-		data = a.AppendJSON(nil)
-	} else if r.Data != nil {
+	if r.Data != nil {
 		var err error
-		if data, err = json.Marshal(r.Data); err != nil {
+		if data, err = marshalData(r.Data); err != nil {
 			return nil, err
 		}
 	}

@@ -545,15 +545,20 @@ func (w *Writer) insert(b []Entry, first bool) error {
 	// RETURNING NULL: the ids are not needed, and scanning them back costs a round of work.
 	// The statement is built in a buffer kept between batches: built afresh, its text (all the
 	// batch's request data, quoted) grows by doubling, several times the final size in garbage.
-	q := w.db.Bun.NewInsert().Model(&b).Returning("NULL")
-	if !first && b[0].ID != 0 {
-		q = q.On("CONFLICT (id) DO NOTHING")
+	// The statement is Bun's (NewInsert of the batch), written directly where appendInsert can.
+	onConflict := !first && b[0].ID != 0
+	query, ok := appendInsert(w.query[:0], w.db.Dialect, b, onConflict)
+	if !ok {
+		q := w.db.Bun.NewInsert().Model(&b).Returning("NULL")
+		if onConflict {
+			q = q.On("CONFLICT (id) DO NOTHING")
+		}
+		var err error
+		if query, err = q.AppendQuery(w.db.Bun.QueryGen(), w.query[:0]); err != nil {
+			return fmt.Errorf("%w: %w: %d audit entries: %w", store.ErrDatabase, errBuild, len(b), err)
+		}
 	}
-	query, err := q.AppendQuery(w.db.Bun.QueryGen(), w.query[:0])
-	if err != nil {
-		return fmt.Errorf("%w: %w: %d audit entries: %w", store.ErrDatabase, errBuild, len(b), err)
-	}
-	_, err = w.db.Bun.ExecContext(ctx, string(query))
+	_, err := w.db.Bun.ExecContext(ctx, string(query))
 	if cap(query) <= maxKeptQuery {
 		w.query = query
 	}

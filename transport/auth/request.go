@@ -10,7 +10,9 @@ import (
 // first (scheme case-insensitive), else the "token" query parameter (the browser form of
 // PROTOCOL §1.1). It returns "" when neither is present.
 func TokenFromRequest(r *http.Request) string {
-	if h := r.Header.Get("Authorization"); h != "" {
+	// The map read directly under the canonical name: Header.Get canonicalises it on every call.
+	if v := r.Header["Authorization"]; len(v) > 0 && v[0] != "" {
+		h := v[0]
 		scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
 		if ok && strings.EqualFold(scheme, "Bearer") {
 			if tok = strings.TrimSpace(tok); tok != "" {

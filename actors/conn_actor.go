@@ -47,6 +47,9 @@ type ConnDeps struct {
 	// Workers, when set, run the connection actors' mailboxes; nil: a goroutine per activation
 	// (protoactor's default).
 	Workers *Workers
+	// SettleWait bounds how long a connection's later answers wait for the hub to queue a
+	// SUBSCRIBE's answer (subscribeSettleWait when zero).
+	SettleWait time.Duration
 
 	// expiries closes the connections whose token expired (one timer for all); ConnProps
 	// makes it.
@@ -102,6 +105,13 @@ type (
 // this only keeps a connection from stalling for good if it ever did not.
 const subscribeSettleWait = 30 * time.Second
 
+func (d *ConnDeps) settleWait() time.Duration {
+	if d.SettleWait > 0 {
+		return d.SettleWait
+	}
+	return subscribeSettleWait
+}
+
 // ConnProps returns the props every connection actor is spawned from (build it once): the
 // actors share deps, and their mailboxes hold nothing while empty (connMailbox).
 func ConnProps(deps *ConnDeps) *actor.Props {
@@ -153,7 +163,7 @@ func (a *connActor) Receive(ctx actor.Context) {
 	case *subscribeOverdue:
 		if a.busy && a.queue.peek() == m.req {
 			a.deps.Logger.Warn("connection actor: the hub did not queue a SUBSCRIBE answer in time; answering the next requests",
-				"req_id", m.req.ReqID, "waited", subscribeSettleWait)
+				"req_id", m.req.ReqID, "waited", a.deps.settleWait())
 		}
 		a.release(ctx, m.req)
 	case *tokenExpired:
@@ -195,7 +205,7 @@ func (a *connActor) answered(ctx actor.Context, m *Response) {
 			// The hub queues the answer; the queue waits for it (settled).
 			self, root, req := ctx.Self(), ctx.ActorSystem().Root, m.For
 			a.settled = func() { root.Send(self, &subscribeSettled{req: req}) }
-			a.overdue = time.AfterFunc(subscribeSettleWait, func() { root.Send(self, &subscribeOverdue{req: req}) })
+			a.overdue = time.AfterFunc(a.deps.settleWait(), func() { root.Send(self, &subscribeOverdue{req: req}) })
 			a.subscribe(m, e)
 			a.settled = nil
 			return

@@ -83,7 +83,10 @@ type connEnv struct {
 	pid    *actor.PID
 }
 
-func newConnEnv(t *testing.T) *connEnv {
+func newConnEnv(t *testing.T) *connEnv { t.Helper(); return newConnEnvWith(t, nil) }
+
+// newConnEnvWith is newConnEnv with edit applied to the connection actors' deps.
+func newConnEnvWith(t *testing.T, edit func(*ConnDeps)) *connEnv {
 	t.Helper()
 	reg := NewRegistry()
 	reg.MustRegister(
@@ -118,7 +121,11 @@ func newConnEnv(t *testing.T) *connEnv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	props := ConnProps(&ConnDeps{Topics: e.topics, Handlers: pool.PID, Logger: quietLogger()})
+	deps := &ConnDeps{Topics: e.topics, Handlers: pool.PID, Logger: quietLogger()}
+	if edit != nil {
+		edit(deps)
+	}
+	props := ConnProps(deps)
 	e.pid = StartConn(e.sys.Root, props, e.sock, &User{ID: "u"})
 	t.Cleanup(func() {
 		_ = e.sys.Root.StopFuture(e.pid).Wait()
@@ -206,6 +213,29 @@ func TestConnRefreshAppliesToTheNextRequest(t *testing.T) {
 	e.send(6, "after", `{}`)
 	got := e.sock.waitFrames(t, 3)
 	if got[0] != "before:3:Permission denied" || got[1] != "refresh:0:" || got[2] != "after:0:" {
+		t.Fatalf("frames %v", got)
+	}
+}
+
+// TestConnAnswersOnWhenTheHubNeverSettles: should the hub never queue a SUBSCRIBE's answer, the
+// connection's later answers leave after the settle wait instead of never; the hub's late Done
+// then changes nothing.
+func TestConnAnswersOnWhenTheHubNeverSettles(t *testing.T) {
+	e := newConnEnvWith(t, func(d *ConnDeps) { d.SettleWait = 50 * time.Millisecond })
+	e.send(PkgSubscribe, "sub", `{"topic":"t.a"}`)
+	e.send(2, "quick", `{}`)
+	var sub *hub.SubscribeRequest
+	select {
+	case sub = <-e.topics.subs:
+	case <-time.After(laneWait):
+		t.Fatal("no SubscribeRequest")
+	}
+	if got := e.sock.waitFrames(t, 1); got[0] != "quick:0:" {
+		t.Fatalf("frames %v", got)
+	}
+	sub.Done() // late: the queue was released already
+	e.send(2, "after", `{}`)
+	if got := e.sock.waitFrames(t, 2); got[1] != "after:0:" {
 		t.Fatalf("frames %v", got)
 	}
 }

@@ -133,12 +133,12 @@ func (h authorHandlers) list(ctx context.Context, req *Request) (any, any, error
 func listFilters(data []byte) (store.AuthorFilter, bool) {
 	var f store.AuthorFilter
 	s := jsonScan{b: data}
-	if !s.open('{') {
+	if !s.expect('{') {
 		return f, false
 	}
 	seen := false
 	for first := true; ; first = false {
-		if s.close('}') {
+		if s.expect('}') {
 			return f, s.end()
 		}
 		if !first && !s.expect(',') {
@@ -177,20 +177,8 @@ func (s *jsonScan) space() {
 	}
 }
 
-// expect consumes c after whitespace.
+// expect consumes c after whitespace if it is there.
 func (s *jsonScan) expect(c byte) bool {
-	s.space()
-	if s.i < len(s.b) && s.b[s.i] == c {
-		s.i++
-		return true
-	}
-	return false
-}
-
-func (s *jsonScan) open(c byte) bool { return s.expect(c) }
-
-// close consumes c after whitespace if it is there.
-func (s *jsonScan) close(c byte) bool {
 	s.space()
 	if s.i < len(s.b) && s.b[s.i] == c {
 		s.i++
@@ -231,11 +219,11 @@ func (s *jsonScan) plainString() (string, bool) {
 // filters reads the filters object into f: members "id" (a whole number) and "name" (a
 // string), the last of a duplicate winning, as encoding/json sets a field again.
 func (s *jsonScan) filters(f *store.AuthorFilter) bool {
-	if !s.open('{') {
+	if !s.expect('{') {
 		return false
 	}
 	for first := true; ; first = false {
-		if s.close('}') {
+		if s.expect('}') {
 			return true
 		}
 		if !first && !s.expect(',') {

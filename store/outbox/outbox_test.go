@@ -132,22 +132,7 @@ func TestListenWakesOnCommit(t *testing.T) {
 	o := outbox.New(db.Bun)
 	l := o.Listen(slog.New(slog.DiscardHandler))
 	defer l.Close()
-	ctx := context.Background()
-	deadline := time.Now().Add(30 * time.Second)
-	// LISTEN is asynchronous: insert until a wake-up arrives.
-	for {
-		if err := outbox.Insert(ctx, db.Bun, outbox.Event{PkgID: 1}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case <-l.C:
-			return
-		case <-time.After(200 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no wake-up from NOTIFY")
-		}
-	}
+	awaitWake(t, db, l)
 }
 
 // A Quiet insert (the relaying node's own writes) sends no NOTIFY, with or without a key, and

@@ -1,8 +1,10 @@
 package actors
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -18,18 +20,27 @@ var errNotJSON = errors.New("not valid JSON")
 //
 // It recurses once per level of nesting: callers bound the depth first (checkText).
 func decodeDocument(b []byte) (any, error) {
+	v, _, err := decodeDocumentRange(b)
+	return v, err
+}
+
+// decodeDocumentRange is decodeDocument that also reports whether a number of the text is
+// too large for a float64 (1e400: json.Unmarshal refuses it, and so must validation).
+func decodeDocumentRange(b []byte) (v any, overflow bool, err error) {
 	if !json.Valid(b) {
-		return nil, errNotJSON
+		return nil, false, errNotJSON
 	}
 	d := docDecoder{b: b}
 	d.space()
-	return d.value()
+	v, err = d.value()
+	return v, d.overflow, err
 }
 
 // docDecoder reads a text json.Valid accepted.
 type docDecoder struct {
-	b []byte
-	i int
+	b        []byte
+	i        int
+	overflow bool // a number does not fit a float64
 }
 
 func (d *docDecoder) space() {
@@ -117,7 +128,14 @@ func (d *docDecoder) value() (any, error) {
 			}
 			break
 		}
-		return json.Number(d.b[start:d.i]), nil
+		n := json.Number(d.b[start:d.i])
+		if !d.overflow && (d.i-start > 15 || bytes.IndexAny(d.b[start:d.i], "eE") >= 0) {
+			// Only a long literal or one with an exponent can be out of a float64's range.
+			if _, err := strconv.ParseFloat(string(n), 64); err != nil {
+				d.overflow = true
+			}
+		}
+		return n, nil
 	}
 }
 

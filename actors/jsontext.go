@@ -2,6 +2,7 @@ package actors
 
 import (
 	"bytes"
+	"encoding/json"
 	"slices"
 	"strconv"
 	"strings"
@@ -157,6 +158,36 @@ func hex4(b []byte, at int) (rune, bool) {
 		r = r<<4 | rune(c)
 	}
 	return r, true
+}
+
+// RangeMessage is the message of a number too large for a float64.
+const RangeMessage = "number out of range"
+
+// rangeErrors returns an error for every number of the decoded document v (json.Number) that a
+// float64 cannot hold, by JSON pointer, in pointer order: json.Unmarshal, the handlers' decoder,
+// refuses such a number, so validation does too, at its path.
+func rangeErrors(v any) []FieldError {
+	var out []FieldError
+	var walk func(v any, path []string)
+	walk = func(v any, path []string) {
+		switch x := v.(type) {
+		case json.Number:
+			if _, err := strconv.ParseFloat(string(x), 64); err != nil {
+				out = append(out, FieldError{Path: pointer(path), Message: RangeMessage})
+			}
+		case map[string]any:
+			for k, val := range x {
+				walk(val, append(path[:len(path):len(path)], k))
+			}
+		case []any:
+			for i, val := range x {
+				walk(val, append(path[:len(path):len(path)], strconv.Itoa(i)))
+			}
+		}
+	}
+	walk(v, nil)
+	slices.SortFunc(out, func(a, b FieldError) int { return strings.Compare(a.Path, b.Path) })
+	return out
 }
 
 // NULMessage is the message of a string that holds U+0000.

@@ -205,12 +205,15 @@ func validateAll(sch *jsonschema.Schema, data json.RawMessage) (any, []FieldErro
 	if problem == textNotUTF8 || problem == textTooDeep {
 		return nil, []FieldError{{Path: "/", Message: problem.message()}}
 	}
-	inst, err := decodeDocument(data) // jsonschema.UnmarshalJSON's result, decoded directly
+	inst, overflow, err := decodeDocumentRange(data) // jsonschema.UnmarshalJSON's result, decoded directly
 	if err != nil {
 		return nil, []FieldError{{Path: "/", Message: "not valid JSON"}}
 	}
 	if problem != textOK {
 		return inst, []FieldError{{Path: "/", Message: problem.message()}}
+	}
+	if overflow {
+		return inst, rangeErrors(inst)
 	}
 	if nul {
 		if errs := nulErrors(inst); len(errs) > 0 {
